@@ -1,0 +1,77 @@
+#!/usr/bin/env node
+import { readFileSync } from 'node:fs';
+import { ConfigError, helpText, parseConfig } from './config.ts';
+import { startProxy } from './main.ts';
+
+/**
+ * `ice-ingress` entry point: sub-commands, flags, signals and exit codes.
+ * Exit codes: 0 clean exit (including after a drain), 1 failed at run time (e.g. port in use),
+ * 2 bad command line or configuration.
+ */
+
+function version(): string {
+  for (const rel of ['../package.json', '../../package.json']) {
+    try {
+      return JSON.parse(readFileSync(new URL(rel, import.meta.url), 'utf8')).version as string;
+    } catch {
+      // Try the next layout (source tree vs. dist/).
+    }
+  }
+  return 'unknown';
+}
+
+async function main(argv: string[]): Promise<number> {
+  let parsed: ReturnType<typeof parseConfig>;
+  try {
+    parsed = parseConfig(argv, process.env);
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`ice-ingress: ${err.message}\n`);
+      return 2;
+    }
+    throw err;
+  }
+  if (parsed.kind === 'help') {
+    process.stdout.write(helpText(version()));
+    return 0;
+  }
+  if (parsed.kind === 'version') {
+    process.stdout.write(`${version()}\n`);
+    return 0;
+  }
+  const config = parsed.config;
+  let proxy: Awaited<ReturnType<typeof startProxy>>;
+  try {
+    proxy = await startProxy(config);
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    process.stderr.write(`ice-ingress: cannot start: ${e.message}\n`);
+    return 1;
+  }
+  return new Promise<number>((resolve) => {
+    let stopping = false;
+    const stop = (signal: string): void => {
+      if (stopping) {
+        // A second signal: stop now.
+        proxy.log.warn({ signal }, 'second signal, closing now');
+        void proxy.close().then(() => resolve(0));
+        return;
+      }
+      stopping = true;
+      proxy.log.info({ signal, drainMs: config.drainTimeoutMs }, 'shutting down');
+      void proxy.drain(config.drainTimeoutMs).then(() => resolve(0));
+    };
+    process.on('SIGTERM', () => stop('SIGTERM'));
+    process.on('SIGINT', () => stop('SIGINT'));
+  });
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err: Error) => {
+    process.stderr.write(`ice-ingress: ${err.stack ?? err.message}\n`);
+    process.exitCode = 1;
+  },
+);

@@ -1,0 +1,352 @@
+import { isIP } from 'node:net';
+import { parseBackends } from './discovery/static.ts';
+
+/**
+ * Command-line and environment configuration. Every option is one row of {@link OPTIONS}: its flag,
+ * its environment variable (ICE_INGRESS_ + the flag in upper snake case), default and help text,
+ * so `--help`, the README table and the parser cannot drift apart. Precedence: flag > environment
+ * > default. All values are checked at once and every problem is reported together
+ * (fastify-style); the result is frozen.
+ */
+
+export interface HostPort {
+  readonly host: string;
+  readonly port: number;
+}
+
+export type DiscoveryKind = 'static' | 'k8s' | 'dns';
+
+export interface Config {
+  readonly listen: HostPort;
+  /** undefined = admin HTTP disabled (`--admin off`). */
+  readonly admin: HostPort | undefined;
+  readonly discovery: DiscoveryKind;
+  /** `--backends` text for static discovery. */
+  readonly backends: string;
+  readonly service: string;
+  readonly namespace: string;
+  readonly portName: string;
+  readonly kubeconfig: string;
+  readonly dnsName: string;
+  readonly backendPort: number;
+  readonly dnsIntervalMs: number;
+  readonly idleTimeoutMs: number;
+  readonly probeTimeoutMs: number;
+  readonly probeRounds: number;
+  readonly probeRate: number;
+  readonly maxPendingPerSource: number;
+  readonly maxSessions: number;
+  readonly negativeTtlMs: number;
+  readonly learnedMax: number;
+  /** [first, last] port of upstream sockets; undefined = kernel-chosen ports. */
+  readonly upstreamPorts: readonly [number, number] | undefined;
+  readonly portQuarantineMs: number;
+  readonly upstreamBind: string;
+  readonly upstreamBind6: string;
+  readonly socketBufferBytes: number;
+  readonly drainTimeoutMs: number;
+  readonly logLevel: string;
+}
+
+interface OptionSpec {
+  readonly flag: string;
+  readonly arg: string;
+  readonly def: string;
+  readonly help: string;
+}
+
+/** Every flag, in `--help` order. Defaults are strings as a user would type them. */
+export const OPTIONS: readonly OptionSpec[] = [
+  { flag: 'listen', arg: 'HOST:PORT', def: '0.0.0.0:10000', help: 'public UDP address clients send to' },
+  { flag: 'admin', arg: 'HOST:PORT|off', def: '0.0.0.0:9090', help: 'HTTP /metrics, /healthz, /readyz' },
+  { flag: 'discovery', arg: 'static|k8s|dns', def: 'static', help: 'where backends come from' },
+  { flag: 'backends', arg: 'NAME=HOST:PORT,...', def: '', help: 'static backends (discovery static)' },
+  { flag: 'service', arg: 'NAME', def: '', help: 'Service whose EndpointSlices list the backends (k8s)' },
+  { flag: 'namespace', arg: 'NS', def: '', help: "the Service's namespace (k8s; default: the pod's own)" },
+  {
+    flag: 'port-name',
+    arg: 'NAME',
+    def: '',
+    help: 'EndpointSlice port name (k8s; default: the only UDP port)',
+  },
+  {
+    flag: 'kubeconfig',
+    arg: 'PATH',
+    def: '',
+    help: 'kubeconfig file (k8s; default: in-cluster, then ~/.kube/config)',
+  },
+  { flag: 'dns-name', arg: 'NAME', def: '', help: 'headless Service name to resolve (dns)' },
+  { flag: 'backend-port', arg: 'PORT', def: '10000', help: 'backend UDP port (dns)' },
+  { flag: 'dns-interval', arg: 'DURATION', def: '5s', help: 're-resolve period (dns)' },
+  {
+    flag: 'idle-timeout',
+    arg: 'DURATION',
+    def: '60s',
+    help: 'end a session after this long without client packets',
+  },
+  {
+    flag: 'probe-timeout',
+    arg: 'DURATION',
+    def: '3s',
+    help: 'give up finding the owner of a new ufrag after this long',
+  },
+  {
+    flag: 'probe-rounds',
+    arg: 'N',
+    def: '6',
+    help: 'probe rounds per new flow at most (one per client retransmit)',
+  },
+  {
+    flag: 'probe-rate',
+    arg: 'N',
+    def: '5000',
+    help: 'global probe budget, datagrams to backends per second',
+  },
+  {
+    flag: 'max-pending-per-source',
+    arg: 'N',
+    def: '256',
+    help: 'new flows being routed at once per client IP',
+  },
+  { flag: 'max-sessions', arg: 'N', def: '20000', help: 'sessions at most; new flows beyond are dropped' },
+  {
+    flag: 'negative-ttl',
+    arg: 'DURATION',
+    def: '10s',
+    help: 'how long an unclaimed ufrag is not probed again',
+  },
+  { flag: 'learned-max', arg: 'N', def: '100000', help: 'learned server ufrags kept (LRU)' },
+  {
+    flag: 'upstream-ports',
+    arg: 'FIRST-LAST|0',
+    def: '20000-39999',
+    help: 'local ports of upstream sockets; 0 = kernel picks',
+  },
+  {
+    flag: 'port-quarantine',
+    arg: 'DURATION',
+    def: '60s',
+    help: 'an upstream port rests this long before reuse',
+  },
+  {
+    flag: 'upstream-bind',
+    arg: 'IPV4',
+    def: '0.0.0.0',
+    help: 'source address of upstream sockets to IPv4 backends',
+  },
+  {
+    flag: 'upstream-bind6',
+    arg: 'IPV6',
+    def: '::',
+    help: 'source address of upstream sockets to IPv6 backends',
+  },
+  {
+    flag: 'socket-buffer',
+    arg: 'BYTES',
+    def: '4194304',
+    help: 'SO_RCVBUF/SO_SNDBUF of the listening socket; 0 = OS default',
+  },
+  {
+    flag: 'drain-timeout',
+    arg: 'DURATION',
+    def: '20s',
+    help: 'on SIGTERM: keep relaying this long, then exit',
+  },
+  { flag: 'log-level', arg: 'LEVEL', def: 'info', help: 'fatal|error|warn|info|debug|trace|silent' },
+];
+
+export function envName(flag: string): string {
+  return 'ICE_INGRESS_' + flag.toUpperCase().replaceAll('-', '_');
+}
+
+export class ConfigError extends Error {
+  readonly code = 'ICE_INGRESS_BAD_CONFIG';
+  readonly problems: readonly string[];
+  constructor(problems: readonly string[]) {
+    super(`invalid configuration:\n  ${problems.join('\n  ')}`);
+    this.problems = problems;
+  }
+}
+
+export type ParsedArgs = { kind: 'help' } | { kind: 'version' } | { kind: 'run'; config: Config };
+
+const LOG_LEVELS = new Set(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']);
+
+/** Parses argv (without node and script) and the environment. Throws {@link ConfigError}. */
+export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv): ParsedArgs {
+  const problems: string[] = [];
+  const known = new Map(OPTIONS.map((o) => [o.flag, o]));
+  const given = new Map<string, { value: string; from: string }>();
+
+  for (const o of OPTIONS) {
+    const v = env[envName(o.flag)];
+    if (v !== undefined && v !== '') given.set(o.flag, { value: v, from: envName(o.flag) });
+  }
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === '--help' || a === '-h') return { kind: 'help' };
+    if (a === '--version' || a === '-V') return { kind: 'version' };
+    if (!a.startsWith('--')) {
+      problems.push(`unexpected argument ${JSON.stringify(a)}`);
+      continue;
+    }
+    const eq = a.indexOf('=');
+    const name = eq > 0 ? a.slice(2, eq) : a.slice(2);
+    if (!known.has(name)) {
+      problems.push(`--${name}: unknown flag (see --help)`);
+      if (eq < 0 && i + 1 < argv.length && !argv[i + 1]!.startsWith('--')) i++;
+      continue;
+    }
+    let value: string;
+    if (eq > 0) value = a.slice(eq + 1);
+    else if (i + 1 < argv.length && !argv[i + 1]!.startsWith('--')) value = argv[++i]!;
+    else {
+      problems.push(`--${name}: needs a value (${known.get(name)!.arg})`);
+      continue;
+    }
+    given.set(name, { value, from: `--${name}` });
+  }
+
+  const raw = (flag: string): { value: string; from: string } =>
+    given.get(flag) ?? { value: known.get(flag)!.def, from: `--${flag}` };
+  const bad = (flag: string, why: string): void => {
+    const r = raw(flag);
+    problems.push(`${r.from}: ${why} (got ${JSON.stringify(r.value)})`);
+  };
+  const hostPort = (flag: string): HostPort => {
+    const hp = parseHostPort(raw(flag).value);
+    if (hp === undefined) {
+      bad(flag, 'expected HOST:PORT with an IP address and a port 0-65535 (IPv6 as [::]:PORT)');
+      return { host: '0.0.0.0', port: 0 };
+    }
+    return hp;
+  };
+  const duration = (flag: string, min = 1): number => {
+    const ms = parseDuration(raw(flag).value);
+    if (ms === undefined) {
+      bad(flag, 'expected a duration with a unit: 500ms, 3s, 2m, 1h');
+      return 0;
+    }
+    if (ms < min) bad(flag, `must be at least ${min}ms`);
+    return ms;
+  };
+  const int = (flag: string, min: number, max: number): number => {
+    const v = raw(flag).value;
+    const n = /^\d+$/.test(v) ? Number(v) : Number.NaN;
+    if (!Number.isSafeInteger(n) || n < min || n > max) {
+      bad(flag, `expected a whole number from ${min} to ${max}`);
+      return min;
+    }
+    return n;
+  };
+  const ip = (flag: string, family: 4 | 6): string => {
+    const v = raw(flag).value;
+    if (isIP(v) !== family) bad(flag, `expected an IPv${family} address`);
+    return v;
+  };
+
+  const listen = hostPort('listen');
+  const adminText = raw('admin').value;
+  const admin = adminText === 'off' ? undefined : hostPort('admin');
+  const discovery = raw('discovery').value as DiscoveryKind;
+  if (!['static', 'k8s', 'dns'].includes(discovery)) bad('discovery', 'expected static, k8s or dns');
+  const backends = raw('backends').value;
+  const service = raw('service').value;
+  const dnsName = raw('dns-name').value;
+  if (discovery === 'static') {
+    if (backends === '') problems.push('--backends: required with --discovery static');
+    else for (const e of parseBackends(backends).errors) problems.push(`${raw('backends').from}: ${e}`);
+  }
+  if (discovery === 'k8s' && service === '') problems.push('--service: required with --discovery k8s');
+  if (discovery === 'dns' && dnsName === '') problems.push('--dns-name: required with --discovery dns');
+
+  let upstreamPorts: [number, number] | undefined;
+  const portsText = raw('upstream-ports').value;
+  if (portsText !== '0') {
+    const m = /^(\d{1,5})-(\d{1,5})$/.exec(portsText);
+    const first = m ? Number(m[1]) : Number.NaN;
+    const last = m ? Number(m[2]) : Number.NaN;
+    if (!(first >= 1 && last <= 65535 && first <= last)) {
+      bad('upstream-ports', 'expected FIRST-LAST within 1-65535, or 0');
+    } else {
+      upstreamPorts = [first, last];
+      if (listen.port >= first && listen.port <= last) {
+        bad('upstream-ports', `must not contain the listening port ${listen.port}`);
+      }
+    }
+  }
+  const logLevel = raw('log-level').value;
+  if (!LOG_LEVELS.has(logLevel)) bad('log-level', `expected one of ${[...LOG_LEVELS].join(', ')}`);
+
+  const config: Config = {
+    listen,
+    admin,
+    discovery,
+    backends,
+    service,
+    namespace: raw('namespace').value,
+    portName: raw('port-name').value,
+    kubeconfig: raw('kubeconfig').value,
+    dnsName,
+    backendPort: int('backend-port', 1, 65535),
+    dnsIntervalMs: duration('dns-interval', 100),
+    idleTimeoutMs: duration('idle-timeout', 100),
+    probeTimeoutMs: duration('probe-timeout', 10),
+    probeRounds: int('probe-rounds', 1, 100),
+    probeRate: int('probe-rate', 1, 10_000_000),
+    maxPendingPerSource: int('max-pending-per-source', 1, 1_000_000),
+    maxSessions: int('max-sessions', 1, 10_000_000),
+    negativeTtlMs: duration('negative-ttl', 0),
+    learnedMax: int('learned-max', 1, 100_000_000),
+    upstreamPorts,
+    portQuarantineMs: duration('port-quarantine', 0),
+    upstreamBind: ip('upstream-bind', 4),
+    upstreamBind6: ip('upstream-bind6', 6),
+    socketBufferBytes: int('socket-buffer', 0, 1 << 30),
+    drainTimeoutMs: duration('drain-timeout', 0),
+    logLevel,
+  };
+  if (problems.length > 0) throw new ConfigError(problems);
+  return { kind: 'run', config: Object.freeze(config) };
+}
+
+/** `500ms`, `3s`, `1.5s`, `2m`, `1h` → milliseconds; undefined if malformed. */
+export function parseDuration(text: string): number | undefined {
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)$/.exec(text.trim());
+  if (!m) return undefined;
+  const n = Number(m[1]);
+  const unit = m[2] === 'ms' ? 1 : m[2] === 's' ? 1000 : m[2] === 'm' ? 60_000 : 3_600_000;
+  return Math.round(n * unit);
+}
+
+/** `1.2.3.4:10000`, `[::1]:10000` → {host, port}; undefined if malformed. Hosts must be IP literals. */
+export function parseHostPort(text: string): HostPort | undefined {
+  const m = /^\[([^\]]+)\]:(\d{1,5})$/.exec(text) ?? /^([^:[\]]+):(\d{1,5})$/.exec(text);
+  if (!m) return undefined;
+  const host = m[1]!;
+  const port = Number(m[2]);
+  if (port > 65535 || isIP(host) === 0) return undefined;
+  return { host, port };
+}
+
+export function helpText(version: string): string {
+  const rows = OPTIONS.map((o) => {
+    const left = `  --${o.flag} ${o.arg}`;
+    const def = o.def === '' ? '' : ` [default: ${o.def}]`;
+    return `${left.padEnd(44)} ${o.help}${def}\n${''.padEnd(45)}env ${envName(o.flag)}`;
+  });
+  return `ice-ingress ${version} — UDP ingress for WebRTC media servers, routed by ICE ufrag
+
+Usage:
+  ice-ingress [flags]                 run the proxy
+  ice-ingress token NAME              print the prefix token of a backend name
+  ice-ingress jvb-config --pod-name NAME --public-address IP[:PORT]
+                                      print JVB config that advertises the proxy
+  ice-ingress --help | --version
+
+Flags (every flag can also be set by its environment variable; the flag wins):
+${rows.join('\n')}
+
+Durations take a unit: 500ms, 3s, 2m, 1h. Invalid input stops start-up with exit code 2.
+`;
+}

@@ -1,0 +1,144 @@
+import type { Backend } from '../routing/backends.ts';
+import { sameTransaction } from '../stun/parse.ts';
+
+/**
+ * One ICE session as the proxy sees it: a ufrag pair, the backend that owns it, and one upstream
+ * socket (own local port) that the backend sees as the session's remote address for its whole life.
+ *
+ * The client side may have several 5-tuples ("client endpoints"): the original one, one after a NAT
+ * rebinding, or several candidates of one ICE agent (host, server-reflexive, relayed) checking the
+ * same server candidate. All of them share the one upstream socket, so the backend sees one remote
+ * address and never answers 403 (ice4j #287: a new remote address ~3 s after ICE completed is
+ * refused). A client endpoint joins a session only after the backend answered one of its checks
+ * with a Binding success, i.e. after the backend verified MESSAGE-INTEGRITY, which the proxy cannot.
+ * Downstream traffic goes to the endpoint that last sent media ("latching", as RTP proxies do), or
+ * to the one that last joined; STUN responses go to the endpoint that sent the request.
+ */
+
+export const SessionState = {
+  /** Owner unknown: the first check was sent to candidate backends; waiting for a success. */
+  Probing: 0,
+  /** Owner known; traffic flows. */
+  Established: 1,
+  Closed: 2,
+} as const;
+export type SessionState = (typeof SessionState)[keyof typeof SessionState];
+
+export class ClientEndpoint {
+  readonly address: string;
+  readonly port: number;
+  session: Session;
+  lastSeen: number;
+  /** True once it is in the session table (a check from it was answered with a success). */
+  joined = false;
+
+  constructor(session: Session, address: string, port: number, now: number) {
+    this.session = session;
+    this.address = address;
+    this.port = port;
+    this.lastSeen = now;
+  }
+}
+
+/** How many outstanding client→backend transactions a session remembers (a small ring). */
+export const TX_SLOTS = 8;
+
+/** Minimal view of an upstream socket that the session owns (implemented by the transport). */
+export interface Upstream {
+  readonly localPort: number;
+  /** Send to an explicit backend (probing). */
+  sendTo(buf: Uint8Array, port: number, address: string): void;
+  /** Send to the owning backend (after {@link Upstream.connect}). */
+  send(buf: Uint8Array): void;
+  /** Fix the socket to the owning backend: the kernel then filters other sources. */
+  connect(port: number, address: string): void;
+  close(): void;
+}
+
+export class Session {
+  readonly id: number;
+  readonly username: string;
+  readonly serverUfrag: string;
+  /** USERNAME bytes, to recognise the same pair without decoding (ICE restarts change it). */
+  readonly usernameBytes: Buffer;
+  readonly createdAt: number;
+  readonly upstream: Upstream;
+  state: SessionState = SessionState.Probing;
+  backend: Backend | undefined;
+  /** Endpoints in the session table. */
+  readonly endpoints: ClientEndpoint[] = [];
+  /** Where downstream traffic goes. */
+  current: ClientEndpoint;
+  /** Last packet from any client endpoint (idle timeout). */
+  lastClientAt: number;
+  lastBackendAt = 0;
+
+  // Probing state.
+  candidates: Backend[] = [];
+  /** Candidates that answered with an error: "not mine". */
+  readonly excluded = new Set<Backend>();
+  /** Probing began with a directed guess (prefix token or learned ufrag); fan out on failure. */
+  directed = false;
+  probeRounds = 0;
+  routedBy: RouteOutcome = 'probe';
+
+  // Outstanding client transactions: request bytes (for the transaction id) and who sent them.
+  readonly txRequests: (Uint8Array | undefined)[] = new Array(TX_SLOTS).fill(undefined);
+  readonly txEndpoints: (ClientEndpoint | undefined)[] = new Array(TX_SLOTS).fill(undefined);
+  txNext = 0;
+
+  // Counters (exported per session in the close log).
+  packetsUp = 0;
+  packetsDown = 0;
+  bytesUp = 0;
+  bytesDown = 0;
+
+  /** An ICE restart in progress for this session's endpoint: the session that probes the new ufrag. */
+  restartOf: Session | undefined;
+
+  constructor(
+    id: number,
+    username: string,
+    colonIndex: number,
+    usernameBytes: Buffer,
+    upstream: Upstream,
+    first: { address: string; port: number },
+    now: number,
+  ) {
+    this.id = id;
+    this.username = username;
+    this.serverUfrag = username.slice(0, colonIndex);
+    this.usernameBytes = usernameBytes;
+    this.upstream = upstream;
+    this.createdAt = now;
+    this.lastClientAt = now;
+    this.current = new ClientEndpoint(this, first.address, first.port, now);
+  }
+
+  get clientUfrag(): string {
+    return this.username.slice(this.serverUfrag.length + 1);
+  }
+
+  rememberTransaction(request: Uint8Array, from: ClientEndpoint): void {
+    const i = this.txNext;
+    this.txRequests[i] = request;
+    this.txEndpoints[i] = from;
+    this.txNext = (i + 1) % TX_SLOTS;
+  }
+
+  /** Index of the remembered request with the same transaction id as `response`, or -1. */
+  findTransaction(response: Uint8Array): number {
+    for (let i = 0; i < TX_SLOTS; i++) {
+      const req = this.txRequests[i];
+      if (req !== undefined && sameTransaction(req, response)) return i;
+    }
+    return -1;
+  }
+
+  forgetTransaction(i: number): void {
+    this.txRequests[i] = undefined;
+    this.txEndpoints[i] = undefined;
+  }
+}
+
+export type RouteOutcome = 'rebind' | 'prefix' | 'learned' | 'probe' | 'restart';

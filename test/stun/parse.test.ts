@@ -1,0 +1,158 @@
+import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { classifyFirstByte, PacketClass } from '../../src/stun/demux.ts';
+import {
+  bindingResponseKind,
+  newUsernameView,
+  ParseResult,
+  parseBindingRequest,
+  sameTransaction,
+  stunMessageType,
+} from '../../src/stun/parse.ts';
+import { AttrType, encodeStun, MessageType } from '../fixtures/stun-bytes.ts';
+
+const data = (name: string): Buffer => readFileSync(new URL(`../data/${name}`, import.meta.url));
+
+function request(username: string, opts: { password?: string; fingerprint?: boolean } = {}): Buffer {
+  return encodeStun({
+    type: MessageType.BINDING_REQUEST,
+    transactionId: randomBytes(12),
+    attributes: [[AttrType.USERNAME, Buffer.from(username, 'utf8')]],
+    password: 'password' in opts ? opts.password : 'secret-password',
+    fingerprint: opts.fingerprint ?? true,
+  });
+}
+
+describe('parseBindingRequest', () => {
+  it('accepts the RFC 5769 §2.1 sample request and finds its USERNAME', () => {
+    const buf = data('rfc5769-request.bin');
+    const view = newUsernameView();
+    expect(parseBindingRequest(buf, view)).toBe(ParseResult.Ok);
+    // RFC 5769 §2.1: USERNAME "evtj:h6vY".
+    expect(buf.toString('utf8', view.start, view.end)).toBe('evtj:h6vY');
+    expect(buf.toString('utf8', view.start, view.colon)).toBe('evtj');
+  });
+
+  it('classifies the RFC 5769 §2.2/§2.3 responses as success, not as requests', () => {
+    for (const name of ['rfc5769-response-ipv4.bin', 'rfc5769-response-ipv6.bin']) {
+      const buf = data(name);
+      expect(stunMessageType(buf)).toBe(0x0101);
+      expect(bindingResponseKind(buf)).toBe(1);
+      expect(parseBindingRequest(buf, newUsernameView())).toBe(ParseResult.NotBindingRequest);
+    }
+  });
+
+  it('rejects a request whose FINGERPRINT was damaged', () => {
+    const buf = Buffer.from(data('rfc5769-request.bin'));
+    buf[buf.length - 1]! ^= 0x01;
+    expect(parseBindingRequest(buf, newUsernameView())).toBe(ParseResult.BadFingerprint);
+  });
+
+  it('rejects a request whose body changed after FINGERPRINT was computed', () => {
+    const buf = Buffer.from(data('rfc5769-request.bin'));
+    buf[24]! ^= 0x20; // inside the SOFTWARE value
+    expect(parseBindingRequest(buf, newUsernameView())).toBe(ParseResult.BadFingerprint);
+  });
+
+  it('accepts a request without FINGERPRINT but with MESSAGE-INTEGRITY', () => {
+    expect(parseBindingRequest(request('a:b', { fingerprint: false }), newUsernameView())).toBe(
+      ParseResult.Ok,
+    );
+  });
+
+  it('names each defect', () => {
+    const v = newUsernameView();
+    expect(parseBindingRequest(Buffer.alloc(10), v)).toBe(ParseResult.Truncated);
+    const notStun = Buffer.from(data('rfc5769-request.bin'));
+    notStun[4] = 0; // magic cookie
+    expect(parseBindingRequest(notStun, v)).toBe(ParseResult.NotStun);
+    const longer = Buffer.concat([data('rfc5769-request.bin'), Buffer.alloc(4)]);
+    expect(parseBindingRequest(longer, v)).toBe(ParseResult.BadLength);
+    expect(parseBindingRequest(request('abc'), v)).toBe(ParseResult.BadUsername);
+    expect(parseBindingRequest(request(':client'), v)).toBe(ParseResult.BadUsername);
+    expect(parseBindingRequest(request('a:b', { password: undefined }), v)).toBe(ParseResult.NoIntegrity);
+    const noUser = encodeStun({
+      type: MessageType.BINDING_REQUEST,
+      transactionId: randomBytes(12),
+      password: 'x',
+    });
+    expect(parseBindingRequest(noUser, v)).toBe(ParseResult.NoUsername);
+    const indication = encodeStun({ type: 0x0011, transactionId: randomBytes(12) });
+    expect(parseBindingRequest(indication, v)).toBe(ParseResult.NotBindingRequest);
+    // An attribute whose length runs past the end of the message.
+    const overrun = request('server:client');
+    overrun.writeUInt16BE(200, 22);
+    expect(parseBindingRequest(overrun, v)).toBe(ParseResult.BadAttribute);
+  });
+
+  it('splits at the first colon: the server ufrag comes first (RFC 8445 §7.2.2)', () => {
+    const buf = request('srv123:cli:with:colons');
+    const v = newUsernameView();
+    expect(parseBindingRequest(buf, v)).toBe(ParseResult.Ok);
+    expect(buf.toString('latin1', v.start, v.colon)).toBe('srv123');
+    expect(buf.toString('latin1', v.colon + 1, v.end)).toBe('cli:with:colons');
+  });
+
+  it('never throws and never reports offsets outside the datagram (fuzz)', () => {
+    const seed = data('rfc5769-request.bin');
+    const v = newUsernameView();
+    const check = (buf: Buffer): void => {
+      const r = parseBindingRequest(buf, v);
+      if (r === ParseResult.Ok) {
+        expect(v.start).toBeGreaterThanOrEqual(20);
+        expect(v.end).toBeLessThanOrEqual(buf.length);
+        expect(v.colon).toBeGreaterThan(v.start);
+        expect(v.colon).toBeLessThan(v.end);
+      }
+      stunMessageType(buf);
+      bindingResponseKind(buf);
+    };
+    // Random bytes, and mutations of a valid request (flipped bytes, cut or extended tails).
+    fc.assert(
+      fc.property(fc.uint8Array({ maxLength: 200 }), (bytes) => check(Buffer.from(bytes))),
+      { numRuns: 2000 },
+    );
+    fc.assert(
+      fc.property(
+        fc.array(fc.tuple(fc.nat(seed.length - 1), fc.integer({ min: 0, max: 255 })), { maxLength: 6 }),
+        fc.integer({ min: 0, max: seed.length }),
+        (edits, cut) => {
+          const buf = Buffer.from(seed.subarray(0, cut));
+          for (const [at, value] of edits) if (at < buf.length) buf[at] = value;
+          check(buf);
+        },
+      ),
+      { numRuns: 3000 },
+    );
+  });
+
+  it('recognises a valid header-length pair and rejects others', () => {
+    const buf = data('rfc5769-request.bin');
+    expect(stunMessageType(buf)).toBe(0x0001);
+    expect(stunMessageType(buf.subarray(0, buf.length - 4))).toBe(-1);
+  });
+
+  it('compares transaction ids', () => {
+    const a = request('a:b');
+    const b = Buffer.from(a);
+    expect(sameTransaction(a, b)).toBe(true);
+    b[19]! ^= 1;
+    expect(sameTransaction(a, b)).toBe(false);
+  });
+});
+
+describe('classifyFirstByte (RFC 7983 §7)', () => {
+  it('maps each range', () => {
+    expect(classifyFirstByte(0)).toBe(PacketClass.Stun);
+    expect(classifyFirstByte(3)).toBe(PacketClass.Stun);
+    expect(classifyFirstByte(17)).toBe(PacketClass.Zrtp);
+    expect(classifyFirstByte(22)).toBe(PacketClass.Dtls);
+    expect(classifyFirstByte(64)).toBe(PacketClass.TurnChannel);
+    expect(classifyFirstByte(0x80)).toBe(PacketClass.RtpRtcp);
+    expect(classifyFirstByte(191)).toBe(PacketClass.RtpRtcp);
+    expect(classifyFirstByte(8)).toBe(PacketClass.Other);
+    expect(classifyFirstByte(255)).toBe(PacketClass.Other);
+  });
+});
