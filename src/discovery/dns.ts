@@ -36,6 +36,8 @@ export interface DnsDiscoveryState {
   readonly lastSyncAt: number | undefined;
   /** Failed resolutions in a row. */
   readonly failures: number;
+  /** Failed resolutions in total. */
+  readonly errors: number;
 }
 
 /** "The name has no records of this type": an answer, not a failure. */
@@ -61,6 +63,7 @@ export class DnsDiscovery implements DiscoverySource {
   #connected = false;
   #lastSyncAt: number | undefined;
   #failures = 0;
+  #errors = 0;
 
   constructor(o: DnsDiscoveryOptions) {
     this.#name = o.name;
@@ -73,7 +76,12 @@ export class DnsDiscovery implements DiscoverySource {
   }
 
   get state(): DnsDiscoveryState {
-    return { connected: this.#connected, lastSyncAt: this.#lastSyncAt, failures: this.#failures };
+    return {
+      connected: this.#connected,
+      lastSyncAt: this.#lastSyncAt,
+      failures: this.#failures,
+      errors: this.#errors,
+    };
   }
 
   start(onSnapshot: SnapshotListener): void {
@@ -119,6 +127,7 @@ export class DnsDiscovery implements DiscoverySource {
     if (errors.length > 0) {
       // SERVFAIL, timeout, refused...: keep the last good set (DESIGN.md, "Control plane").
       this.#failures++;
+      this.#errors++;
       if (this.#connected || this.#failures === 1) {
         this.#log.warn({ name: this.#name, errors }, 'DNS resolution failed; keeping last backends');
       }

@@ -204,6 +204,8 @@ export interface K8sDiscoveryState {
   readonly lastSyncAt: number | undefined;
   /** Informer restarts after errors (not counting 410 relists, which the informer does itself). */
   readonly restarts: number;
+  /** Failed list or watch attempts, in total. */
+  readonly errors: number;
   /** EndpointSlices currently known. */
   readonly slices: number;
 }
@@ -227,6 +229,7 @@ export class K8sDiscovery implements DiscoverySource {
   #connected = false;
   #lastSyncAt: number | undefined;
   #restarts = 0;
+  #errors = 0;
 
   constructor(options: K8sDiscoveryOptions) {
     this.#o = {
@@ -248,6 +251,7 @@ export class K8sDiscovery implements DiscoverySource {
       connected: this.#connected,
       lastSyncAt: this.#lastSyncAt,
       restarts: this.#restarts,
+      errors: this.#errors,
       slices: this.#slices.size,
     };
   }
@@ -287,6 +291,7 @@ export class K8sDiscovery implements DiscoverySource {
       },
       onWatchFailed: (err) => {
         // The informer retries a watch that timed out by itself; only say we are cut off.
+        if (current()) this.#errors++;
         if (current() && this.#connected) {
           this.#connected = false;
           this.#o.log.warn({ err: describe(err) }, 'EndpointSlice watch failed; keeping last snapshot');
@@ -336,6 +341,7 @@ export class K8sDiscovery implements DiscoverySource {
 
   #onError(err: unknown): void {
     this.#connected = false;
+    this.#errors++;
     const capped = Math.min(this.#maxMs, this.#initialMs * 2 ** Math.min(this.#failures, 30));
     // "Equal jitter": half fixed, half random, so many proxy replicas do not relist in step.
     const delay = Math.round(capped / 2 + (this.#o.random() * capped) / 2);

@@ -58,11 +58,11 @@ describe('endpointSlicesToBackends', () => {
 
   it('falls back to the address as name; skips FQDN slices, non-IP and empty addresses', () => {
     const noRef = slice('a', 'jvb', [{ pod: 'x', ip: '10.0.0.10' }]);
-    delete noRef.endpoints[0]!.targetRef;
+    delete noRef.endpoints![0]!.targetRef;
     const fqdn = { ...slice('f', 'jvb', [{ pod: 'jvb-f', ip: 'jvb.example.org' }]), addressType: 'FQDN' };
     const bad = slice('g', 'jvb', [{ pod: 'jvb-g', ip: 'not-an-ip' }]);
     const empty = slice('h', 'jvb', [{ pod: 'jvb-h', ip: '10.0.0.99' }]);
-    empty.endpoints[0]!.addresses = [];
+    empty.endpoints![0]!.addresses = [];
     expect(endpointSlicesToBackends([noRef, fqdn, bad, empty])).toEqual([
       { name: '10.0.0.10', address: '10.0.0.10', port: 10000, state: 'ready' },
     ]);
