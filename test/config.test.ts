@@ -1,0 +1,108 @@
+import { describe, expect, it } from 'vitest';
+import { ConfigError, envName, helpText, OPTIONS, parseConfig, parseDuration } from '../src/config.ts';
+
+const run = (argv: string[], env: NodeJS.ProcessEnv = {}) => {
+  const r = parseConfig(argv, env);
+  if (r.kind !== 'run') throw new Error(`expected run, got ${r.kind}`);
+  return r.config;
+};
+
+const problems = (argv: string[], env: NodeJS.ProcessEnv = {}): readonly string[] => {
+  try {
+    parseConfig(argv, env);
+  } catch (err) {
+    if (err instanceof ConfigError) return err.problems;
+    throw err;
+  }
+  throw new Error('expected a ConfigError');
+};
+
+describe('parseConfig', () => {
+  it('has working defaults given backends', () => {
+    const c = run(['--backends', 'jvb-0=10.0.0.5:10000']);
+    expect(c.listen).toEqual({ host: '0.0.0.0', port: 10000 });
+    expect(c.admin).toEqual({ host: '0.0.0.0', port: 9090 });
+    expect(c.idleTimeoutMs).toBe(60_000);
+    expect(c.portQuarantineMs).toBe(60_000);
+    expect(c.upstreamPorts).toEqual([20000, 39999]);
+    expect(Object.isFrozen(c)).toBe(true);
+  });
+
+  it('reads every flag from its environment variable, and the flag wins', () => {
+    const env = {
+      ICE_INGRESS_BACKENDS: 'a=127.0.0.1:1',
+      ICE_INGRESS_IDLE_TIMEOUT: '2m',
+      ICE_INGRESS_LISTEN: '127.0.0.1:5',
+    };
+    const c = run(['--listen', '127.0.0.1:6'], env);
+    expect(c.idleTimeoutMs).toBe(120_000);
+    expect(c.listen.port).toBe(6);
+    expect(envName('max-pending-per-source')).toBe('ICE_INGRESS_MAX_PENDING_PER_SOURCE');
+  });
+
+  it('accepts --flag=value and IPv6 listen addresses', () => {
+    const c = run([
+      '--listen=[::1]:7000',
+      '--backends=a=[::1]:8000',
+      '--admin',
+      'off',
+      '--upstream-ports',
+      '0',
+    ]);
+    expect(c.listen).toEqual({ host: '::1', port: 7000 });
+    expect(c.admin).toBeUndefined();
+    expect(c.upstreamPorts).toBeUndefined();
+  });
+
+  it('reports every bad value at once, each naming its flag or variable', () => {
+    const p = problems(
+      ['--listen', 'nowhere', '--idle-timeout', '60', '--probe-rounds', '0', '--frobnicate', '1'],
+      {
+        ICE_INGRESS_BACKENDS: 'x=1.2.3.4',
+        ICE_INGRESS_LOG_LEVEL: 'loud',
+      },
+    );
+    expect(p.some((m) => m.startsWith('--listen:'))).toBe(true);
+    expect(p.some((m) => m.startsWith('--idle-timeout:'))).toBe(true);
+    expect(p.some((m) => m.startsWith('--probe-rounds:'))).toBe(true);
+    expect(p.some((m) => m.startsWith('--frobnicate:'))).toBe(true);
+    expect(p.some((m) => m.startsWith('ICE_INGRESS_BACKENDS:'))).toBe(true);
+    expect(p.some((m) => m.startsWith('ICE_INGRESS_LOG_LEVEL:'))).toBe(true);
+    expect(p).toHaveLength(6);
+  });
+
+  it('requires the inputs of the chosen discovery', () => {
+    expect(problems([])).toEqual(['--backends: required with --discovery static']);
+    expect(problems(['--discovery', 'k8s'])).toEqual(['--service: required with --discovery k8s']);
+    expect(problems(['--discovery', 'dns'])).toEqual(['--dns-name: required with --discovery dns']);
+  });
+
+  it('refuses an upstream range that contains the listening port', () => {
+    const p = problems(['--backends', 'a=127.0.0.1:1', '--upstream-ports', '9000-11000']);
+    expect(p).toHaveLength(1);
+    expect(p[0]).toMatch(/^--upstream-ports: .*10000/);
+  });
+
+  it('answers --help and --version', () => {
+    expect(parseConfig(['--help'], {}).kind).toBe('help');
+    expect(parseConfig(['--version'], {}).kind).toBe('version');
+    const help = helpText('9.9.9');
+    for (const o of OPTIONS) {
+      expect(help).toContain(`--${o.flag}`);
+      expect(help).toContain(envName(o.flag));
+    }
+  });
+});
+
+describe('parseDuration', () => {
+  it('needs a unit', () => {
+    expect(parseDuration('500ms')).toBe(500);
+    expect(parseDuration('3s')).toBe(3000);
+    expect(parseDuration('1.5s')).toBe(1500);
+    expect(parseDuration('2m')).toBe(120_000);
+    expect(parseDuration('1h')).toBe(3_600_000);
+    expect(parseDuration('60')).toBeUndefined();
+    expect(parseDuration('-1s')).toBeUndefined();
+    expect(parseDuration('1d')).toBeUndefined();
+  });
+});
