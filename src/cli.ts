@@ -45,6 +45,10 @@ async function main(argv: string[]): Promise<number> {
     proxy = await startProxy(config);
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
+    if (e.code === 'ICE_INGRESS_DISCOVERY_CONFIG') {
+      process.stderr.write(`ice-ingress: invalid configuration: ${e.message}\n`);
+      return 2;
+    }
     process.stderr.write(`ice-ingress: cannot start: ${e.message}\n`);
     return 1;
   }

@@ -4,7 +4,7 @@ import type { Registry } from 'prom-client';
 import { createRegistry } from './admin/metrics.ts';
 import { startAdminServer } from './admin/server.ts';
 import type { Config } from './config.ts';
-import { parseBackends, StaticDiscovery } from './discovery/static.ts';
+import { createDiscovery } from './discovery/index.ts';
 import type { DiscoverySource } from './discovery/types.ts';
 import { createLogger } from './log.ts';
 import { Datapath } from './proxy/datapath.ts';
@@ -90,7 +90,22 @@ export async function startProxy(config: Config, opts: StartOptions = {}): Promi
     opts.processMetrics ?? true,
   );
 
-  const discovery = opts.discovery ?? createDiscoveryFor(config);
+  const discovery =
+    opts.discovery ??
+    (await createDiscovery(
+      {
+        kind: config.discovery,
+        backends: config.backends,
+        service: config.service,
+        namespace: config.namespace,
+        portName: config.portName,
+        kubeconfig: config.kubeconfig,
+        dnsName: config.dnsName,
+        backendPort: config.backendPort,
+        dnsInterval: config.dnsIntervalMs,
+      },
+      { log, registry },
+    ));
   let bound = false;
   let draining = false;
   const ready = (): boolean => bound && backends.synced && !draining;
@@ -154,9 +169,4 @@ export async function startProxy(config: Config, opts: StartOptions = {}): Promi
     },
     close,
   };
-}
-
-function createDiscoveryFor(config: Config): DiscoverySource {
-  if (config.discovery === 'static') return new StaticDiscovery(parseBackends(config.backends).backends);
-  throw new Error(`--discovery ${config.discovery}: not wired yet`);
 }

@@ -1,0 +1,141 @@
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import dgram from 'node:dgram';
+import { fileURLToPath } from 'node:url';
+import { afterEach, describe, expect, it } from 'vitest';
+import { FakeIceClient } from './fixtures/ice-client.ts';
+import { FakeMediaServer } from './fixtures/media-server.ts';
+
+/** The real CLI as a child process: flags, exit codes, admin HTTP, signals. */
+
+const CLI = fileURLToPath(new URL('../src/cli.ts', import.meta.url));
+const children: ChildProcess[] = [];
+const closers: Array<{ close(): Promise<void> }> = [];
+afterEach(async () => {
+  for (const c of children.splice(0)) if (c.exitCode === null) c.kill('SIGKILL');
+  await Promise.all(closers.splice(0).map((c) => c.close()));
+});
+
+function runSync(args: string[], env: NodeJS.ProcessEnv = {}) {
+  return spawnSync(process.execPath, [CLI, ...args], {
+    encoding: 'utf8',
+    env: { PATH: process.env.PATH, ...env },
+    timeout: 15_000,
+  });
+}
+
+/** Starts the proxy and resolves with its listen and admin ports, read from its JSON start-up log. */
+function start(
+  args: string[],
+): Promise<{ child: ChildProcess; listen: number; admin: number; logs: string[] }> {
+  const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  children.push(child);
+  const logs: string[] = [];
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no start-up log: ${logs.join('')}`)), 10_000);
+    let buf = '';
+    child.stdout!.on('data', (d: Buffer) => {
+      buf += d.toString();
+      let nl = buf.indexOf('\n');
+      while (nl >= 0) {
+        const line = buf.slice(0, nl);
+        buf = buf.slice(nl + 1);
+        logs.push(line);
+        const rec = JSON.parse(line) as { msg: string; listen?: { port: number }; admin?: string };
+        if (rec.msg === 'ice-ingress started') {
+          clearTimeout(timer);
+          resolve({ child, listen: rec.listen!.port, admin: Number(rec.admin!.split(':').at(-1)), logs });
+        }
+        nl = buf.indexOf('\n');
+      }
+    });
+    child.stderr!.on('data', (d: Buffer) => logs.push(d.toString()));
+    child.once('exit', (code) => reject(new Error(`exited ${code}: ${logs.join('')}`)));
+  });
+}
+
+const exited = (child: ChildProcess): Promise<number | null> =>
+  new Promise((resolve) =>
+    child.exitCode !== null ? resolve(child.exitCode) : child.once('exit', (code) => resolve(code)),
+  );
+
+describe('ice-ingress CLI', () => {
+  it('prints help and version', () => {
+    const help = runSync(['--help']);
+    expect(help.status).toBe(0);
+    expect(help.stdout).toContain('--idle-timeout');
+    expect(help.stdout).toContain('ICE_INGRESS_LISTEN');
+    const version = runSync(['--version']);
+    expect(version.status).toBe(0);
+    expect(version.stdout.trim()).toMatch(/^\d+\.\d+\.\d+$/);
+  });
+
+  it('refuses bad flags and environment values with exit code 2, naming each', () => {
+    const r = runSync(['--listen', 'localhost', '--probe-timeout', 'soon'], {
+      ICE_INGRESS_BACKENDS: 'a=1.2.3.4:0',
+    });
+    expect(r.status).toBe(2);
+    expect(r.stderr).toContain('--listen');
+    expect(r.stderr).toContain('--probe-timeout');
+    expect(r.stderr).toContain('ICE_INGRESS_BACKENDS');
+    expect(r.stdout).toBe('');
+  });
+
+  it('exits 1 with a clear message when the listening port is taken', async () => {
+    const sock = dgram.createSocket('udp4');
+    await new Promise<void>((r) => sock.bind(0, '127.0.0.1', () => r()));
+    const port = sock.address().port;
+    try {
+      const r = runSync(['--listen', `127.0.0.1:${port}`, '--admin', 'off', '--backends', 'a=127.0.0.1:9']);
+      expect(r.status).toBe(1);
+      expect(r.stderr).toMatch(/cannot start: .*EADDRINUSE/);
+    } finally {
+      sock.close();
+    }
+  });
+
+  it('serves health, readiness and metrics, relays a session, and drains on SIGTERM', async () => {
+    const server = await FakeMediaServer.start({ name: 'jvb-a' });
+    closers.push(server);
+    const p = await start([
+      '--listen',
+      '127.0.0.1:0',
+      '--admin',
+      '127.0.0.1:0',
+      '--upstream-ports',
+      '0',
+      '--backends',
+      `jvb-a=${server.address}:${server.port}`,
+      '--drain-timeout',
+      '5s',
+    ]);
+    const base = `http://127.0.0.1:${p.admin}`;
+    expect((await fetch(`${base}/healthz`)).status).toBe(200);
+    expect((await fetch(`${base}/readyz`)).status).toBe(200);
+    expect((await fetch(`${base}/nope`)).status).toBe(404);
+
+    const client = await FakeIceClient.open();
+    closers.push(client);
+    const creds = server.addSession();
+    await client.check({ address: '127.0.0.1', port: p.listen }, creds);
+
+    const metrics = await (await fetch(`${base}/metrics`)).text();
+    expect(metrics).toMatch(/^ice_ingress_sessions 1$/m);
+    expect(metrics).toMatch(/^ice_ingress_routes_total\{outcome="probe_won"\} 1$/m);
+    expect(metrics).toMatch(/^ice_ingress_packets_total\{direction="client_in"\} 1$/m);
+    expect(metrics).toMatch(/^ice_ingress_drops_total\{reason="unknown_flow_rtp"\} 0$/m);
+    expect(metrics).toMatch(/^ice_ingress_backends\{state="ready"\} 1$/m);
+    expect(metrics).toContain('process_cpu_user_seconds_total');
+    // No client address may appear in any label.
+    expect(metrics).not.toContain(`${client.port}`);
+
+    p.child.kill('SIGTERM');
+    // The session is still open, so the drain keeps the process for its timeout; readiness is off.
+    await new Promise((r) => setTimeout(r, 200));
+    expect((await fetch(`${base}/readyz`)).status).toBe(503);
+    p.child.kill('SIGTERM'); // a second signal ends the drain at once
+    expect(await exited(p.child)).toBe(0);
+    expect(p.logs.some((l) => l.includes('"session closed"') && l.includes('"reason":"shutdown"'))).toBe(
+      true,
+    );
+  });
+});
