@@ -1,0 +1,334 @@
+// Test topology in network namespaces: clients behind a real NAT, the proxy, and pods on a bridge.
+//
+//   c1  c2  c3 (192.168.77.11-13, "home")            pod1 10.77.2.11 ─┐
+//    └───┼───┘ bridge br0 in rtr (192.168.77.1)       pod2 10.77.2.12 ─┼─ bridge br0 in prx (10.77.2.1)
+//       rtr  ── masquerade on wan0 (198.18.0.2) ──    janus 10.77.2.13 ─┘
+//             wan0 of prx (198.18.0.1, the proxy's public address; ip_forward off)
+//
+// Every interface is created directly inside its namespace (`ip link add … netns …`), so nothing
+// appears on the host's interfaces. Addresses: RFC 1918 for home and pods, RFC 2544 (198.18/15)
+// for the "public" segment. Namespace names carry the owning pid: a later run deletes those whose
+// owner is gone (crashed run); `destroy()` and an exit hook remove this run's.
+import { type ChildProcess, execFile, execFileSync, spawn } from 'node:child_process';
+import { createWriteStream, mkdirSync, type WriteStream } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+
+const execFileP = promisify(execFile);
+
+export const NS_PREFIX = 'iit-';
+
+export const ADDR = {
+  home: {
+    net: '192.168.77.0/24',
+    gw: '192.168.77.1',
+    c1: '192.168.77.11',
+    c2: '192.168.77.12',
+    c3: '192.168.77.13',
+  },
+  wan: { proxy: '198.18.0.1', natPublic: '198.18.0.2' },
+  pods: { gw: '10.77.2.1', pod1: '10.77.2.11', pod2: '10.77.2.12', janus: '10.77.2.13' },
+} as const;
+
+export const CLIENTS = ['c1', 'c2', 'c3'] as const;
+export const PODS = ['pod1', 'pod2', 'janus'] as const;
+export type ClientName = (typeof CLIENTS)[number];
+export type PodName = (typeof PODS)[number];
+export type NsRole = ClientName | PodName | 'rtr' | 'prx';
+
+export interface SpawnOptions {
+  /** Name used for the log file and error messages. */
+  label: string;
+  env?: NodeJS.ProcessEnv;
+  cwd?: string;
+  /** Send stdout to the log file too (for servers that log to stdout, e.g. Janus). */
+  stdoutToLog?: boolean;
+}
+
+export class Topology {
+  readonly prefix: string;
+  readonly logDir: string;
+  private readonly children = new Set<ChildProcess>();
+  private readonly logs = new Set<WriteStream>();
+  private destroyed = false;
+  private readonly onExit = (): void => this.destroySync();
+
+  constructor(prefix: string, logDir: string) {
+    this.prefix = prefix;
+    this.logDir = logDir;
+    process.on('exit', this.onExit);
+  }
+
+  ns(role: NsRole): string {
+    return this.prefix + role;
+  }
+
+  allNamespaces(): string[] {
+    return [...CLIENTS, 'rtr', 'prx', ...PODS].map((r) => this.ns(r as NsRole));
+  }
+
+  /** Runs a short command inside a namespace and returns its stdout. */
+  async exec(role: NsRole, cmd: string, args: string[], timeoutMs = 10_000): Promise<string> {
+    const { stdout } = await execFileP('ip', ['netns', 'exec', this.ns(role), cmd, ...args], {
+      timeout: timeoutMs,
+      killSignal: 'SIGKILL',
+    });
+    return stdout;
+  }
+
+  /**
+   * Starts a long-running child inside a namespace, in its own process group (killed as a group
+   * by `killAll`/`destroy`). stdout stays a pipe for the caller; stderr goes to a log file.
+   */
+  spawn(role: NsRole, cmd: string, args: string[], opts: SpawnOptions): ChildProcess {
+    if (this.destroyed) throw new Error('topology destroyed');
+    const logPath = join(this.logDir, `${opts.label}.log`);
+    const log = createWriteStream(logPath, { flags: 'a' });
+    this.logs.add(log);
+    const child = spawn('ip', ['netns', 'exec', this.ns(role), cmd, ...args], {
+      detached: true,
+      stdio: ['pipe', 'pipe', 'pipe'],
+      env: opts.env ?? process.env,
+      cwd: opts.cwd,
+    });
+    child.stderr?.pipe(log);
+    if (opts.stdoutToLog) child.stdout?.pipe(log);
+    // A child that dies closes its stdin; writing to it then must not crash the runner.
+    child.stdin?.on('error', () => {});
+    child.on('error', (err) => log.write(`spawn error: ${String(err)}\n`));
+    this.children.add(child);
+    child.on('exit', () => this.children.delete(child));
+    return child;
+  }
+
+  logPath(label: string): string {
+    return join(this.logDir, `${label}.log`);
+  }
+
+  /** Kills one child's process group (SIGKILL: these are test peers, nothing to flush). */
+  kill(child: ChildProcess): void {
+    killGroup(child.pid);
+    this.children.delete(child);
+  }
+
+  killAll(): void {
+    for (const c of this.children) killGroup(c.pid);
+    this.children.clear();
+  }
+
+  /** Direct variant for scenario (d): the proxy namespace routes clients straight to the pods. */
+  async setForwarding(on: boolean): Promise<void> {
+    await this.exec('prx', 'sysctl', ['-qw', `net.ipv4.ip_forward=${on ? 1 : 0}`]);
+    const now = (await this.exec('prx', 'sysctl', ['-n', 'net.ipv4.ip_forward'])).trim();
+    if (now !== (on ? '1' : '0')) throw new Error(`prx ip_forward is ${now}`);
+  }
+
+  async destroy(): Promise<void> {
+    this.destroySync();
+  }
+
+  /** Idempotent, synchronous so it can also run from the process 'exit' hook. */
+  destroySync(): void {
+    if (this.destroyed) return;
+    this.destroyed = true;
+    process.off('exit', this.onExit);
+    this.killAll();
+    for (const ns of this.allNamespaces()) removeNamespace(ns);
+    for (const l of this.logs) l.end();
+  }
+}
+
+function killGroup(pid: number | undefined): void {
+  if (pid === undefined) return;
+  try {
+    process.kill(-pid, 'SIGKILL');
+  } catch {
+    // already gone
+  }
+}
+
+/** Kills everything still running inside the namespace, then deletes it (its links go with it). */
+function removeNamespace(ns: string): void {
+  try {
+    const pids = execFileSync('ip', ['netns', 'pids', ns], { encoding: 'utf8', timeout: 5000 })
+      .split(/\s+/)
+      .filter(Boolean)
+      .map(Number);
+    for (const pid of pids) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // gone
+      }
+    }
+  } catch {
+    // namespace does not exist
+  }
+  try {
+    execFileSync('ip', ['netns', 'del', ns], { stdio: 'ignore', timeout: 5000 });
+  } catch {
+    // not there
+  }
+}
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** Deletes namespaces left by runs whose process is gone. Returns their names. */
+export function cleanupStale(): string[] {
+  let list = '';
+  try {
+    list = execFileSync('ip', ['netns', 'list'], { encoding: 'utf8', timeout: 5000 });
+  } catch {
+    return [];
+  }
+  const removed: string[] = [];
+  for (const line of list.split('\n')) {
+    const name = line.split(' ')[0] ?? '';
+    const m = /^iit-(\d+)-/.exec(name);
+    if (!m) continue;
+    if (pidAlive(Number(m[1]))) continue;
+    removeNamespace(name);
+    removed.push(name);
+  }
+  return removed;
+}
+
+async function ip(args: string[]): Promise<void> {
+  try {
+    await execFileP('ip', args, { timeout: 5000 });
+  } catch (err) {
+    const e = err as { stderr?: string };
+    throw new Error(`ip ${args.join(' ')}: ${e.stderr?.trim() ?? String(err)}`);
+  }
+}
+
+async function nsSysctl(ns: string, key: string, value: string): Promise<void> {
+  await execFileP('ip', ['netns', 'exec', ns, 'sysctl', '-qw', `${key}=${value}`], { timeout: 5000 });
+}
+
+/** Builds the whole topology; on any failure removes what was made and rethrows. */
+export async function createTopology(): Promise<Topology> {
+  cleanupStale();
+  const prefix = `${NS_PREFIX}${process.pid}-`;
+  const logDir = join(tmpdir(), `ice-ingress-interop-${process.pid}`);
+  mkdirSync(logDir, { recursive: true });
+  const topo = new Topology(prefix, logDir);
+  const n = (r: NsRole): string => topo.ns(r);
+  try {
+    for (const ns of topo.allNamespaces()) {
+      await ip(['netns', 'add', ns]);
+      await ip(['-n', ns, 'link', 'set', 'lo', 'up']);
+      // IPv4 only: fewer candidates, and nothing to leak through link-local v6.
+      await nsSysctl(ns, 'net.ipv6.conf.all.disable_ipv6', '1');
+      await nsSysctl(ns, 'net.ipv6.conf.default.disable_ipv6', '1');
+    }
+
+    // Home LAN: bridge in the router namespace, one veth per client.
+    await ip(['-n', n('rtr'), 'link', 'add', 'br0', 'type', 'bridge']);
+    await ip(['-n', n('rtr'), 'addr', 'add', `${ADDR.home.gw}/24`, 'dev', 'br0']);
+    await ip(['-n', n('rtr'), 'link', 'set', 'br0', 'up']);
+    for (const c of CLIENTS) {
+      const port = `h${c.slice(1)}`;
+      await ip([
+        'link',
+        'add',
+        'eth0',
+        'netns',
+        n(c),
+        'type',
+        'veth',
+        'peer',
+        'name',
+        port,
+        'netns',
+        n('rtr'),
+      ]);
+      await ip(['-n', n('rtr'), 'link', 'set', port, 'master', 'br0']);
+      await ip(['-n', n('rtr'), 'link', 'set', port, 'up']);
+      await ip(['-n', n(c), 'addr', 'add', `${ADDR.home[c]}/24`, 'dev', 'eth0']);
+      await ip(['-n', n(c), 'link', 'set', 'eth0', 'up']);
+      await ip(['-n', n(c), 'route', 'add', 'default', 'via', ADDR.home.gw]);
+    }
+
+    // WAN: router <-> proxy. The router masquerades: all clients share ADDR.wan.natPublic.
+    await ip([
+      'link',
+      'add',
+      'wan0',
+      'netns',
+      n('rtr'),
+      'type',
+      'veth',
+      'peer',
+      'name',
+      'wan0',
+      'netns',
+      n('prx'),
+    ]);
+    await ip(['-n', n('rtr'), 'addr', 'add', `${ADDR.wan.natPublic}/24`, 'dev', 'wan0']);
+    await ip(['-n', n('prx'), 'addr', 'add', `${ADDR.wan.proxy}/24`, 'dev', 'wan0']);
+    await ip(['-n', n('rtr'), 'link', 'set', 'wan0', 'up']);
+    await ip(['-n', n('prx'), 'link', 'set', 'wan0', 'up']);
+    await ip(['-n', n('rtr'), 'route', 'add', 'default', 'via', ADDR.wan.proxy]);
+    await nsSysctl(n('rtr'), 'net.ipv4.ip_forward', '1');
+    const ruleset = [
+      'table ip nat {',
+      '  chain postrouting {',
+      '    type nat hook postrouting priority srcnat; policy accept;',
+      '    oifname "wan0" masquerade',
+      '  }',
+      '}',
+    ].join('\n');
+    await new Promise<void>((resolve, reject) => {
+      const p = execFile(
+        'ip',
+        ['netns', 'exec', n('rtr'), 'nft', '-f', '-'],
+        { timeout: 5000 },
+        (err, _o, se) => (err ? reject(new Error(`nft: ${se || String(err)}`)) : resolve()),
+      );
+      p.stdin?.end(ruleset);
+    });
+
+    // Pod network: bridge in the proxy namespace. Forwarding off: the only way from the
+    // clients to a pod is through a process in the proxy namespace.
+    await ip(['-n', n('prx'), 'link', 'add', 'br0', 'type', 'bridge']);
+    await ip(['-n', n('prx'), 'addr', 'add', `${ADDR.pods.gw}/24`, 'dev', 'br0']);
+    await ip(['-n', n('prx'), 'link', 'set', 'br0', 'up']);
+    for (const [i, p] of PODS.entries()) {
+      const port = `p${i + 1}`;
+      await ip([
+        'link',
+        'add',
+        'eth0',
+        'netns',
+        n(p),
+        'type',
+        'veth',
+        'peer',
+        'name',
+        port,
+        'netns',
+        n('prx'),
+      ]);
+      await ip(['-n', n('prx'), 'link', 'set', port, 'master', 'br0']);
+      await ip(['-n', n('prx'), 'link', 'set', port, 'up']);
+      await ip(['-n', n(p), 'addr', 'add', `${ADDR.pods[p]}/24`, 'dev', 'eth0']);
+      await ip(['-n', n(p), 'link', 'set', 'eth0', 'up']);
+      // Routable only when prx forwards (direct variant of scenario d).
+      await ip(['-n', n(p), 'route', 'add', 'default', 'via', ADDR.pods.gw]);
+    }
+    await topo.setForwarding(false);
+    return topo;
+  } catch (err) {
+    topo.destroySync();
+    throw err;
+  }
+}

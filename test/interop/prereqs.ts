@@ -1,0 +1,58 @@
+// Fails loudly (never skips) when the suite cannot run here: it needs root (ip netns, nft) and
+// the Debian packages that test/interop/prereqs.sh installs.
+import { execFileSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+
+const COMMANDS: [cmd: string, pkg: string][] = [
+  ['/usr/bin/chromium', 'chromium'],
+  ['/usr/bin/janus', 'janus'],
+  ['nft', 'nftables'],
+  ['ip', 'iproute2'],
+  ['sysctl', 'procps'],
+];
+
+function onPath(cmd: string): boolean {
+  if (cmd.startsWith('/')) return existsSync(cmd);
+  try {
+    execFileSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export function checkPrereqs(): void {
+  const problems: string[] = [];
+  if (process.getuid?.() !== 0) problems.push('not root: network namespaces and nftables need root');
+  const missing = COMMANDS.filter(([cmd]) => !onPath(cmd)).map(([, pkg]) => pkg);
+  if (missing.length) problems.push(`missing Debian packages: ${missing.join(' ')}`);
+  if (problems.length) {
+    throw new Error(
+      `interop prerequisites not met:\n  - ${problems.join('\n  - ')}\nrun: sudo sh test/interop/prereqs.sh`,
+    );
+  }
+}
+
+/** dpkg-query's output format; `${Version}` is dpkg's field syntax, not a template. */
+const DPKG_VERSION = ['-W', '-f', '$' + '{Version}'];
+
+function firstLine(cmd: string, args: string[]): string {
+  try {
+    return execFileSync(cmd, args, { encoding: 'utf8', timeout: 10_000 }).trim().split('\n')[0] ?? '';
+  } catch (err) {
+    return `unknown (${String(err).slice(0, 60)})`;
+  }
+}
+
+/** Versions of the system stacks, for the README's "tested with" list. */
+export function systemVersions(): Record<string, string> {
+  return {
+    chromiumPackage: firstLine('dpkg-query', [...DPKG_VERSION, 'chromium']),
+    janusPackage: firstLine('dpkg-query', [...DPKG_VERSION, 'janus']),
+    libnicePackage: firstLine('dpkg-query', [...DPKG_VERSION, 'libnice10']),
+    nftables: firstLine('nft', ['--version']),
+    iproute2: firstLine('ip', ['-V']),
+    kernel: firstLine('uname', ['-r']),
+    debian: firstLine('cat', ['/etc/debian_version']),
+  };
+}
