@@ -1,0 +1,212 @@
+/**
+ * `npm run bench`: forwarded packets per second and added latency of ice-ingress beside a minimal
+ * plain `dgram` relay (bench/plain-relay.ts) and beside no relay at all, in the same run, for
+ * 1200-byte and 100-byte datagrams.
+ *
+ * Shared-CPU honesty (2-core machine): the relay under test is pinned to core 0 (taskset); the C
+ * load generator and C echo server (bench/udpbench.c) share core 1. "direct" shows the ceiling of
+ * that generator; read the relay figures as ratios measured in this one run. Relay CPU time comes
+ * from /proc, so "datagrams per CPU-second" is the per-core capacity figure.
+ *
+ * Environment: BENCH_SECONDS (default 3), BENCH_SESSIONS (default 100), BENCH_WINDOW (default 4),
+ * BENCH_SIZES (default "1200,100"). Needs a C compiler (cc) and taskset (util-linux).
+ */
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import dgram from 'node:dgram';
+import { mkdirSync, readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+
+const root = fileURLToPath(new URL('..', import.meta.url));
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 3);
+const SESSIONS = Number(process.env.BENCH_SESSIONS ?? 100);
+const WINDOW = Number(process.env.BENCH_WINDOW ?? 4);
+const SIZES = (process.env.BENCH_SIZES ?? '1200,100').split(',').map(Number);
+
+const binary = `${root}.bench/udpbench`;
+mkdirSync(`${root}.bench`, { recursive: true });
+execFileSync('cc', ['-O2', '-Wall', '-o', binary, `${root}bench/udpbench.c`], { stdio: 'inherit' });
+
+const children: ChildProcess[] = [];
+const cleanup = (): void => {
+  for (const c of children) if (c.exitCode === null) c.kill('SIGKILL');
+};
+process.on('exit', cleanup);
+process.on('SIGINT', () => process.exit(130));
+
+async function freePort(): Promise<number> {
+  const s = dgram.createSocket('udp4');
+  await new Promise<void>((r) => s.bind(0, '127.0.0.1', () => r()));
+  const p = s.address().port;
+  await new Promise<void>((r) => s.close(() => r()));
+  return p;
+}
+
+/** Spawns a pinned child and resolves when it prints a line containing `marker`. */
+function startPinned(core: number, cmd: string, args: string[], marker: string): Promise<ChildProcess> {
+  const child = spawn('taskset', ['-c', String(core), cmd, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  children.push(child);
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`${cmd} did not start`)), 10_000);
+    let out = '';
+    const onData = (d: Buffer): void => {
+      out += d.toString();
+      if (out.includes(marker)) {
+        clearTimeout(timer);
+        resolve(child);
+      }
+    };
+    child.stdout!.on('data', onData);
+    child.stderr!.on('data', (d: Buffer) => process.stderr.write(d));
+    child.once('exit', (code) => reject(new Error(`${cmd} exited ${code}: ${out}`)));
+  });
+}
+
+function cpuSeconds(pid: number): number {
+  // /proc/PID/stat fields 14, 15: utime, stime in clock ticks (100 Hz on Linux).
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
+
+interface LoadResult {
+  roundTrips: number;
+  seconds: number;
+  roundTripsPerSec: number;
+  p50us: number;
+  p99us: number;
+  reprimed: number;
+  error?: string;
+}
+
+function load(port: number, sessions: number, size: number, seconds: number, window: number): LoadResult {
+  const out = execFileSync(
+    'taskset',
+    [
+      '-c',
+      '1',
+      binary,
+      'load',
+      '127.0.0.1',
+      String(port),
+      String(sessions),
+      String(size),
+      String(seconds),
+      String(window),
+    ],
+    { encoding: 'utf8', timeout: (seconds + 30) * 1000 },
+  );
+  const r = JSON.parse(out.trim().split('\n').at(-1)!) as LoadResult;
+  if (r.error) throw new Error(r.error);
+  return r;
+}
+
+const node = process.execPath;
+const echoPort = await freePort();
+await startPinned(1, binary, ['echo', '127.0.0.1', String(echoPort)], 'ready');
+
+type Kind = 'direct' | 'plain-relay' | 'ice-ingress';
+interface Row {
+  kind: Kind;
+  size: number;
+  rtps: number;
+  fwdPerCpuSec: number | undefined;
+  p50: number;
+  p99: number;
+  reprimed: number;
+}
+const rows: Row[] = [];
+
+for (const size of SIZES) {
+  for (const kind of ['direct', 'plain-relay', 'ice-ingress'] as Kind[]) {
+    let port = echoPort;
+    let relay: ChildProcess | undefined;
+    if (kind !== 'direct') {
+      port = await freePort();
+      relay =
+        kind === 'plain-relay'
+          ? await startPinned(
+              0,
+              node,
+              [`${root}bench/plain-relay.ts`, String(port), String(echoPort)],
+              'ready',
+            )
+          : await startPinned(
+              0,
+              node,
+              [
+                `${root}src/cli.ts`,
+                '--listen',
+                `127.0.0.1:${port}`,
+                '--backends',
+                `echo=127.0.0.1:${echoPort}`,
+                '--admin',
+                'off',
+                '--upstream-ports',
+                '0',
+                '--probe-rate',
+                '1000000',
+                '--max-pending-per-source',
+                '100000',
+                '--log-level',
+                'info',
+              ],
+              'ice-ingress started',
+            );
+    }
+    // Latency first, unloaded: one session, one datagram in flight.
+    const lat = load(port, 1, size, 1, 1);
+    const cpu0 = relay ? cpuSeconds(relay.pid!) : 0;
+    const thr = load(port, SESSIONS, size, SECONDS, WINDOW);
+    const cpu = relay ? cpuSeconds(relay.pid!) - cpu0 : 0;
+    // Each round trip is two datagrams forwarded by a relay (client→backend, backend→client).
+    const forwarded = thr.roundTrips * 2;
+    rows.push({
+      kind,
+      size,
+      rtps: thr.roundTripsPerSec,
+      fwdPerCpuSec: relay && cpu > 0 ? forwarded / cpu : undefined,
+      p50: lat.p50us,
+      p99: lat.p99us,
+      reprimed: thr.reprimed,
+    });
+    if (relay) {
+      relay.kill('SIGKILL');
+      await new Promise((r) => relay!.once('exit', r));
+    }
+  }
+}
+
+const fmt = (n: number): string => Math.round(n).toLocaleString('en-US');
+console.log(
+  `\nice-ingress bench — ${SESSIONS} sessions × window ${WINDOW}, ${SECONDS}s per run, Node ${process.version}; relay on core 0, C generator + C echo share core 1\n`,
+);
+console.log(
+  'size   relay         round trips/s   datagrams fwd/s   fwd per relay CPU-s   RTT p50 µs   RTT p99 µs   added p50 µs   lost windows',
+);
+for (const r of rows) {
+  const direct = rows.find((d) => d.kind === 'direct' && d.size === r.size)!;
+  console.log(
+    [
+      String(r.size).padEnd(6),
+      r.kind.padEnd(13),
+      fmt(r.rtps).padStart(13),
+      (r.kind === 'direct' ? '-' : fmt(r.rtps * 2)).padStart(17),
+      (r.fwdPerCpuSec === undefined ? '-' : fmt(r.fwdPerCpuSec)).padStart(21),
+      String(r.p50).padStart(12),
+      String(r.p99).padStart(12),
+      (r.kind === 'direct' ? '-' : String(r.p50 - direct.p50)).padStart(14),
+      String(r.reprimed).padStart(14),
+    ].join(' '),
+  );
+}
+for (const size of SIZES) {
+  const p = rows.find((r) => r.kind === 'plain-relay' && r.size === size)!;
+  const i = rows.find((r) => r.kind === 'ice-ingress' && r.size === size)!;
+  console.log(
+    `${size} B: ice-ingress / plain relay = ${(i.rtps / p.rtps).toFixed(2)} (throughput), ${
+      i.fwdPerCpuSec && p.fwdPerCpuSec ? (i.fwdPerCpuSec / p.fwdPerCpuSec).toFixed(2) : '-'
+    } (per CPU-second)`,
+  );
+}
+cleanup();
+process.exit(0);
