@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 import { readFileSync } from 'node:fs';
 import { ConfigError, helpText, parseConfig } from './config.ts';
+import { runJvbConfigCommand, runTokenCommand } from './jvb-config.ts';
 import { startProxy } from './main.ts';
 
 /**
@@ -21,6 +22,13 @@ function version(): string {
 }
 
 async function main(argv: string[]): Promise<number> {
+  // Sub-commands that print and exit: used by init containers and operators, no sockets.
+  if (argv[0] === 'token' || argv[0] === 'jvb-config') {
+    const r = argv[0] === 'token' ? runTokenCommand(argv.slice(1)) : runJvbConfigCommand(argv.slice(1));
+    if (r.stdout) process.stdout.write(r.stdout);
+    if (r.stderr) process.stderr.write(r.stderr);
+    return r.exitCode;
+  }
   let parsed: ReturnType<typeof parseConfig>;
   try {
     parsed = parseConfig(argv, process.env);
