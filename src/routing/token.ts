@@ -9,6 +9,11 @@ import { createHash } from 'node:crypto';
  * prefix up in O(1) (`ufrag.slice(0, TOKEN_LENGTH)`); 30 bits keep chance collisions between a
  * few hundred pods negligible, and a collision or a random ufrag that happens to start with a token
  * only costs a fall-back to probing, never a wrong route.
+ *
+ * The same function runs in two places that may be of different versions: `ice-ingress jvb-config`
+ * in each JVB's init container (which sets `videobridge.ice.ufrag-prefix`) and the proxy's router.
+ * Changing it silently turns every prefix route into a probe, so it is pinned by a test
+ * (test/jvb-config.test.ts: tokenFor('jvb-0') === '6gi5sz').
  */
 export const TOKEN_LENGTH = 6;
 const ALPHABET = 'abcdefghijklmnopqrstuvwxyz234567';
