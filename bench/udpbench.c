@@ -156,24 +156,28 @@ static int run_load(const char *ip, int port, int sessions, int size, double sec
     printf("{\"error\":\"only %d of %d sessions answered the handshake\"}\n", established, sessions);
     return 1;
   }
-  /* Load: keep WINDOW datagrams in flight per session; payload carries the send time. */
+  /* Load: keep at most WINDOW datagrams in flight per session; payload carries the send time.
+     A receipt frees one slot; a session silent for 100 ms is taken to have lost its window
+     and is re-primed. In-flight never exceeds WINDOW, so late arrivals cannot grow the load. */
   size_t cap = 1 << 22;
   uint32_t *rtts = malloc(cap * sizeof(uint32_t));
+  int *inflight = calloc(sessions, sizeof(int));
   size_t nrtt = 0;
   uint64_t count = 0, reprimed = 0;
   memset(pkt, 0x80, sizeof pkt); /* RTP-looking first byte (RFC 7983) */
   uint64_t start = now_ns();
   uint64_t end = start + (uint64_t)(seconds * 1e9);
   for (int s = 0; s < sessions; s++) {
-    for (int w = 0; w < window; w++) {
+    while (inflight[s] < window) {
       uint64_t t = now_ns();
       memcpy(pkt + 8, &t, 8);
       send(fds[s], pkt, size, 0);
+      inflight[s]++;
     }
     last_rx[s] = start;
   }
   struct epoll_event evs[256];
-  uint64_t next_check = start + 50000000ull;
+  uint64_t next_check = start + 20000000ull;
   while (1) {
     uint64_t t = now_ns();
     if (t >= end) break;
@@ -189,25 +193,29 @@ static int run_load(const char *ip, int port, int sessions, int size, double sec
         if (nrtt < cap) rtts[nrtt++] = (uint32_t)((now - sent) / 1000);
         count++;
         last_rx[s] = now;
-        memcpy(pkt + 8, &now, 8);
-        send(fds[s], pkt, size, 0);
+        if (inflight[s] > 0) inflight[s]--;
+        while (inflight[s] < window) {
+          memcpy(pkt + 8, &now, 8);
+          send(fds[s], pkt, size, 0);
+          inflight[s]++;
+        }
       }
     }
+    t = now_ns();
     if (t >= next_check) {
-      /* A lost datagram shrinks a window for good: re-prime sessions silent for 500 ms
-         (long enough that a queued, not lost, datagram does not double the window). */
       for (int s = 0; s < sessions; s++) {
-        if (t > last_rx[s] && t - last_rx[s] > 500000000ull) {
-          for (int w = 0; w < window; w++) {
-            uint64_t t2 = now_ns();
-            memcpy(pkt + 8, &t2, 8);
+        if (t > last_rx[s] && t - last_rx[s] > 100000000ull) {
+          inflight[s] = 0;
+          while (inflight[s] < window) {
+            memcpy(pkt + 8, &t, 8);
             send(fds[s], pkt, size, 0);
+            inflight[s]++;
           }
           last_rx[s] = t;
           reprimed++;
         }
       }
-      next_check = t + 50000000ull;
+      next_check = t + 20000000ull;
     }
   }
   double elapsed = (now_ns() - start) / 1e9;
