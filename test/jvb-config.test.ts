@@ -52,7 +52,9 @@ describe('renderJvbConfig', () => {
     expect(cfg.token).toBe(tokenFor('jvb-0'));
     const conf = await parseHocon(cfg.hocon);
     expect(conf).toEqual({
-      videobridge: { ice: { udp: { port: 10000 }, 'ufrag-prefix': cfg.token } },
+      videobridge: {
+        ice: { udp: { port: 10000 }, 'ufrag-prefix': cfg.token, 'advertise-private-candidates': false },
+      },
       ice4j: {
         harvest: {
           mapping: {
@@ -76,7 +78,23 @@ describe('renderJvbConfig', () => {
       JVB_ADVERTISE_IPS: '203.0.113.10#10000',
       JVB_DISABLE_STUN: 'true',
       DISABLE_AWS_HARVESTER: 'true',
+      JVB_ADVERTISE_PRIVATE_CANDIDATES: 'false',
     });
+  });
+
+  it('keeps private candidates on when the proxy itself has a private address', async () => {
+    for (const ip of ['10.1.2.3', '172.16.0.1', '172.31.255.1', '192.168.1.1', 'fd00::1', 'fec0::1']) {
+      const cfg = renderJvbConfig({ podName: 'jvb-0', publicAddress: ip, localAddress: '10.0.0.10' });
+      const conf = (await parseHocon(cfg.hocon)) as { videobridge: { ice: Record<string, unknown> } };
+      expect(conf.videobridge.ice['advertise-private-candidates'], ip).toBe(true);
+      expect(cfg.env.JVB_ADVERTISE_PRIVATE_CANDIDATES).toBe('true');
+    }
+    for (const ip of ['172.32.0.1', '100.64.0.1', '8.8.8.8', '2001:db8::1', 'fe80::1']) {
+      expect(
+        renderJvbConfig({ podName: 'jvb-0', publicAddress: ip }).env.JVB_ADVERTISE_PRIVATE_CANDIDATES,
+        ip,
+      ).toBe('false');
+    }
   });
 
   it("overrides docker-jitsi-meet's jvb.conf when included at its end", async () => {
@@ -171,6 +189,7 @@ describe('runJvbConfigCommand', () => {
       'JVB_ADVERTISE_IPS=203.0.113.10#10000',
       'JVB_DISABLE_STUN=true',
       'DISABLE_AWS_HARVESTER=true',
+      'JVB_ADVERTISE_PRIVATE_CANDIDATES=false',
     ]);
     const both = runJvbConfigCommand([...argv, '--format', 'both'], noEnv);
     expect(both.stdout).toContain('videobridge.ice.udp.port = 10000');
