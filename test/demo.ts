@@ -31,7 +31,9 @@ if (parsed.kind !== 'run') throw new Error('unreachable');
 const proxy = await startProxy(parsed.config, { log: createLogger(process.env.LOG_LEVEL ?? 'warn') });
 const target = { address: '127.0.0.1', port: proxy.listen.port };
 
-console.log(`ice-ingress demo: proxy on udp ${target.address}:${target.port}, admin http://127.0.0.1:${proxy.adminPort}`);
+console.log(
+  `ice-ingress demo: proxy on udp ${target.address}:${target.port}, admin http://127.0.0.1:${proxy.adminPort}`,
+);
 console.log(`backends: ${servers.map((s) => `${s.name} (udp ${s.address}:${s.port})`).join(', ')}`);
 console.log(`${CLIENTS} clients behind one IP (127.0.0.1); conferences alternate between the two servers\n`);
 
@@ -77,7 +79,12 @@ per server: ${servers.map((s) => `${s.name} answered ${s.stats.successes} checks
 result: ${ok}/${CLIENTS} clients reached their own server through one UDP port`);
 
 const metrics = await (await fetch(`http://127.0.0.1:${proxy.adminPort}/metrics`)).text();
-console.log(`\n/metrics excerpt:\n${metrics.split('\n').filter((l) => /^ice_ingress_(sessions|routes_total|probes_total)/.test(l)).join('\n')}`);
+console.log(
+  `\n/metrics excerpt:\n${metrics
+    .split('\n')
+    .filter((l) => /^ice_ingress_(sessions|routes_total|probes_total)/.test(l))
+    .join('\n')}`,
+);
 
 await proxy.close();
 await Promise.all(servers.map((s) => s.close()));
