@@ -62,6 +62,7 @@ interface Canvas {
 /** Per-session state kept in the page. Times in ms from `t0` (reset when the answer is applied). */
 interface Rec {
   pc: Pc;
+  dc?: Channel;
   t0: number;
   connectedAt: number;
   echo: string;
@@ -126,6 +127,7 @@ export class ChromiumClient {
         };
         pc.ondatachannel = (ev) => {
           const dc = ev.channel;
+          rec.dc = dc;
           dc.onmessage = (m) => {
             rec.echo = String(m.data);
             rec.echoAt = performance.now() - rec.t0;
@@ -154,6 +156,7 @@ export class ChromiumClient {
           rec.connectedAt = performance.now() - rec.t0;
       };
       const dc = pc.createDataChannel('test');
+      rec.dc = dc;
       dc.onopen = () => dc.send(`ping:${session}`);
       dc.onmessage = (m) => {
         rec.echo = String(m.data);
@@ -165,7 +168,19 @@ export class ChromiumClient {
     }, session);
   }
 
-  /** Data-channel result of `answerDataOffer`/`offerData`, or undefined until the echo arrived. */
+  /** Sends one more data-channel message; `dataResult` then shows its echo. */
+  async sendData(session: string, msg: string): Promise<void> {
+    await this.page.evaluate(
+      ({ session, msg }) => {
+        const dc = window.pcs![session]?.dc;
+        if (dc?.readyState !== 'open') throw new Error(`data channel of ${session} is not open`);
+        dc.send(msg);
+      },
+      { session, msg },
+    );
+  }
+
+  /** Data-channel result of `answerDataOffer`/`offerData` (the latest echo), or undefined before one arrived. */
   dataResult(
     session: string,
   ): Promise<{ echo: string; connectedAtMs: number; echoAtMs: number } | undefined> {

@@ -4,6 +4,7 @@
 // requests: {cmd:'answer', session, sdp} -> {sdp}          (the pod offered, as JVB does)
 //           {cmd:'offer', session} -> {sdp}                 (the client offers; used for timing)
 //           {cmd:'setAnswer', session, sdp} -> {}
+//           {cmd:'send', session, msg} -> {}                 (another message; its echo is an event)
 //           {cmd:'close', session} -> {}
 // events:   {event:'ice'|'state', session, state, t}, {event:'dc-open', session, t},
 //           {event:'echo', session, msg, t, rttMs}, {event:'pair', session, local, remote}
@@ -15,6 +16,7 @@ nodeDataChannel.initLogger('Warning', (level, msg) => log(level, msg));
 
 interface Session {
   pc: PeerConnection;
+  dc?: DataChannel;
   t0: number;
 }
 const sessions = new Map<string, Session>();
@@ -29,6 +31,7 @@ function sessionOf(session: string): Session {
 function pingOnOpen(session: string, s: Session, dc: DataChannel, alreadyOpen: boolean): void {
   const t = (): number => Date.now() - s.t0;
   const go = (): void => {
+    s.dc = dc;
     emit({ event: 'dc-open', session, t: t() });
     const sent = Date.now();
     dc.onMessage((msg) =>
@@ -92,6 +95,12 @@ serve(
         const s = sessionOf(session);
         s.t0 = Date.now();
         s.pc.setRemoteDescription(String(req['sdp']), 'answer');
+        return {};
+      }
+      case 'send': {
+        const dc = sessionOf(session).dc;
+        if (!dc?.isOpen()) throw new Error(`data channel of ${session} is not open`);
+        dc.sendMessage(String(req['msg']));
         return {};
       }
       case 'close': {

@@ -13,6 +13,10 @@ export interface Front {
   readonly kind: 'proxy' | 'affinity';
   /** Control relay only: its JSON events (`assign`). */
   readonly agent?: Agent;
+  /** False once the process exited (a crash: nothing stops it but `stop()`). */
+  alive(): boolean;
+  /** Where its output goes. */
+  readonly log: string;
   stop(): void;
 }
 
@@ -45,7 +49,9 @@ export async function startProxy(
   for (let i = 0; i < 100; i++) {
     if (exited) throw new Error(`proxy exited (${exited}) before ready; log: ${topo.logPath(label)}`);
     const r = await adminGet(topo, '/readyz');
-    if (r.status === 200) return { kind: 'proxy', stop: () => topo.kill(child) };
+    if (r.status === 200) {
+      return { kind: 'proxy', alive: () => !exited, log: topo.logPath(label), stop: () => topo.kill(child) };
+    }
     if (Date.now() > end) break;
     await new Promise((res) => setTimeout(res, 200));
   }
@@ -61,5 +67,11 @@ export async function startAffinityRelay(topo: Topology, listen: string, backend
     backends,
   ]);
   await agent.ready();
-  return { kind: 'affinity', agent, stop: () => agent.kill() };
+  return {
+    kind: 'affinity',
+    agent,
+    alive: () => agent.child.exitCode === null && agent.child.signalCode === null,
+    log: topo.logPath(agent.label),
+    stop: () => agent.kill(),
+  };
 }

@@ -86,14 +86,17 @@ async function ndcEcho(client: Agent, session: string, ms: number): Promise<Msg 
   return client.waitFor(is('echo', session), ms, `echo of ${session}`).catch(() => undefined);
 }
 
-async function chromeEcho(session: string, ms: number): Promise<string | undefined> {
+/** The latest data-channel echo of a Chromium session (`want`: wait for that one), or undefined. */
+async function chromeEcho(session: string, ms: number, want?: string): Promise<string | undefined> {
   const end = Date.now() + ms;
+  let last: string | undefined;
   for (let i = 0; i < 1000 && Date.now() < end; i++) {
     const r = await chrome!.dataResult(session);
-    if (r) return r.echo;
+    last = r?.echo;
+    if (r && (want === undefined || r.echo === want)) return r.echo;
     await new Promise((res) => setTimeout(res, 100));
   }
-  return undefined;
+  return want === undefined ? undefined : last;
 }
 
 async function closeNdc(pod: Agent, client: Agent, session: string): Promise<void> {
@@ -109,6 +112,12 @@ async function proxyMetrics(): Promise<string> {
     .join('\n');
 }
 
+/** The proxy (or relay) survived everything so far: no unhandled socket error killed it. */
+function expectFrontAlive(): void {
+  expect(front, 'no proxy running').toBeDefined();
+  expect(front!.alive(), `${front!.kind} exited; see ${front!.log}`).toBe(true);
+}
+
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.floor(s.length / 2)] ?? Number.NaN;
@@ -118,6 +127,8 @@ beforeAll(async () => {
   checkPrereqs();
   topo = await createTopology();
   report.push(`namespaces ${topo.prefix}*, logs in ${topo.logDir}`);
+  if (topo.staleRemoved.length)
+    report.push(`removed namespaces of a crashed run: ${topo.staleRemoved.join(' ')}`);
   startJanus(topo, 'janus', ADDR.pods.janus, PORT);
   pod1 = new Agent(topo, 'pod1', 'pod1', 'pod-ndc.ts', [
     '--name',
@@ -210,9 +221,33 @@ describe('interop through one proxy port, clients behind one NAT', () => {
         `c3(chromium)->pod2 echo; all done ${Date.now() - started} ms after signalling began ` +
         '(client times count from the offer; they include the signalling race, see (d))',
     );
+
+    // The sessions live on: keepalives and consent checks (both directions, RFC 7675) pass the
+    // proxy, and a later message still reaches the same pod.
+    const HOLD_MS = 7000;
+    await new Promise((r) => setTimeout(r, HOLD_MS));
+    await c1.request({ cmd: 'send', session: 'a-c1', msg: 'again:a-c1' });
+    await c2.request({ cmd: 'send', session: 'a-c2', msg: 'again:a-c2' });
+    await chrome!.sendData('a-c3', 'again:a-c3');
+    const again = (c: Agent, s: string) =>
+      c.waitFor((m) => is('echo', s)(m) && String(m['msg']).includes('again'), 3000, `second echo of ${s}`);
+    expect((await again(c1, 'a-c1'))['msg']).toBe('echo:pod1:again:a-c1');
+    expect((await again(c2, 'a-c2'))['msg']).toBe('echo:pod2:again:a-c2');
+    expect(await chromeEcho('a-c3', 3000, 'echo:pod2:again:a-c3')).toBe('echo:pod2:again:a-c3');
+    for (const [c, s] of [
+      [c1, 'a-c1'],
+      [c2, 'a-c2'],
+    ] as const) {
+      expect(
+        c.find((m) => m['session'] === s && ['disconnected', 'failed'].includes(String(m['state']))),
+      ).toBeUndefined();
+    }
+    expect((await chrome!.stats('a-c3')).connectionState).toBe('connected');
+    report.push(`(a) sessions still up after ${HOLD_MS} ms: a second message round-tripped for every client`);
     report.push(`proxy metrics after (a):\n${await proxyMetrics()}`);
     await closeNdc(pod1, c1, 'a-c1');
     await closeNdc(pod2, c2, 'a-c2');
+    expectFrontAlive();
   }, 60_000);
 
   it('(b) Chromium sends canvas video to Janus echotest through the proxy and decodes the echo', async () => {
@@ -242,6 +277,7 @@ describe('interop through one proxy port, clients behind one NAT', () => {
       `(b) PASS: Chromium->Janus echotest: connected ~${connectedMs} ms after answer, ` +
         `${st.framesSent} frames sent, ${st.framesDecoded} decoded, ${st.bytesReceived} bytes back`,
     );
+    expectFrontAlive();
   }, 60_000);
 
   it('(c) negative control: source-IP affinity fails NATed clients whose session is elsewhere; the proxy does not', async () => {
@@ -272,6 +308,7 @@ describe('interop through one proxy port, clients behind one NAT', () => {
     );
     await closeNdc(pod1, c1, 'c-c1');
     await closeNdc(pod2, c2, 'c-c2');
+    expectFrontAlive();
 
     // Same arrangement, same NAT, the proxy on the same port: everyone connects.
     await useFront('proxy');
@@ -291,6 +328,7 @@ describe('interop through one proxy port, clients behind one NAT', () => {
     report.push('(c) proxy on the same arrangement: all three connected — PASS');
     await closeNdc(pod1, c1, 'c2-c1');
     await closeNdc(pod2, c2, 'c2-c2');
+    expectFrontAlive();
   }, 90_000);
 
   it('(d) time to connected: through the proxy vs direct', async () => {
@@ -365,13 +403,10 @@ describe('interop through one proxy port, clients behind one NAT', () => {
       `connected/DTLS ${stat(xs.map((x) => x.dtls))}, first echo ${stat(xs.map((x) => x.echo))}`;
     report.push(
       '(d) PASS: ms from the offerer applying the answer, median (min-max), ' +
-        `node ${N} runs, chromium ${NC} runs, client -> pod1:
-` +
-        `    ${row('node proxy', node['proxy']!)}
-    ${row('node direct', node['direct']!)}
-` +
-        `    ${row('chromium proxy', browser['proxy']!)}
-    ${row('chromium direct', browser['direct']!)}`,
+        `node ${N} runs, chromium ${NC} runs, client -> pod1:\n` +
+        `    ${row('node proxy', node['proxy']!)}\n    ${row('node direct', node['direct']!)}\n` +
+        `    ${row('chromium proxy', browser['proxy']!)}\n    ${row('chromium direct', browser['direct']!)}`,
     );
+    expectFrontAlive();
   }, 120_000);
 });

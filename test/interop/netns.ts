@@ -10,7 +10,7 @@
 // for the "public" segment. Namespace names carry the owning pid: a later run deletes those whose
 // owner is gone (crashed run); `destroy()` and an exit hook remove this run's.
 import { type ChildProcess, execFile, execFileSync, spawn } from 'node:child_process';
-import { createWriteStream, mkdirSync, type WriteStream } from 'node:fs';
+import { createWriteStream, mkdirSync, readdirSync, rmSync, type WriteStream } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -48,16 +48,25 @@ export interface SpawnOptions {
 
 export class Topology {
   readonly prefix: string;
+  /** Namespaces of crashed earlier runs that this run removed. */
+  staleRemoved: string[] = [];
   readonly logDir: string;
   private readonly children = new Set<ChildProcess>();
   private readonly logs = new Set<WriteStream>();
   private destroyed = false;
   private readonly onExit = (): void => this.destroySync();
+  /** Ctrl-C / a killed CI job: clean up, then die of the same signal as without the handler. */
+  private readonly onSignal = (signal: NodeJS.Signals): void => {
+    this.destroySync();
+    process.kill(process.pid, signal);
+  };
 
   constructor(prefix: string, logDir: string) {
     this.prefix = prefix;
     this.logDir = logDir;
     process.on('exit', this.onExit);
+    process.once('SIGINT', this.onSignal);
+    process.once('SIGTERM', this.onSignal);
   }
 
   ns(role: NsRole): string {
@@ -133,6 +142,8 @@ export class Topology {
     if (this.destroyed) return;
     this.destroyed = true;
     process.off('exit', this.onExit);
+    process.off('SIGINT', this.onSignal);
+    process.off('SIGTERM', this.onSignal);
     this.killAll();
     for (const ns of this.allNamespaces()) removeNamespace(ns);
     for (const l of this.logs) l.end();
@@ -198,6 +209,12 @@ export function cleanupStale(): string[] {
     removeNamespace(name);
     removed.push(name);
   }
+  // Log folders of finished runs (the newest few stay for a look after a failure).
+  const dirs = readdirSync(tmpdir())
+    .map((d) => /^ice-ingress-interop-(\d+)$/.exec(d))
+    .filter((m): m is RegExpExecArray => m !== null && !pidAlive(Number(m[1])))
+    .sort((a, b) => Number(b[1]) - Number(a[1]));
+  for (const m of dirs.slice(3)) rmSync(join(tmpdir(), m[0]), { recursive: true, force: true });
   return removed;
 }
 
@@ -216,11 +233,12 @@ async function nsSysctl(ns: string, key: string, value: string): Promise<void> {
 
 /** Builds the whole topology; on any failure removes what was made and rethrows. */
 export async function createTopology(): Promise<Topology> {
-  cleanupStale();
+  const stale = cleanupStale();
   const prefix = `${NS_PREFIX}${process.pid}-`;
   const logDir = join(tmpdir(), `ice-ingress-interop-${process.pid}`);
   mkdirSync(logDir, { recursive: true });
   const topo = new Topology(prefix, logDir);
+  topo.staleRemoved = stale;
   const n = (r: NsRole): string => topo.ns(r);
   try {
     for (const ns of topo.allNamespaces()) {

@@ -1,7 +1,7 @@
 // Fails loudly (never skips) when the suite cannot run here: it needs root (ip netns, nft) and
 // the Debian packages that test/interop/prereqs.sh installs.
 import { execFileSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { accessSync, constants } from 'node:fs';
 
 const COMMANDS: [cmd: string, pkg: string][] = [
   ['/usr/bin/chromium', 'chromium'],
@@ -12,7 +12,14 @@ const COMMANDS: [cmd: string, pkg: string][] = [
 ];
 
 function onPath(cmd: string): boolean {
-  if (cmd.startsWith('/')) return existsSync(cmd);
+  if (cmd.startsWith('/')) {
+    try {
+      accessSync(cmd, constants.X_OK);
+      return true;
+    } catch {
+      return false;
+    }
+  }
   try {
     execFileSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' });
     return true;
