@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { afterEach, describe, expect, it } from 'vitest';
+import { tokenFor } from '../../src/routing/token.ts';
 import { FakeIceClient } from '../fixtures/ice-client.ts';
 import { RawPeer } from '../fixtures/raw-peer.ts';
 import { CheckError } from '../fixtures/stun-agent.ts';
@@ -275,5 +276,45 @@ describe('relay', () => {
     expect(rig.drops('draining')).toBeGreaterThan(0);
     await drained;
     expect(rig.proxy.datapath.table.size).toBe(0);
+  });
+});
+
+describe('prefix routing', () => {
+  it('sends a ufrag that starts with a backend token to that backend only', async () => {
+    rig = await startRig([{}, {}, {}]);
+    const owner = rig.servers[1]!;
+    const creds = owner.addSession({ prefix: tokenFor(owner.name) });
+    const c1 = await client();
+    await c1.check(rig.target, creds);
+    await c1.sendMedia(rig.target, rtp('p'));
+    await c1.nextMedia(1000);
+    expect(rig.routes('prefix')).toBe(1);
+    expect(rig.proxy.datapath.counters.probesSent).toBe(1);
+    expect(rig.servers[0]!.stats.datagrams).toBe(0);
+    expect(rig.servers[2]!.stats.datagrams).toBe(0);
+  });
+
+  it('falls back to probing when the token backend stays silent (JVB drops unknown ufrags)', async () => {
+    rig = await startRig([{}, {}]);
+    const [a, b] = rig.servers as [(typeof rig.servers)[0], (typeof rig.servers)[0]];
+    // Lives on jvb-0 but starts with jvb-1's token, as a random ufrag can by chance.
+    const creds = a.addSession({ prefix: tokenFor(b.name) });
+    const c1 = await client();
+    const r = await c1.check(rig.target, creds, { rtoMs: 100 });
+    expect(r.transmissions).toBeGreaterThan(1); // the fan-out rode on the client's retransmit
+    expect(b.stats.unknownUfragDrops).toBeGreaterThan(0);
+    expect(rig.routes('probe_won')).toBe(1);
+    expect(rig.routes('prefix')).toBe(0);
+  });
+
+  it('falls back at once when the token backend answers with an error (libwebrtc-style 401)', async () => {
+    rig = await startRig([{}, { unknownUfrag: '401' }]);
+    const [a, b] = rig.servers as [(typeof rig.servers)[0], (typeof rig.servers)[0]];
+    const creds = a.addSession({ prefix: tokenFor(b.name) });
+    const c1 = await client();
+    const r = await c1.check(rig.target, creds, { rtoMs: 500 });
+    expect(r.transmissions).toBe(1);
+    expect(rig.drops('probe_not_mine')).toBe(1);
+    expect(rig.routes('probe_won')).toBe(1);
   });
 });
