@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # ice-ingress: multi-stage build on Node.js 24 LTS; the runtime image holds only the compiled
-# JavaScript and production dependencies, runs as the unprivileged `node` user (uid 1000) and
+# JavaScript and production dependencies, runs as an unprivileged uid (10001, as deploy/ sets) and
 # starts the CLI in exec form, so SIGTERM reaches Node directly and starts the drain.
 
 FROM node:24-bookworm-slim AS build
@@ -20,7 +20,7 @@ WORKDIR /app
 COPY --from=build --chown=root:root /app/package.json ./
 COPY --from=build --chown=root:root /app/node_modules ./node_modules
 COPY --from=build --chown=root:root /app/dist ./dist
-USER 1000:1000
+USER 10001:10001
 # 10000/udp: clients (ICE/DTLS/SRTP). 9090/tcp: /metrics, /healthz, /readyz.
 EXPOSE 10000/udp 9090/tcp
 ENTRYPOINT ["node", "dist/src/cli.js"]

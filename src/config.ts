@@ -30,6 +30,7 @@ export interface Config {
   readonly dnsName: string;
   readonly backendPort: number;
   readonly dnsIntervalMs: number;
+  readonly dnsGraceMs: number;
   readonly idleTimeoutMs: number;
   readonly probeTimeoutMs: number;
   readonly probeRounds: number;
@@ -78,6 +79,12 @@ export const OPTIONS: readonly OptionSpec[] = [
   { flag: 'dns-name', arg: 'NAME', def: '', help: 'headless Service name to resolve (dns)' },
   { flag: 'backend-port', arg: 'PORT', def: '10000', help: 'backend UDP port (dns)' },
   { flag: 'dns-interval', arg: 'DURATION', def: '5s', help: 're-resolve period (dns)' },
+  {
+    flag: 'dns-grace',
+    arg: 'DURATION',
+    def: '0s',
+    help: 'keep an address that left DNS as terminating this long (dns)',
+  },
   {
     flag: 'idle-timeout',
     arg: 'DURATION',
@@ -290,6 +297,7 @@ export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Pa
     dnsName,
     backendPort: int('backend-port', 1, 65535),
     dnsIntervalMs: duration('dns-interval', 100),
+    dnsGraceMs: duration('dns-grace', 0),
     idleTimeoutMs: duration('idle-timeout', 100),
     probeTimeoutMs: duration('probe-timeout', 10),
     probeRounds: int('probe-rounds', 1, 100),

@@ -84,7 +84,6 @@ export async function startProxy(config: Config, opts: StartOptions = {}): Promi
     {
       counters: datapath.counters,
       sessions: datapath.table,
-      backends,
       openUpstreams: () => transport.openUpstreams,
     },
     opts.processMetrics ?? true,
@@ -103,6 +102,7 @@ export async function startProxy(config: Config, opts: StartOptions = {}): Promi
         dnsName: config.dnsName,
         backendPort: config.backendPort,
         dnsInterval: config.dnsIntervalMs,
+        dnsGrace: config.dnsGraceMs,
       },
       { log, registry },
     ));

@@ -1,6 +1,5 @@
 import { Counter, collectDefaultMetrics, Gauge, Registry } from 'prom-client';
 import { CLOSE_REASONS, type Counters, DROP_REASON_LABELS, ROUTE_LABELS } from '../proxy/counters.ts';
-import type { BackendTable } from '../routing/backends.ts';
 import type { SessionTable } from '../session/table.ts';
 
 /**
@@ -11,7 +10,6 @@ import type { SessionTable } from '../session/table.ts';
 export interface MetricSources {
   readonly counters: Counters;
   readonly sessions: SessionTable;
-  readonly backends: BackendTable;
   readonly openUpstreams: () => number;
 }
 
@@ -126,17 +124,6 @@ export function createRegistry(src: MetricSources, withProcessMetrics = true): R
     registers: [registry],
     collect() {
       this.set(src.openUpstreams());
-    },
-  });
-  new Gauge({
-    name: 'ice_ingress_backends',
-    help: 'Known backends by state (ready, terminating, unready).',
-    labelNames: ['state'],
-    registers: [registry],
-    collect() {
-      const n = { ready: 0, terminating: 0, unready: 0 };
-      for (const b of src.backends.all()) n[b.state]++;
-      for (const [state, v] of Object.entries(n)) this.set({ state }, v);
     },
   });
   return registry;
