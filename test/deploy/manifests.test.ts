@@ -53,7 +53,9 @@ const renderer = findRenderer();
 function render(dir: string): Obj[] {
   // No silent skip: without a renderer these tests fail and say what to install.
   if (!renderer) {
-    throw new Error('deploy/ needs kustomize v4+ to render: install kubectl >= 1.21 (kubectl kustomize) or kustomize');
+    throw new Error(
+      'deploy/ needs kustomize v4+ to render: install kubectl >= 1.21 (kubectl kustomize) or kustomize',
+    );
   }
   const out = execFileSync(renderer!.cmd, renderer!.args(join(ROOT, dir)), {
     encoding: 'utf8',
