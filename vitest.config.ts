@@ -7,6 +7,7 @@ export default defineConfig({
     exclude: ['test/interop/**', 'node_modules/**'],
     // Network tests bind real sockets; keep the 2-core CI machine calm.
     maxWorkers: 2,
+    reporters: ['default', './test/summary-reporter.ts'],
     testTimeout: 20_000,
     hookTimeout: 30_000,
   },
