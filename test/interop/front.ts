@@ -6,7 +6,8 @@ import { resolve } from 'node:path';
 import { Agent, NODE, ROOT } from './agent.ts';
 import type { Topology } from './netns.ts';
 
-export const PROXY_CLI = resolve(ROOT, 'src/cli.ts');
+/** The proxy under test: the source tree by default; INTEROP_PROXY_CLI=dist/src/cli.js tests the build. */
+export const PROXY_CLI = resolve(ROOT, process.env['INTEROP_PROXY_CLI'] ?? 'src/cli.ts');
 export const ADMIN = '127.0.0.1:9090';
 
 export interface Front {
@@ -34,7 +35,7 @@ export async function startProxy(
   backends: string,
   label = 'proxy',
 ): Promise<Front> {
-  if (!existsSync(PROXY_CLI)) throw new Error(`${PROXY_CLI} does not exist: the proxy is not built yet`);
+  if (!existsSync(PROXY_CLI)) throw new Error(`proxy entry point ${PROXY_CLI} does not exist`);
   const child: ChildProcess = topo.spawn(
     'prx',
     NODE,

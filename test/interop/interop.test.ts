@@ -8,7 +8,7 @@ import { resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Agent, type Msg, ROOT } from './agent.ts';
 import { ChromiumClient } from './chromium.ts';
-import { adminGet, type Front, startAffinityRelay, startProxy } from './front.ts';
+import { adminGet, type Front, PROXY_CLI, startAffinityRelay, startProxy } from './front.ts';
 import { startJanus } from './janus.ts';
 import { ADDR, createTopology, type Topology } from './netns.ts';
 import { checkPrereqs, systemVersions } from './prereqs.ts';
@@ -126,7 +126,7 @@ function median(xs: number[]): number {
 beforeAll(async () => {
   checkPrereqs();
   topo = await createTopology();
-  report.push(`namespaces ${topo.prefix}*, logs in ${topo.logDir}`);
+  report.push(`namespaces ${topo.prefix}*, logs in ${topo.logDir}; proxy under test: ${PROXY_CLI}`);
   if (topo.staleRemoved.length)
     report.push(`removed namespaces of a crashed run: ${topo.staleRemoved.join(' ')}`);
   startJanus(topo, 'janus', ADDR.pods.janus, PORT);
@@ -407,6 +407,7 @@ describe('interop through one proxy port, clients behind one NAT', () => {
         `    ${row('node proxy', node['proxy']!)}\n    ${row('node direct', node['direct']!)}\n` +
         `    ${row('chromium proxy', browser['proxy']!)}\n    ${row('chromium direct', browser['direct']!)}`,
     );
+    report.push(`proxy metrics at the end (this proxy process served (c) and (d)):\n${await proxyMetrics()}`);
     expectFrontAlive();
   }, 120_000);
 });

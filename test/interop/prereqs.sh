@@ -17,7 +17,8 @@ check chromium chromium
 check janus janus
 check nft nftables
 check ip iproute2
-check curl curl
+check sysctl procps
+check dpkg-query dpkg
 
 if [ -n "$need" ]; then
   echo "prereqs.sh: installing:$need"
@@ -27,13 +28,9 @@ if [ -n "$need" ]; then
   apt-get install -y -q --no-install-recommends $need
 fi
 
-# Janus from Debian installs a systemd unit; the suite starts its own instances inside
-# network namespaces, so a host instance is not wanted (and systemd may not exist here).
-if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet janus 2>/dev/null; then
-  systemctl stop janus || true
-fi
-
-for c in chromium janus nft ip; do
+# A host Janus service (if the package started one) does not disturb the suite: the suite's Janus
+# runs in its own network namespace with its own config folder.
+for c in chromium janus nft ip sysctl; do
   command -v "$c" >/dev/null 2>&1 || { echo "prereqs.sh: $c still missing" >&2; exit 1; }
 done
 echo "prereqs.sh: ok"
