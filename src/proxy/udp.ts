@@ -12,6 +12,20 @@ import type { Transport, UpstreamHandler } from './datapath.ts';
  * errors, which go to the data path instead of killing the process.
  */
 
+/**
+ * dgram resolves the destination of every unconnected send through `dns.lookup`, which for an IP
+ * literal still costs a closure and a `process.nextTick` per datagram. Every address the data path
+ * sends to is already an IP literal (a client's `rinfo.address`, a backend from discovery), so the
+ * answer is the input, given synchronously.
+ */
+function ipLiteralLookup(
+  address: string,
+  _options: unknown,
+  callback: (err: NodeJS.ErrnoException | null, address: string, family: number) => void,
+): void {
+  callback(null, address, address.includes(':') ? 6 : 4);
+}
+
 export interface ListenAddress {
   readonly host: string;
   readonly port: number;
@@ -40,7 +54,7 @@ export class UdpTransport implements Transport {
   /** Binds the listening socket; resolves with the bound address (port 0 → the kernel's pick). */
   start(): Promise<{ address: string; port: number }> {
     const { host, port } = this.#opt.listen;
-    const sock = dgram.createSocket({ type: host.includes(':') ? 'udp6' : 'udp4' });
+    const sock = dgram.createSocket({ type: host.includes(':') ? 'udp6' : 'udp4', lookup: ipLiteralLookup });
     this.#listen = sock;
     return new Promise((resolve, reject) => {
       const onStartError = (err: Error): void => reject(err);
@@ -64,7 +78,8 @@ export class UdpTransport implements Transport {
   }
 
   sendToClient(buf: Uint8Array, port: number, address: string): void {
-    this.#listen!.send(buf, port, address);
+    const sock = this.#listen;
+    if (sock !== undefined) sock.send(buf, port, address);
   }
 
   openUpstream(family: 4 | 6, localPort: number, handler: UpstreamHandler): Upstream {
@@ -103,7 +118,7 @@ class UdpUpstream implements Upstream {
   constructor(family: 4 | 6, bind: string, localPort: number, h: UpstreamHandler, owner: Set<UdpUpstream>) {
     this.#owner = owner;
     this.#localPort = localPort;
-    const sock = dgram.createSocket({ type: family === 6 ? 'udp6' : 'udp4' });
+    const sock = dgram.createSocket({ type: family === 6 ? 'udp6' : 'udp4', lookup: ipLiteralLookup });
     this.#sock = sock;
     sock.on('error', (err: NodeJS.ErrnoException) => h.onError(err));
     sock.on('message', (msg, rinfo) => h.onMessage(msg, rinfo.address, rinfo.port));
