@@ -115,7 +115,7 @@ export const OPTIONS: readonly OptionSpec[] = [
     def: '256',
     help: 'new flows being routed at once per client IP',
   },
-  { flag: 'max-sessions', arg: 'N', def: '20000', help: 'sessions at most; new flows beyond are dropped' },
+  { flag: 'max-sessions', arg: 'N', def: '16000', help: 'sessions at most; new flows beyond are dropped' },
   {
     flag: 'negative-ttl',
     arg: 'DURATION',
@@ -126,8 +126,8 @@ export const OPTIONS: readonly OptionSpec[] = [
   {
     flag: 'upstream-ports',
     arg: 'FIRST-LAST|0',
-    def: '20000-39999',
-    help: 'local ports of upstream sockets; 0 = kernel picks',
+    def: '16384-32767',
+    help: 'local ports of upstream sockets (kept below Linux ephemeral ports); 0 = kernel picks, no quarantine',
   },
   {
     flag: 'port-quarantine',

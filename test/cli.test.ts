@@ -85,8 +85,17 @@ describe('ice-ingress CLI', () => {
     await new Promise<void>((r) => sock.bind(0, '127.0.0.1', () => r()));
     const port = sock.address().port;
     try {
-      const r = runSync(['--listen', `127.0.0.1:${port}`, '--admin', 'off', '--backends', 'a=127.0.0.1:9']);
-      expect(r.status).toBe(1);
+      const r = runSync([
+        '--listen',
+        `127.0.0.1:${port}`,
+        '--admin',
+        'off',
+        '--upstream-ports',
+        '0',
+        '--backends',
+        'a=127.0.0.1:9',
+      ]);
+      expect(r.status, r.stderr).toBe(1);
       expect(r.stderr).toMatch(/cannot start: .*EADDRINUSE/);
     } finally {
       sock.close();

@@ -24,7 +24,7 @@ describe('parseConfig', () => {
     expect(c.admin).toEqual({ host: '0.0.0.0', port: 9090 });
     expect(c.idleTimeoutMs).toBe(60_000);
     expect(c.portQuarantineMs).toBe(60_000);
-    expect(c.upstreamPorts).toEqual([20000, 39999]);
+    expect(c.upstreamPorts).toEqual([16384, 32767]);
     expect(Object.isFrozen(c)).toBe(true);
   });
 
