@@ -354,7 +354,10 @@ export class Datapath {
       // The socket is connected to the backend once established, so the kernel already filters
       // other sources; this check covers the moment before connect() completes.
       if (port !== b.port || address !== b.address) {
-        this.#drop(DropReason.UpstreamUnexpectedSource);
+        // Usually a losing candidate's late answer to the fan-out, before connect() took effect.
+        this.#drop(
+          this.#isBackend(address, port) ? DropReason.ProbeStale : DropReason.UpstreamUnexpectedSource,
+        );
         return;
       }
       s.lastBackendAt = this.#clock();
@@ -636,6 +639,11 @@ export class Datapath {
   /** Ends every session (shutdown). */
   closeAll(reason: CloseReason = 'shutdown'): void {
     for (const s of [...this.table.sessions]) this.#closeSession(s, reason);
+  }
+
+  #isBackend(address: string, port: number): boolean {
+    for (const b of this.#backends.all()) if (b.port === port && b.address === address) return true;
+    return false;
   }
 
   #drop(reason: DropReason): void {
