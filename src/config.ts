@@ -1,5 +1,6 @@
 import { isIP } from 'node:net';
 import { parseBackends } from './discovery/static.ts';
+import type { DatapathOptions } from './proxy/datapath.ts';
 
 /**
  * Command-line and environment configuration. Every option is one row of {@link OPTIONS}: its flag,
@@ -16,7 +17,8 @@ export interface HostPort {
 
 export type DiscoveryKind = 'static' | 'k8s' | 'dns';
 
-export interface Config {
+/** Every setting; the data path's own options are a part of it, passed through as they are. */
+export interface Config extends DatapathOptions {
   readonly listen: HostPort;
   /** undefined = admin HTTP disabled (`--admin off`). */
   readonly admin: HostPort | undefined;
@@ -31,14 +33,6 @@ export interface Config {
   readonly backendPort: number;
   readonly dnsIntervalMs: number;
   readonly dnsGraceMs: number;
-  readonly idleTimeoutMs: number;
-  readonly probeTimeoutMs: number;
-  readonly probeRounds: number;
-  readonly probeRate: number;
-  readonly maxPendingPerSource: number;
-  readonly maxSessions: number;
-  readonly negativeTtlMs: number;
-  readonly learnedMax: number;
   /** [first, last] port of upstream sockets; undefined = kernel-chosen ports. */
   readonly upstreamPorts: readonly [number, number] | undefined;
   readonly portQuarantineMs: number;

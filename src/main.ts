@@ -69,16 +69,7 @@ export async function startProxy(config: Config, opts: StartOptions = {}): Promi
     ports,
     clock,
     log,
-    options: {
-      idleTimeoutMs: config.idleTimeoutMs,
-      probeTimeoutMs: config.probeTimeoutMs,
-      probeRounds: config.probeRounds,
-      probeRate: config.probeRate,
-      maxPendingPerSource: config.maxPendingPerSource,
-      maxSessions: config.maxSessions,
-      negativeTtlMs: config.negativeTtlMs,
-      learnedMax: config.learnedMax,
-    },
+    options: config,
   });
   const registry = createRegistry(
     {

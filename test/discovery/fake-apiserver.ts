@@ -1,7 +1,7 @@
 import { once } from 'node:events';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
-import type { V1EndpointSlice } from '@kubernetes/client-node';
+import { KubeConfig, type V1EndpointSlice } from '@kubernetes/client-node';
 
 /**
  * A small Kubernetes API server for EndpointSlices, on real HTTP on 127.0.0.1, speaking the
@@ -311,4 +311,16 @@ export function slice(
       targetRef: { kind: 'Pod', namespace: opts.namespace ?? 'jitsi', name: e.pod },
     })),
   };
+}
+
+/** A KubeConfig for the real client pointed at `api` (context namespace "jitsi"). */
+export function kubeConfigFor(api: FakeApiServer): KubeConfig {
+  const kc = new KubeConfig();
+  kc.loadFromOptions({
+    clusters: [{ name: 'fake', server: api.url, skipTLSVerify: true }],
+    users: [{ name: 'u', token: api.token }],
+    contexts: [{ name: 'c', cluster: 'fake', user: 'u', namespace: 'jitsi' }],
+    currentContext: 'c',
+  });
+  return kc;
 }

@@ -1,11 +1,10 @@
-import { KubeConfig } from '@kubernetes/client-node';
 import { pino } from 'pino';
 import { Registry } from 'prom-client';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { DnsResolver } from '../../src/discovery/dns.ts';
 import { createDiscovery, DiscoveryConfigError, type ObservedDiscovery } from '../../src/discovery/index.ts';
 import type { BackendSpec } from '../../src/discovery/types.ts';
-import { FakeApiServer, slice } from './fake-apiserver.ts';
+import { FakeApiServer, kubeConfigFor, slice } from './fake-apiserver.ts';
 
 const log = pino({ level: 'silent' });
 
@@ -81,13 +80,7 @@ describe('createDiscovery', () => {
         { pod: 'jvb-1', ip: '10.0.0.11', ready: false, serving: true, terminating: true },
       ]),
     );
-    const kubeConfig = new KubeConfig();
-    kubeConfig.loadFromOptions({
-      clusters: [{ name: 'fake', server: api.url, skipTLSVerify: true }],
-      users: [{ name: 'u', token: api.token }],
-      contexts: [{ name: 'c', cluster: 'fake', user: 'u', namespace: 'jitsi' }],
-      currentContext: 'c',
-    });
+    const kubeConfig = kubeConfigFor(api);
     const registry = new Registry();
     disco = await createDiscovery(
       { kind: 'k8s', service: 'jvb', portName: 'media', namespace: '' },

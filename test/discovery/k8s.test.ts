@@ -1,25 +1,13 @@
-import { KubeConfig } from '@kubernetes/client-node';
 import { pino } from 'pino';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { K8sDiscovery } from '../../src/discovery/k8s.ts';
 import type { BackendSpec } from '../../src/discovery/types.ts';
-import { FakeApiServer, slice } from './fake-apiserver.ts';
+import { FakeApiServer, kubeConfigFor, slice } from './fake-apiserver.ts';
 
 // The real @kubernetes/client-node informer (ListWatch + Watch over undici) against a local
 // list+watch server on real HTTP: no part of the client library is mocked.
 
 const log = pino({ level: 'silent' });
-
-function kubeConfigFor(api: FakeApiServer): KubeConfig {
-  const kc = new KubeConfig();
-  kc.loadFromOptions({
-    clusters: [{ name: 'fake', server: api.url, skipTLSVerify: true }],
-    users: [{ name: 'u', token: api.token }],
-    contexts: [{ name: 'c', cluster: 'fake', user: 'u', namespace: 'jitsi' }],
-    currentContext: 'c',
-  });
-  return kc;
-}
 
 /** Polls `cond` until true; fails after `ms` with `what` (every wait in this file is bounded). */
 async function waitFor(what: string, cond: () => boolean, ms = 5000): Promise<void> {

@@ -1,11 +1,10 @@
-import { KubeConfig } from '@kubernetes/client-node';
 import { afterEach, describe, expect, it } from 'vitest';
 import { parseConfig } from '../../src/config.ts';
 import { createDiscovery, registerDiscoveryMetrics } from '../../src/discovery/index.ts';
 import { createLogger } from '../../src/log.ts';
 import { type ProxyHandle, startProxy } from '../../src/main.ts';
 import { CLOSE_REASONS } from '../../src/proxy/counters.ts';
-import { FakeApiServer, slice } from '../discovery/fake-apiserver.ts';
+import { FakeApiServer, kubeConfigFor, slice } from '../discovery/fake-apiserver.ts';
 import { FakeIceClient } from '../fixtures/ice-client.ts';
 import { FakeMediaServer } from '../fixtures/media-server.ts';
 import { until } from './harness.ts';
@@ -59,13 +58,7 @@ describe('proxy with Kubernetes EndpointSlice discovery', () => {
         { port },
       ),
     );
-    const kubeConfig = new KubeConfig();
-    kubeConfig.loadFromOptions({
-      clusters: [{ name: 'fake', server: api.url, skipTLSVerify: true }],
-      users: [{ name: 'u', token: api.token }],
-      contexts: [{ name: 'c', cluster: 'fake', user: 'u', namespace: 'jitsi' }],
-      currentContext: 'c',
-    });
+    const kubeConfig = kubeConfigFor(api);
     const discovery = await createDiscovery(
       { kind: 'k8s', service: 'jvb', portName: 'media' },
       { log, kubeConfig, backoff: { initialMs: 20, maxMs: 100 } },
