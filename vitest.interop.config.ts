@@ -12,5 +12,6 @@ export default defineConfig({
     hookTimeout: 120_000,
     // A retry would hide a flaky interop path; fail instead.
     retry: 0,
+    reporters: ['default', './test/summary-reporter.ts'],
   },
 });
