@@ -93,6 +93,33 @@ describe('relay', () => {
     expect(rig.routes('probe_won')).toBe(1);
   });
 
+  it('serves two candidates of one ICE agent through one upstream address, each getting its own replies', async () => {
+    rig = await startRig([{ lockAfterMs: 0 }, { lockAfterMs: 0 }]);
+    const a = rig.servers[0]!;
+    // Two 5-tuples of one agent (say Wi-Fi and Ethernet host candidates): same ufrag and password.
+    const wifi = await client();
+    const eth = await FakeIceClient.open({ ufrag: wifi.ufrag, password: wifi.password });
+    closers.push(eth);
+    const creds = a.addSession({ remote: { ufrag: wifi.ufrag, password: wifi.password } });
+    await wifi.check(rig.target, creds);
+    await eth.check(rig.target, creds); // a new remote address would get 403 (lockAfterMs 0)
+    expect(a.remotesOf(creds.ufrag)).toHaveLength(1);
+    expect(rig.proxy.datapath.table.size).toBe(1);
+    expect(rig.proxy.datapath.table.endpointCount).toBe(2);
+    // Downstream follows the 5-tuple that sends media (latching).
+    await wifi.sendMedia(rig.target, rtp('w'));
+    expect((await wifi.nextMedia(1000)).data.subarray(2).toString()).toBe('w');
+    await eth.sendMedia(rig.target, rtp('e'));
+    expect((await eth.nextMedia(1000)).data.subarray(2).toString()).toBe('e');
+    await wifi.sendMedia(rig.target, rtp('w2'));
+    expect((await wifi.nextMedia(1000)).data.subarray(2).toString()).toBe('w2');
+    expect(eth.pendingMedia).toBe(0);
+    // The server's consent check goes to the current (last media) 5-tuple.
+    await a.sendCheck(creds.ufrag, { timeoutMs: 1000 });
+    expect(wifi.receivedChecks).toHaveLength(1);
+    expect(eth.receivedChecks).toHaveLength(0);
+  });
+
   it('moves nothing on a forged rebinding (right ufrags, wrong password)', async () => {
     rig = await startRig();
     const a = rig.servers[0]!;
