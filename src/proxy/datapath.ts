@@ -148,8 +148,9 @@ export class Datapath {
       this.#drop(DropReason.ProbingNotStun);
       return;
     }
-    if (parseBindingRequest(buf, this.#view) !== ParseResult.Ok) {
-      this.#drop(DropReason.StunMalformed);
+    const r = parseBindingRequest(buf, this.#view);
+    if (r !== ParseResult.Ok) {
+      this.#drop(PARSE_DROP[r]!);
       return;
     }
     if (!usernameEquals(buf, this.#view, s.usernameBytes)) {
@@ -302,7 +303,7 @@ export class Datapath {
     this.table.sessions.add(session);
     if (restartOf === undefined) this.#joinEndpoint(session, session.current);
     else session.current = restartOf; // Same object: it moves when the restart is won.
-    this.#sendProbes(session, buf, now);
+    this.#sendProbes(session, buf);
     return session;
   }
 
@@ -325,11 +326,11 @@ export class Datapath {
       this.#drop(DropReason.ProbeBudget);
       return;
     }
-    this.#sendProbes(s, buf, now);
+    this.#sendProbes(s, buf);
   }
 
   /** One probe round: the client's own datagram to each remaining candidate (budget already taken). */
-  #sendProbes(s: Session, buf: Buffer, _now: number): void {
+  #sendProbes(s: Session, buf: Buffer): void {
     s.probeRounds++;
     s.rememberTransaction(buf, s.current);
     const c = this.counters;
@@ -360,7 +361,6 @@ export class Datapath {
         );
         return;
       }
-      s.lastBackendAt = this.#clock();
       let to = s.current;
       if (buf.length >= 20 && buf[0] === 0x01) {
         const kind = bindingResponseKind(buf);
@@ -422,7 +422,7 @@ export class Datapath {
       for (const b of s.candidates) if (!s.excluded.has(b)) n++;
       if (n > 0 && this.#budget.take(this.#clock(), n)) {
         s.probeRounds--; // The fall-back continues the same round.
-        this.#sendProbes(s, s.txRequests[i]! as Buffer, this.#clock());
+        this.#sendProbes(s, s.txRequests[i]! as Buffer);
         return;
       }
     }
@@ -437,7 +437,6 @@ export class Datapath {
     this.#decPending(s);
     s.state = SessionState.Established;
     s.backend = owner;
-    s.lastBackendAt = now;
     s.candidates = [];
     s.excluded.clear();
     owner.sessions.add(s);

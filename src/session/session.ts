@@ -71,7 +71,6 @@ export class Session {
   current: ClientEndpoint;
   /** Last packet from any client endpoint (idle timeout). */
   lastClientAt: number;
-  lastBackendAt = 0;
 
   // Probing state.
   candidates: Backend[] = [];
