@@ -1,7 +1,7 @@
 import { performance } from 'node:perf_hooks';
 import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
-import { createRegistry } from './admin/metrics.ts';
+import { createRegistry, createRoutingHistogram } from './admin/metrics.ts';
 import { startAdminServer } from './admin/server.ts';
 import type { Config } from './config.ts';
 import { createDiscovery } from './discovery/index.ts';
@@ -63,6 +63,7 @@ export async function startProxy(config: Config, opts: StartOptions = {}): Promi
     onClientDatagram: (buf, address, port) => datapath.onClientDatagram(buf, address, port),
     onListenError: (err) => log.error({ err: err.message }, 'listening socket error'),
   });
+  const routing = createRoutingHistogram();
   datapath = new Datapath({
     transport,
     backends,
@@ -70,12 +71,14 @@ export async function startProxy(config: Config, opts: StartOptions = {}): Promi
     clock,
     log,
     options: config,
+    onRouted: (ms, outcome) => routing.observe({ outcome }, ms / 1000),
   });
   const registry = createRegistry(
     {
       counters: datapath.counters,
       sessions: datapath.table,
       openUpstreams: () => transport.openUpstreams,
+      routing,
     },
     opts.processMetrics ?? true,
   );

@@ -133,6 +133,7 @@ describe('ice-ingress CLI', () => {
     expect(metrics).toMatch(/^ice_ingress_packets_total\{direction="client_in"\} 1$/m);
     expect(metrics).toMatch(/^ice_ingress_drops_total\{reason="unknown_flow_rtp"\} 0$/m);
     expect(metrics).toMatch(/^ice_ingress_discovery_backends\{state="ready"\} 1$/m);
+    expect(metrics).toMatch(/^ice_ingress_routing_seconds_count\{outcome="probe_won"\} 1$/m);
     expect(metrics).toContain('process_cpu_user_seconds_total');
     // No client address may appear in any label.
     expect(metrics).not.toContain(`${client.port}`);

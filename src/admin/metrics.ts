@@ -1,4 +1,4 @@
-import { Counter, collectDefaultMetrics, Gauge, Registry } from 'prom-client';
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
 import { CLOSE_REASONS, type Counters, DROP_REASON_LABELS, ROUTE_LABELS } from '../proxy/counters.ts';
 import type { SessionTable } from '../session/table.ts';
 
@@ -11,12 +11,30 @@ export interface MetricSources {
   readonly counters: Counters;
   readonly sessions: SessionTable;
   readonly openUpstreams: () => number;
+  /** From {@link createRoutingHistogram}; registered here. */
+  readonly routing?: Histogram<'outcome'>;
+}
+
+/**
+ * Time from a flow's first datagram to its owner's Binding success, by how the owner was found.
+ * Observed once per session (never per packet); made before the registry so the data path can
+ * be handed its `observe` at construction.
+ */
+export function createRoutingHistogram(): Histogram<'outcome'> {
+  return new Histogram({
+    name: 'ice_ingress_routing_seconds',
+    help: "Time from the first check of a new flow to the owning backend's success, by outcome (prefix, learned, probe_won, restart).",
+    labelNames: ['outcome'],
+    buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+    registers: [],
+  });
 }
 
 export function createRegistry(src: MetricSources, withProcessMetrics = true): Registry {
   const registry = new Registry();
   if (withProcessMetrics) collectDefaultMetrics({ register: registry });
   const c = src.counters;
+  if (src.routing !== undefined) registry.registerMetric(src.routing);
 
   // prom-client counters only go up; ours are the source of truth, so each scrape starts from a
   // reset and writes the absolute values (the exposition is the same as for a native counter).

@@ -22,7 +22,14 @@ import {
   parseBindingRequest,
   usernameEquals,
 } from '../stun/parse.ts';
-import { CLOSE_REASONS, type CloseReason, Counters, DropReason, RouteCounter } from './counters.ts';
+import {
+  CLOSE_REASONS,
+  type CloseReason,
+  Counters,
+  DropReason,
+  ROUTE_LABELS,
+  RouteCounter,
+} from './counters.ts';
 
 /**
  * The I/O-free data path (DESIGN.md, "Data path"). It owns the routing decisions and the session
@@ -69,6 +76,8 @@ export interface DatapathDeps {
   readonly clock: () => number;
   readonly log: Logger;
   readonly options: DatapathOptions;
+  /** Called once per session whose owner was found: routing time and outcome (a metrics hook). */
+  readonly onRouted?: (ms: number, outcome: string) => void;
 }
 
 const NO_PORT = -1;
@@ -88,6 +97,7 @@ export class Datapath {
   readonly #pendingBySource = new Map<string, number>();
   readonly #view = newUsernameView();
   readonly #debug: boolean;
+  readonly #onRouted: ((ms: number, outcome: string) => void) | undefined;
   #nextId = 1;
   #accepting = true;
 
@@ -102,6 +112,7 @@ export class Datapath {
     this.learned = createLearnedUfrags(deps.options.learnedMax);
     this.negative = createNegativeUfrags(100_000, deps.options.negativeTtlMs);
     this.#debug = deps.log.isLevelEnabled('debug');
+    this.#onRouted = deps.onRouted;
   }
 
   get accepting(): boolean {
@@ -444,15 +455,16 @@ export class Datapath {
     this.learned.set(s.serverUfrag, owner.name);
     this.table.indexUsername(s);
     c.sessionsOpened++;
-    c.routes[
+    const route =
       s.routedBy === 'prefix'
         ? RouteCounter.Prefix
         : s.routedBy === 'learned'
           ? RouteCounter.Learned
           : s.routedBy === 'restart'
             ? RouteCounter.Restart
-            : RouteCounter.ProbeWon
-    ]!++;
+            : RouteCounter.ProbeWon;
+    c.routes[route]!++;
+    this.#onRouted?.(now - s.createdAt, ROUTE_LABELS[route]!);
     const ep = s.current;
     if (!ep.joined || ep.session !== s) this.#adoptEndpoint(s, ep);
     this.#log.info(
