@@ -4,15 +4,14 @@ import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
 import { FakeIceClient } from './fixtures/ice-client.ts';
 import { FakeMediaServer } from './fixtures/media-server.ts';
+import { track } from './fixtures/track.ts';
 
 /** The real CLI as a child process: flags, exit codes, admin HTTP, signals. */
 
 const CLI = fileURLToPath(new URL('../src/cli.ts', import.meta.url));
 const children: ChildProcess[] = [];
-const closers: Array<{ close(): Promise<void> }> = [];
 afterEach(async () => {
   for (const c of children.splice(0)) if (c.exitCode === null) c.kill('SIGKILL');
-  await Promise.all(closers.splice(0).map((c) => c.close()));
 });
 
 function runSync(args: string[], env: NodeJS.ProcessEnv = {}) {
@@ -104,7 +103,7 @@ describe('ice-ingress CLI', () => {
 
   it('serves health, readiness and metrics, relays a session, and drains on SIGTERM', async () => {
     const server = await FakeMediaServer.start({ name: 'jvb-a' });
-    closers.push(server);
+    track(server);
     const p = await start([
       '--listen',
       '127.0.0.1:0',
@@ -123,7 +122,7 @@ describe('ice-ingress CLI', () => {
     expect((await fetch(`${base}/nope`)).status).toBe(404);
 
     const client = await FakeIceClient.open();
-    closers.push(client);
+    track(client);
     const creds = server.addSession();
     await client.check({ address: '127.0.0.1', port: p.listen }, creds);
 

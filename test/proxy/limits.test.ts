@@ -3,23 +3,18 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { FakeIceClient } from '../fixtures/ice-client.ts';
 import { RawPeer } from '../fixtures/raw-peer.ts';
 import { buildBindingRequest } from '../fixtures/stun-bytes.ts';
+import { track } from '../fixtures/track.ts';
 import { type Rig, sleep, startRig, until } from './harness.ts';
 
 /** Budgets, caps, port quarantine and floods, over real UDP on 127.0.0.1. */
 
 let rig: Rig | undefined;
-const closers: Array<{ close(): Promise<void> }> = [];
 afterEach(async () => {
-  await Promise.all(closers.splice(0).map((c) => c.close()));
   await rig?.close();
   rig = undefined;
 });
 
-async function open<T extends { close(): Promise<void> }>(p: Promise<T>): Promise<T> {
-  const x = await p;
-  closers.push(x);
-  return x;
-}
+const open = async <T extends { close(): Promise<void> }>(p: Promise<T>): Promise<T> => track(await p);
 
 const rtp = (tag: string): Buffer => Buffer.concat([Buffer.from([0x80, 0x60]), Buffer.from(tag)]);
 const unknownCheck = (): Buffer =>

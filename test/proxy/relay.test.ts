@@ -5,6 +5,7 @@ import { FakeIceClient } from '../fixtures/ice-client.ts';
 import { RawPeer } from '../fixtures/raw-peer.ts';
 import { CheckError } from '../fixtures/stun-agent.ts';
 import { AttrType, encodeStun, MessageType } from '../fixtures/stun-bytes.ts';
+import { track } from '../fixtures/track.ts';
 import { type Rig, sleep, startRig, until } from './harness.ts';
 
 /**
@@ -13,17 +14,13 @@ import { type Rig, sleep, startRig, until } from './harness.ts';
  */
 
 let rig: Rig | undefined;
-const closers: Array<{ close(): Promise<void> }> = [];
 afterEach(async () => {
-  await Promise.all(closers.splice(0).map((c) => c.close()));
   await rig?.close();
   rig = undefined;
 });
 
 async function client(): Promise<FakeIceClient> {
-  const c = await FakeIceClient.open();
-  closers.push(c);
-  return c;
+  return track(await FakeIceClient.open());
 }
 
 const rtp = (tag: string): Buffer => Buffer.concat([Buffer.from([0x80, 0x60]), Buffer.from(tag)]);
@@ -98,8 +95,7 @@ describe('relay', () => {
     const a = rig.servers[0]!;
     // Two 5-tuples of one agent (say Wi-Fi and Ethernet host candidates): same ufrag and password.
     const wifi = await client();
-    const eth = await FakeIceClient.open({ ufrag: wifi.ufrag, password: wifi.password });
-    closers.push(eth);
+    const eth = track(await FakeIceClient.open({ ufrag: wifi.ufrag, password: wifi.password }));
     const creds = a.addSession({ remote: { ufrag: wifi.ufrag, password: wifi.password } });
     await wifi.check(rig.target, creds);
     await eth.check(rig.target, creds); // a new remote address would get 403 (lockAfterMs 0)
@@ -151,8 +147,7 @@ describe('relay', () => {
 
   it('drops garbage, truncated and non-STUN first packets by reason; no server sees them', async () => {
     rig = await startRig();
-    const peer = await RawPeer.open();
-    closers.push(peer);
+    const peer = track(await RawPeer.open());
     const req = (attrs: Array<readonly [number, Buffer]>, password?: string) =>
       encodeStun({
         type: MessageType.BINDING_REQUEST,
