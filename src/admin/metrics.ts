@@ -30,6 +30,9 @@ export function createRoutingHistogram(): Histogram<'outcome'> {
   });
 }
 
+type Rows = ReadonlyArray<readonly [string, number]>;
+const DIRECTIONS = ['client_in', 'backend_out', 'backend_in', 'client_out'] as const;
+
 export function createRegistry(src: MetricSources, withProcessMetrics = true): Registry {
   const registry = new Registry();
   if (withProcessMetrics) collectDefaultMetrics({ register: registry });
@@ -38,88 +41,60 @@ export function createRegistry(src: MetricSources, withProcessMetrics = true): R
 
   // prom-client counters only go up; ours are the source of truth, so each scrape starts from a
   // reset and writes the absolute values (the exposition is the same as for a native counter).
-  const setCounter = (m: Counter<string>, labels: Record<string, string>, value: number): void => {
-    m.inc(labels, value);
+  const mirror = (name: string, help: string, label: string | undefined, read: () => Rows): void => {
+    new Counter({
+      name,
+      help,
+      labelNames: label === undefined ? [] : [label],
+      registers: [registry],
+      collect() {
+        this.reset();
+        for (const [value, n] of read()) this.inc(label === undefined ? {} : { [label]: value }, n);
+      },
+    });
   };
+  const byIndex = (labels: readonly string[], values: ArrayLike<number>): Rows =>
+    labels.map((l, i) => [l, values[i]!]);
 
-  new Counter({
-    name: 'ice_ingress_packets_total',
-    help: 'Datagrams relayed, by direction (client_in, backend_out, backend_in, client_out).',
-    labelNames: ['direction'],
-    registers: [registry],
-    collect() {
-      this.reset();
-      setCounter(this, { direction: 'client_in' }, c.packetsFromClients);
-      setCounter(this, { direction: 'backend_out' }, c.packetsToBackends);
-      setCounter(this, { direction: 'backend_in' }, c.packetsFromBackends);
-      setCounter(this, { direction: 'client_out' }, c.packetsToClients);
-    },
-  });
-  new Counter({
-    name: 'ice_ingress_bytes_total',
-    help: 'UDP payload bytes relayed, by direction.',
-    labelNames: ['direction'],
-    registers: [registry],
-    collect() {
-      this.reset();
-      setCounter(this, { direction: 'client_in' }, c.bytesFromClients);
-      setCounter(this, { direction: 'backend_out' }, c.bytesToBackends);
-      setCounter(this, { direction: 'backend_in' }, c.bytesFromBackends);
-      setCounter(this, { direction: 'client_out' }, c.bytesToClients);
-    },
-  });
-  new Counter({
-    name: 'ice_ingress_drops_total',
-    help: 'Datagrams dropped, by reason (fixed set; see README).',
-    labelNames: ['reason'],
-    registers: [registry],
-    collect() {
-      this.reset();
-      for (let i = 0; i < DROP_REASON_LABELS.length; i++) {
-        setCounter(this, { reason: DROP_REASON_LABELS[i]! }, c.drops[i]!);
-      }
-    },
-  });
-  new Counter({
-    name: 'ice_ingress_routes_total',
-    help: 'How new client flows were routed: rebind, prefix, learned, probe_won, probe_failed, restart, rebind_refused.',
-    labelNames: ['outcome'],
-    registers: [registry],
-    collect() {
-      this.reset();
-      for (let i = 0; i < ROUTE_LABELS.length; i++)
-        setCounter(this, { outcome: ROUTE_LABELS[i]! }, c.routes[i]!);
-    },
-  });
-  new Counter({
-    name: 'ice_ingress_probes_total',
-    help: 'Probe datagrams sent to backends (a fan-out sends one per candidate).',
-    registers: [registry],
-    collect() {
-      this.reset();
-      setCounter(this, {}, c.probesSent);
-    },
-  });
-  new Counter({
-    name: 'ice_ingress_sessions_opened_total',
-    help: 'Sessions whose owner was found.',
-    registers: [registry],
-    collect() {
-      this.reset();
-      setCounter(this, {}, c.sessionsOpened);
-    },
-  });
-  new Counter({
-    name: 'ice_ingress_sessions_closed_total',
-    help: 'Sessions ended, by reason (idle, probe_failed, backend_gone, restart, shutdown, upstream_error).',
-    labelNames: ['reason'],
-    registers: [registry],
-    collect() {
-      this.reset();
-      for (let i = 0; i < CLOSE_REASONS.length; i++)
-        setCounter(this, { reason: CLOSE_REASONS[i]! }, c.closed[i]!);
-    },
-  });
+  mirror(
+    'ice_ingress_packets_total',
+    'Datagrams relayed, by direction (client_in, backend_out, backend_in, client_out).',
+    'direction',
+    () =>
+      byIndex(DIRECTIONS, [
+        c.packetsFromClients,
+        c.packetsToBackends,
+        c.packetsFromBackends,
+        c.packetsToClients,
+      ]),
+  );
+  mirror('ice_ingress_bytes_total', 'UDP payload bytes relayed, by direction.', 'direction', () =>
+    byIndex(DIRECTIONS, [c.bytesFromClients, c.bytesToBackends, c.bytesFromBackends, c.bytesToClients]),
+  );
+  mirror('ice_ingress_drops_total', 'Datagrams dropped, by reason (fixed set; see README).', 'reason', () =>
+    byIndex(DROP_REASON_LABELS, c.drops),
+  );
+  mirror(
+    'ice_ingress_routes_total',
+    'How new client flows were routed: rebind, prefix, learned, probe_won, probe_failed, restart, rebind_refused.',
+    'outcome',
+    () => byIndex(ROUTE_LABELS, c.routes),
+  );
+  mirror(
+    'ice_ingress_probes_total',
+    'Probe datagrams sent to backends (a fan-out sends one per candidate).',
+    undefined,
+    () => [['', c.probesSent]],
+  );
+  mirror('ice_ingress_sessions_opened_total', 'Sessions whose owner was found.', undefined, () => [
+    ['', c.sessionsOpened],
+  ]);
+  mirror(
+    'ice_ingress_sessions_closed_total',
+    'Sessions ended, by reason (idle, probe_failed, backend_gone, restart, shutdown, upstream_error).',
+    'reason',
+    () => byIndex(CLOSE_REASONS, c.closed),
+  );
   new Gauge({
     name: 'ice_ingress_sessions',
     help: 'Sessions in the table (established and still probing).',
