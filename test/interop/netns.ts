@@ -218,6 +218,24 @@ export function cleanupStale(): string[] {
   return removed;
 }
 
+/**
+ * A LAN: a bridge `br0` in `hub` with address `gw`/24, and per host a veth pair, `eth0` in the
+ * host (address/24, default route via `gw`) and `port` on the bridge.
+ */
+async function bridgeLan(hub: string, gw: string, hosts: Array<{ ns: string; port: string; addr: string }>) {
+  await ip(['-n', hub, 'link', 'add', 'br0', 'type', 'bridge']);
+  await ip(['-n', hub, 'addr', 'add', `${gw}/24`, 'dev', 'br0']);
+  await ip(['-n', hub, 'link', 'set', 'br0', 'up']);
+  for (const h of hosts) {
+    await ip(['link', 'add', 'eth0', 'netns', h.ns, 'type', 'veth', 'peer', 'name', h.port, 'netns', hub]);
+    await ip(['-n', hub, 'link', 'set', h.port, 'master', 'br0']);
+    await ip(['-n', hub, 'link', 'set', h.port, 'up']);
+    await ip(['-n', h.ns, 'addr', 'add', `${h.addr}/24`, 'dev', 'eth0']);
+    await ip(['-n', h.ns, 'link', 'set', 'eth0', 'up']);
+    await ip(['-n', h.ns, 'route', 'add', 'default', 'via', gw]);
+  }
+}
+
 async function ip(args: string[]): Promise<void> {
   try {
     await execFileP('ip', args, { timeout: 5000 });
@@ -250,31 +268,11 @@ export async function createTopology(): Promise<Topology> {
     }
 
     // Home LAN: bridge in the router namespace, one veth per client.
-    await ip(['-n', n('rtr'), 'link', 'add', 'br0', 'type', 'bridge']);
-    await ip(['-n', n('rtr'), 'addr', 'add', `${ADDR.home.gw}/24`, 'dev', 'br0']);
-    await ip(['-n', n('rtr'), 'link', 'set', 'br0', 'up']);
-    for (const c of CLIENTS) {
-      const port = `h${c.slice(1)}`;
-      await ip([
-        'link',
-        'add',
-        'eth0',
-        'netns',
-        n(c),
-        'type',
-        'veth',
-        'peer',
-        'name',
-        port,
-        'netns',
-        n('rtr'),
-      ]);
-      await ip(['-n', n('rtr'), 'link', 'set', port, 'master', 'br0']);
-      await ip(['-n', n('rtr'), 'link', 'set', port, 'up']);
-      await ip(['-n', n(c), 'addr', 'add', `${ADDR.home[c]}/24`, 'dev', 'eth0']);
-      await ip(['-n', n(c), 'link', 'set', 'eth0', 'up']);
-      await ip(['-n', n(c), 'route', 'add', 'default', 'via', ADDR.home.gw]);
-    }
+    await bridgeLan(
+      n('rtr'),
+      ADDR.home.gw,
+      CLIENTS.map((c) => ({ ns: n(c), port: `h${c.slice(1)}`, addr: ADDR.home[c] })),
+    );
 
     // WAN: router <-> proxy. The router masquerades: all clients share ADDR.wan.natPublic.
     await ip([
@@ -316,33 +314,13 @@ export async function createTopology(): Promise<Topology> {
     });
 
     // Pod network: bridge in the proxy namespace. Forwarding off: the only way from the
-    // clients to a pod is through a process in the proxy namespace.
-    await ip(['-n', n('prx'), 'link', 'add', 'br0', 'type', 'bridge']);
-    await ip(['-n', n('prx'), 'addr', 'add', `${ADDR.pods.gw}/24`, 'dev', 'br0']);
-    await ip(['-n', n('prx'), 'link', 'set', 'br0', 'up']);
-    for (const [i, p] of PODS.entries()) {
-      const port = `p${i + 1}`;
-      await ip([
-        'link',
-        'add',
-        'eth0',
-        'netns',
-        n(p),
-        'type',
-        'veth',
-        'peer',
-        'name',
-        port,
-        'netns',
-        n('prx'),
-      ]);
-      await ip(['-n', n('prx'), 'link', 'set', port, 'master', 'br0']);
-      await ip(['-n', n('prx'), 'link', 'set', port, 'up']);
-      await ip(['-n', n(p), 'addr', 'add', `${ADDR.pods[p]}/24`, 'dev', 'eth0']);
-      await ip(['-n', n(p), 'link', 'set', 'eth0', 'up']);
-      // Routable only when prx forwards (direct variant of scenario d).
-      await ip(['-n', n(p), 'route', 'add', 'default', 'via', ADDR.pods.gw]);
-    }
+    // clients to a pod is through a process in the proxy namespace. The pods' default route via
+    // prx is used only when prx forwards (direct variant of scenario d).
+    await bridgeLan(
+      n('prx'),
+      ADDR.pods.gw,
+      PODS.map((p, i) => ({ ns: n(p), port: `p${i + 1}`, addr: ADDR.pods[p] })),
+    );
     await topo.setForwarding(false);
     return topo;
   } catch (err) {
