@@ -99,6 +99,29 @@ async function chromeEcho(session: string, ms: number, want?: string): Promise<s
   return want === undefined ? undefined : last;
 }
 
+/**
+ * The arrangement scenarios (a) and (c) share: node client c1's session on pod1, node client c2's
+ * and Chromium's on pod2, all offered with the proxy's public address. Session ids are
+ * `${tag}-c1` … `${tag}-c3`. Returns the offers and each client's first echo (undefined when none
+ * came within `ms`).
+ */
+async function threeSessions(
+  tag: string,
+  ms: number,
+): Promise<{ offers: string[]; echoes: [Msg | undefined, Msg | undefined, string | undefined] }> {
+  const offers = await Promise.all([
+    ndcSession(pod1, c1, `${tag}-c1`, PUBLIC),
+    ndcSession(pod2, c2, `${tag}-c2`, PUBLIC),
+    chromeSession(pod2, `${tag}-c3`, PUBLIC),
+  ]);
+  const echoes = await Promise.all([
+    ndcEcho(c1, `${tag}-c1`, ms),
+    ndcEcho(c2, `${tag}-c2`, ms),
+    chromeEcho(`${tag}-c3`, ms),
+  ]);
+  return { offers, echoes };
+}
+
 async function closeNdc(pod: Agent, client: Agent, session: string): Promise<void> {
   await client.request({ cmd: 'close', session }).catch(() => {});
   await pod.request({ cmd: 'close', session }).catch(() => {});
@@ -187,19 +210,13 @@ describe('interop through one proxy port, clients behind one NAT', () => {
   it('(a) Node and Chromium clients behind one NAT reach sessions on two single-port pods', async () => {
     await useFront('proxy');
     const started = Date.now();
-    const offers = await Promise.all([
-      ndcSession(pod1, c1, 'a-c1', PUBLIC),
-      ndcSession(pod2, c2, 'a-c2', PUBLIC),
-      chromeSession(pod2, 'a-c3', PUBLIC),
-    ]);
+    const {
+      offers,
+      echoes: [e1, e2, e3],
+    } = await threeSessions('a', CONNECT_MS);
     // What the clients were told: the proxy's public address and nothing else.
     for (const sdp of offers) expect(candidateAddresses(sdp)).toEqual([PUBLIC]);
 
-    const [e1, e2, e3] = await Promise.all([
-      ndcEcho(c1, 'a-c1', CONNECT_MS),
-      ndcEcho(c2, 'a-c2', CONNECT_MS),
-      chromeEcho('a-c3', CONNECT_MS),
-    ]);
     // The echo names the pod that answered: each session reached the pod that owns its ufrag,
     // through DTLS (the fingerprint in the offer) and SCTP.
     expect(e1?.['msg']).toBe('echo:pod1:ping:a-c1');
@@ -282,16 +299,9 @@ describe('interop through one proxy port, clients behind one NAT', () => {
 
   it('(c) negative control: source-IP affinity fails NATed clients whose session is elsewhere; the proxy does not', async () => {
     const relay = await useFront('affinity');
-    await Promise.all([
-      ndcSession(pod1, c1, 'c-c1', PUBLIC),
-      ndcSession(pod2, c2, 'c-c2', PUBLIC),
-      chromeSession(pod2, 'c-c3', PUBLIC),
-    ]);
-    const [e1, e2, e3] = await Promise.all([
-      ndcEcho(c1, 'c-c1', CONTROL_MS),
-      ndcEcho(c2, 'c-c2', CONTROL_MS),
-      chromeEcho('c-c3', CONTROL_MS),
-    ]);
+    const {
+      echoes: [e1, e2, e3],
+    } = await threeSessions('c', CONTROL_MS);
     // All three clients share the NAT's one public address, so the relay pinned them all to
     // the backend it picked for that address (round-robin: the first, pod1).
     const assigns = relay.agent!.events.filter((m) => m['event'] === 'assign');
@@ -312,16 +322,9 @@ describe('interop through one proxy port, clients behind one NAT', () => {
 
     // Same arrangement, same NAT, the proxy on the same port: everyone connects.
     await useFront('proxy');
-    await Promise.all([
-      ndcSession(pod1, c1, 'c2-c1', PUBLIC),
-      ndcSession(pod2, c2, 'c2-c2', PUBLIC),
-      chromeSession(pod2, 'c2-c3', PUBLIC),
-    ]);
-    const [p1, p2, p3] = await Promise.all([
-      ndcEcho(c1, 'c2-c1', CONNECT_MS),
-      ndcEcho(c2, 'c2-c2', CONNECT_MS),
-      chromeEcho('c2-c3', CONNECT_MS),
-    ]);
+    const {
+      echoes: [p1, p2, p3],
+    } = await threeSessions('c2', CONNECT_MS);
     expect(p1?.['msg']).toBe('echo:pod1:ping:c2-c1');
     expect(p2?.['msg']).toBe('echo:pod2:ping:c2-c2');
     expect(p3).toBe('echo:pod2:ping:c2-c3');
