@@ -1,0 +1,33 @@
+/**
+ * Every interface between the I/O-free data path and the outside world, in one module: the socket
+ * layer (implemented by `udp.ts` with `node:dgram`, and by fakes in tests) and the listeners that
+ * hear about flows (metrics, a kernel fast path, a cross-worker directory).
+ *
+ * See docs/architecture.md, "Data path".
+ */
+
+/** Callbacks of one upstream socket, set by the data path when it opens the socket. */
+export interface UpstreamHandler {
+  onMessage(buf: Buffer, address: string, port: number): void;
+  onError(err: NodeJS.ErrnoException): void;
+}
+
+/** One upstream socket, owned by one session: its local port is the address the backend sees. */
+export interface Upstream {
+  readonly localPort: number;
+  /** Send to an explicit backend (probing). */
+  sendTo(buf: Uint8Array, port: number, address: string): void;
+  /** Send to the owning backend (after {@link Upstream.connect}). */
+  send(buf: Uint8Array): void;
+  /** Fix the socket to the owning backend: the kernel then filters other sources. */
+  connect(port: number, address: string): void;
+  close(): void;
+}
+
+/** What the data path needs from the socket layer. */
+export interface Transport {
+  /** Sends from the public listening socket (replies always leave from the address clients use). */
+  sendToClient(buf: Uint8Array, port: number, address: string): void;
+  /** Opens an upstream socket bound to `localPort` (0 = any) for backends of this address family. */
+  openUpstream(family: 4 | 6, localPort: number, handler: UpstreamHandler): Upstream;
+}
