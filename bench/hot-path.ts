@@ -9,9 +9,9 @@
  */
 import { performance } from 'node:perf_hooks';
 import { pino } from 'pino';
-import { Datapath, type Transport, type UpstreamHandler } from '../src/proxy/datapath.ts';
+import { Datapath } from '../src/proxy/datapath.ts';
+import type { Transport, Upstream, UpstreamHandler } from '../src/proxy/io.ts';
 import { BackendTable } from '../src/routing/backends.ts';
-import type { Upstream } from '../src/session/session.ts';
 import { newUsernameView, parseBindingRequest } from '../src/stun/parse.ts';
 import { buildBindingRequest, buildBindingSuccess } from '../test/fixtures/stun-bytes.ts';
 
@@ -64,6 +64,8 @@ const dp = new Datapath({
     probeTimeoutMs: 3000,
     probeRounds: 6,
     probeRate: 1e9,
+    directedProbeRate: 1e9,
+    strictPrefix: false,
     maxPendingPerSource: 1000,
     maxSessions: 1000,
     negativeTtlMs: 10_000,
@@ -97,6 +99,50 @@ bench('upstream handler (media from backend → client)', N, () => {
 });
 gc();
 const heap1 = process.memoryUsage().heapUsed;
+
+// A flood's first checks, refused by admission before anything is allocated: every one has a fresh
+// random server ufrag and arrives from one of 250 sources; the negative cache and the per-source
+// shares refuse them once the (tiny) budget is spent.
+const floodChecks = Array.from({ length: 1024 }, (_, i) =>
+  buildBindingRequest({ username: `f${i.toString(36).padStart(13, 'x')}:abcd`, password: 'p'.repeat(22) }),
+);
+const sources = Array.from({ length: 250 }, (_, i) => `127.1.${i >> 8}.${i & 255}`);
+const floodOptions = {
+  idleTimeoutMs: 60_000,
+  probeTimeoutMs: 3000,
+  probeRounds: 6,
+  probeRate: 1,
+  directedProbeRate: 1,
+  strictPrefix: true,
+  maxPendingPerSource: 1000,
+  maxSessions: 1000,
+  negativeTtlMs: 10_000,
+  learnedMax: 1000,
+};
+const strict = new Datapath({
+  transport,
+  backends: new BackendTable(),
+  ports: undefined,
+  clock: () => now,
+  log: pino({ level: 'silent' }),
+  options: floodOptions,
+});
+strict.updateBackends([{ name: 'jvb-0', address: '10.0.0.1', port: 10000, state: 'ready' }]);
+bench('first check refused: --strict-prefix, no token', N / 5, (i) => {
+  strict.onClientDatagram(floodChecks[i & 1023]!, sources[i % 250]!, 20000 + (i & 1023));
+});
+const loose = new Datapath({
+  transport,
+  backends: new BackendTable(),
+  ports: undefined,
+  clock: () => now,
+  log: pino({ level: 'silent' }),
+  options: { ...floodOptions, strictPrefix: false },
+});
+loose.updateBackends([{ name: 'jvb-0', address: '10.0.0.1', port: 10000, state: 'ready' }]);
+bench('first check refused: fan-out share/budget spent', N / 5, (i) => {
+  loose.onClientDatagram(floodChecks[i & 1023]!, sources[i % 250]!, 20000 + (i & 1023));
+});
 console.log(
   `heap growth over ${(2 * N + 200_000).toLocaleString('en-US')} hot-path calls: ${((heap1 - heap0) / 1024).toFixed(0)} KiB; datagrams "sent": ${sends.toLocaleString('en-US')}`,
 );

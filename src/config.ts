@@ -101,13 +101,25 @@ export const OPTIONS: readonly OptionSpec[] = [
     flag: 'probe-rate',
     arg: 'N',
     def: '5000',
-    help: 'global probe budget, datagrams to backends per second',
+    help: 'global budget of fan-out probes, datagrams to backends per second',
+  },
+  {
+    flag: 'directed-probe-rate',
+    arg: 'N',
+    def: '5000',
+    help: 'global budget of directed probes (prefix token, learned ufrag), datagrams per second',
+  },
+  {
+    flag: 'strict-prefix',
+    arg: 'true|false',
+    def: 'false',
+    help: 'drop first checks whose server ufrag has no backend prefix token (every backend uses jvb-config)',
   },
   {
     flag: 'max-pending-per-source',
     arg: 'N',
     def: '256',
-    help: 'new flows being routed at once per client IP',
+    help: 'new flows being routed at once per client IP, fan-out and directed each',
   },
   { flag: 'max-sessions', arg: 'N', def: '16000', help: 'sessions at most; new flows beyond are dropped' },
   {
@@ -276,6 +288,11 @@ export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Pa
       }
     }
   }
+  const bool = (flag: string): boolean => {
+    const v = raw(flag).value;
+    if (v !== 'true' && v !== 'false') bad(flag, 'expected true or false');
+    return v === 'true';
+  };
   const logLevel = raw('log-level').value;
   if (!LOG_LEVELS.has(logLevel)) bad('log-level', `expected one of ${[...LOG_LEVELS].join(', ')}`);
 
@@ -296,6 +313,8 @@ export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Pa
     probeTimeoutMs: duration('probe-timeout', 10),
     probeRounds: int('probe-rounds', 1, 100),
     probeRate: int('probe-rate', 1, 10_000_000),
+    directedProbeRate: int('directed-probe-rate', 1, 10_000_000),
+    strictPrefix: bool('strict-prefix'),
     maxPendingPerSource: int('max-pending-per-source', 1, 1_000_000),
     maxSessions: int('max-sessions', 1, 10_000_000),
     negativeTtlMs: duration('negative-ttl', 0),

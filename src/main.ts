@@ -76,7 +76,9 @@ export async function startProxy(config: Config, opts: StartOptions = {}): Promi
   const registry = createRegistry(
     {
       counters: datapath.counters,
-      sessions: datapath.table,
+      sessions: datapath.registry,
+      activeSources: () => datapath.admission.shares.active,
+      freePorts: ports === undefined ? undefined : () => ports.available,
       openUpstreams: () => transport.openUpstreams,
       routing,
     },

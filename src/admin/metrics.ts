@@ -1,6 +1,6 @@
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
 import { CLOSE_REASONS, type Counters, DROP_REASON_LABELS, ROUTE_LABELS } from '../proxy/counters.ts';
-import type { SessionTable } from '../session/table.ts';
+import type { SessionRegistry } from '../session/registry.ts';
 
 /**
  * Prometheus metrics (prom-client). The data path keeps plain numbers; each metric here reads them
@@ -9,7 +9,11 @@ import type { SessionTable } from '../session/table.ts';
  */
 export interface MetricSources {
   readonly counters: Counters;
-  readonly sessions: SessionTable;
+  readonly sessions: Pick<SessionRegistry, 'size' | 'endpointCount'>;
+  /** Sources active in the last second (admission's fair-share table). */
+  readonly activeSources?: () => number;
+  /** Upstream ports free for new sessions (clean, or rested), when a range is configured. */
+  readonly freePorts?: () => number;
   readonly openUpstreams: () => number;
   /** From {@link createRoutingHistogram}; registered here. */
   readonly routing?: Histogram<'outcome'>;
@@ -82,9 +86,12 @@ export function createRegistry(src: MetricSources, withProcessMetrics = true): R
   );
   mirror(
     'ice_ingress_probes_total',
-    'Probe datagrams sent to backends (a fan-out sends one per candidate).',
-    undefined,
-    () => [['', c.probesSent]],
+    'Probe datagrams sent to backends, by kind: fanout (one per candidate) or directed (prefix token, learned ufrag).',
+    'kind',
+    () => [
+      ['fanout', c.probesSent - c.directedProbesSent],
+      ['directed', c.directedProbesSent],
+    ],
   );
   mirror('ice_ingress_sessions_opened_total', 'Sessions whose owner was found.', undefined, () => [
     ['', c.sessionsOpened],
@@ -119,5 +126,27 @@ export function createRegistry(src: MetricSources, withProcessMetrics = true): R
       this.set(src.openUpstreams());
     },
   });
+  const activeSources = src.activeSources;
+  if (activeSources !== undefined) {
+    new Gauge({
+      name: 'ice_ingress_admission_active_sources',
+      help: 'Source addresses (IPv6: /64s) that sent a first check in the last second; each gets an equal share of the probe budgets.',
+      registers: [registry],
+      collect() {
+        this.set(activeSources());
+      },
+    });
+  }
+  const freePorts = src.freePorts;
+  if (freePorts !== undefined) {
+    new Gauge({
+      name: 'ice_ingress_upstream_ports_free',
+      help: 'Upstream ports not in use (ready, or resting in quarantine after a backend answered on them).',
+      registers: [registry],
+      collect() {
+        this.set(freePorts());
+      },
+    });
+  }
   return registry;
 }

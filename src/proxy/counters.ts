@@ -2,99 +2,91 @@
  * Plain numeric counters that the data path bumps per packet (a field increment, no label hashing);
  * the admin layer turns them into Prometheus metrics only when scraped. Every label set is fixed
  * here, so no client address can ever become a label.
+ *
+ * Each enum and its label list derive from one table, so a reason cannot exist without its label
+ * (an increment of a missing index would silently do nothing).
  */
 
-/** Why a datagram was dropped. Fixed set; each is one value of the `reason` label. */
-export const DropReason = {
-  /** First datagram of an unknown flow was not STUN; by RFC 7983 class. */
-  UnknownFlowDtls: 0,
-  UnknownFlowRtp: 1,
-  UnknownFlowOther: 2,
-  /** STUN-looking first datagram that fails the checks in stun/parse.ts. */
-  StunTruncated: 3,
-  StunMalformed: 4,
-  StunBadAttribute: 5,
-  NotBindingRequest: 6,
-  NoUsername: 7,
-  BadUsername: 8,
-  NoIntegrity: 9,
-  BadFingerprint: 10,
-  /** Server ufrag in the negative cache: no backend claimed it recently. */
-  UnknownUfrag: 11,
-  NoBackends: 12,
-  ProbeBudget: 13,
-  SourceLimit: 14,
-  SessionLimit: 15,
-  PortsExhausted: 16,
-  Draining: 17,
-  /** Non-STUN from a client whose flow is still being routed. */
-  ProbingNotStun: 18,
-  /** Probe round limit reached for a flow still being routed. */
-  ProbeRounds: 19,
-  /** Upstream datagram from an address that is not the session's backend or candidate. */
-  UpstreamUnexpectedSource: 20,
-  /** Reply to a probe that matched no outstanding request, or came after the owner was found. */
-  ProbeStale: 21,
-  /** Upstream datagram for a session that is gone or not established. */
-  UpstreamNoSession: 22,
-  /** A candidate answered a probe with an error response: "not mine" (libwebrtc sends 401). */
-  ProbeNotMine: 23,
-} as const;
-export type DropReason = (typeof DropReason)[keyof typeof DropReason];
+/** `{ Name: 'label', … }` → `{ Name: 0, … }` in table order, plus the label list in the same order. */
+function indexed<const T extends Record<string, string>>(
+  table: T,
+): { readonly index: { readonly [K in keyof T]: number }; readonly labels: readonly T[keyof T][] } {
+  const index: Record<string, number> = {};
+  for (const [i, k] of Object.keys(table).entries()) index[k] = i;
+  return {
+    index: Object.freeze(index) as { readonly [K in keyof T]: number },
+    labels: Object.freeze(Object.values(table)) as readonly T[keyof T][],
+  };
+}
 
-export const DROP_REASON_LABELS: readonly string[] = [
-  'unknown_flow_dtls',
-  'unknown_flow_rtp',
-  'unknown_flow_other',
-  'stun_truncated',
-  'stun_malformed',
-  'stun_bad_attribute',
-  'not_binding_request',
-  'no_username',
-  'bad_username',
-  'no_integrity',
-  'bad_fingerprint',
-  'unknown_ufrag',
-  'no_backends',
-  'probe_budget',
-  'source_limit',
-  'session_limit',
-  'ports_exhausted',
-  'draining',
-  'probing_not_stun',
-  'probe_rounds',
-  'upstream_unexpected_source',
-  'probe_stale',
-  'upstream_no_session',
-  'probe_not_mine',
-];
+/** Why a datagram was dropped: one value of the `reason` label each (docs/architecture.md). */
+const DROPS = indexed({
+  /** First datagram of an unknown flow was not STUN; by RFC 7983 class. */
+  UnknownFlowDtls: 'unknown_flow_dtls',
+  UnknownFlowRtp: 'unknown_flow_rtp',
+  UnknownFlowOther: 'unknown_flow_other',
+  /** STUN-looking first datagram that fails the checks in stun/parse.ts. */
+  StunTruncated: 'stun_truncated',
+  StunMalformed: 'stun_malformed',
+  StunBadAttribute: 'stun_bad_attribute',
+  NotBindingRequest: 'not_binding_request',
+  NoUsername: 'no_username',
+  BadUsername: 'bad_username',
+  NoIntegrity: 'no_integrity',
+  BadFingerprint: 'bad_fingerprint',
+  /** Strict prefix routing: the server ufrag carries no backend's prefix token. */
+  StrictPrefix: 'strict_prefix',
+  /** Server ufrag in the negative cache: no backend claimed it recently. */
+  UnknownUfrag: 'unknown_ufrag',
+  NoBackends: 'no_backends',
+  /** The source (address, or IPv6 /64) used up its fair share of the probe budget. */
+  SourceShare: 'source_share',
+  /** The global fan-out probe budget (`--probe-rate`) is spent. */
+  FanoutBudget: 'fanout_budget',
+  /** The global directed probe budget (`--directed-probe-rate`) is spent. */
+  DirectedBudget: 'directed_budget',
+  /** Too many flows of this source are being routed at once (`--max-pending-per-source`). */
+  SourceLimit: 'source_limit',
+  SessionLimit: 'session_limit',
+  PortsExhausted: 'ports_exhausted',
+  Draining: 'draining',
+  /** Non-STUN from a client whose flow is still being routed. */
+  ProbingNotStun: 'probing_not_stun',
+  /** Probe round limit reached for a flow still being routed. */
+  ProbeRounds: 'probe_rounds',
+  /** Upstream datagram from an address that is not the session's backend or candidate. */
+  UpstreamUnexpectedSource: 'upstream_unexpected_source',
+  /** Reply to a probe that matched no outstanding request, or came after the owner was found. */
+  ProbeStale: 'probe_stale',
+  /** Upstream datagram for a session that is gone or not established. */
+  UpstreamNoSession: 'upstream_no_session',
+  /** A candidate answered a probe with an error response: "not mine" (libwebrtc sends 401). */
+  ProbeNotMine: 'probe_not_mine',
+});
+export const DropReason = DROPS.index;
+export type DropReason = number;
+export const DROP_REASON_LABELS: readonly string[] = DROPS.labels;
 
 /** How a new client flow was routed (the `outcome` label). */
-export const RouteCounter = {
+const ROUTES = indexed({
   /** Joined a live session with the same ufrag pair (NAT rebinding / another candidate). */
-  Rebind: 0,
+  Rebind: 'rebind',
   /** Owner found by prefix token, confirmed by its success. */
-  Prefix: 1,
+  Prefix: 'prefix',
   /** Owner found in the learned-ufrag cache, confirmed by its success. */
-  Learned: 2,
+  Learned: 'learned',
   /** Owner found by fan-out probing. */
-  ProbeWon: 3,
+  ProbeWon: 'probe_won',
   /** No backend claimed the ufrag in time, or all said "not mine". */
-  ProbeFailed: 4,
+  ProbeFailed: 'probe_failed',
   /** An ICE restart on a known 5-tuple moved it to a new session. */
-  Restart: 5,
+  Restart: 'restart',
   /** A rebinding attempt that the backend refused (error response): nothing moved. */
-  RebindRefused: 6,
-} as const;
-export const ROUTE_LABELS: readonly string[] = [
-  'rebind',
-  'prefix',
-  'learned',
-  'probe_won',
-  'probe_failed',
-  'restart',
-  'rebind_refused',
-];
+  RebindRefused: 'rebind_refused',
+});
+export const RouteCounter = ROUTES.index;
+export type RouteCounter = number;
+export const ROUTE_LABELS: readonly string[] = ROUTES.labels;
 
 /** Why a session ended (the `reason` label of sessions closed). */
 export const CLOSE_REASONS = [
@@ -116,7 +108,9 @@ export class Counters {
   bytesFromBackends = 0;
   packetsToClients = 0;
   bytesToClients = 0;
+  /** Probe datagrams sent, fan-out and directed (each is also counted in packetsToBackends). */
   probesSent = 0;
+  directedProbesSent = 0;
   sessionsOpened = 0;
   readonly drops = new Float64Array(DROP_REASON_LABELS.length);
   readonly routes = new Float64Array(ROUTE_LABELS.length);

@@ -1,6 +1,5 @@
 import dgram from 'node:dgram';
-import type { Upstream } from '../session/session.ts';
-import type { Transport, UpstreamHandler } from './datapath.ts';
+import type { Transport, Upstream, UpstreamHandler } from './io.ts';
 
 /**
  * The `node:dgram` adapter: the public listening socket and one upstream socket per session.

@@ -1,8 +1,10 @@
 import type { BackendSpec, BackendState } from '../discovery/types.ts';
-import type { Session } from '../session/session.ts';
-import { TOKEN_LENGTH, tokenFor } from './token.ts';
+import { TOKEN_LENGTH, tokenBits, tokenFor } from './token.ts';
 
-/** A backend as the data path holds it: the spec plus its prefix token and its live sessions. */
+/**
+ * A backend as the data path holds it: the spec plus its prefix token. Which sessions it owns is
+ * the session registry's index (src/session/registry.ts), not a field here.
+ */
 export interface Backend {
   readonly name: string;
   readonly address: string;
@@ -11,7 +13,6 @@ export interface Backend {
   state: BackendState;
   /** Set once the backend left the snapshot; sessions and probes drop their references. */
   removed: boolean;
-  readonly sessions: Set<Session>;
 }
 
 export interface BackendChanges {
@@ -21,13 +22,14 @@ export interface BackendChanges {
 }
 
 /**
- * The current backend set, diffed from discovery snapshots by name (DESIGN.md, "Control plane").
- * A backend whose address or port changed under the same name is a new backend: the old one's
- * sessions cannot continue (the ICE state lived in the old pod).
+ * The current backend set, diffed from discovery snapshots by name (docs/architecture.md,
+ * "Control plane"). A backend whose address or port changed under the same name is a new backend:
+ * the old one's sessions cannot continue (the ICE state lived in the old pod).
  */
 export class BackendTable {
   readonly #byName = new Map<string, Backend>();
-  readonly #byToken = new Map<string, Backend>();
+  /** Token value (30 bits, see token.ts) → backend: looked up from a ufrag's bytes. */
+  readonly #byToken = new Map<number, Backend>();
   #probeCandidates: Backend[] = [];
   #synced = false;
   /** Token collisions seen in the last update (names), for a warning log. */
@@ -58,10 +60,15 @@ export class BackendTable {
     return this.#probeCandidates;
   }
 
+  /** The backend with this token value (from {@link ufragTokenBits}), whatever its state. */
+  byTokenBits(bits: number): Backend | undefined {
+    return bits < 0 ? undefined : this.#byToken.get(bits);
+  }
+
   /** The probe-eligible backend whose token starts this server ufrag, if any. */
   byUfragPrefix(serverUfrag: string): Backend | undefined {
-    if (serverUfrag.length <= TOKEN_LENGTH || this.#byToken.size === 0) return undefined;
-    const b = this.#byToken.get(serverUfrag.slice(0, TOKEN_LENGTH));
+    if (serverUfrag.length <= TOKEN_LENGTH) return undefined;
+    const b = this.#byToken.get(tokenBits(serverUfrag.slice(0, TOKEN_LENGTH)));
     return b !== undefined && b.state !== 'unready' ? b : undefined;
   }
 
@@ -91,7 +98,6 @@ export class BackendTable {
         token: tokenFor(spec.name),
         state: spec.state,
         removed: false,
-        sessions: new Set(),
       };
       this.#byName.set(b.name, b);
       added.push(b);
@@ -114,9 +120,10 @@ export class BackendTable {
     const candidates: Backend[] = [];
     for (const b of this.#byName.values()) {
       if (b.state !== 'unready') candidates.push(b);
-      const other = this.#byToken.get(b.token);
+      const bits = tokenBits(b.token);
+      const other = this.#byToken.get(bits);
       if (other !== undefined) this.tokenCollisions.push(`${other.name}/${b.name}`);
-      else this.#byToken.set(b.token, b);
+      else this.#byToken.set(bits, b);
     }
     this.#probeCandidates = candidates;
   }

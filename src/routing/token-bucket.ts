@@ -1,9 +1,18 @@
 /**
+ * A budget of datagrams on an injected clock. Admission takes from two of them (fan-out and
+ * directed probes); the interface lets a pod's workers share one (docs/architecture.md).
+ */
+export interface Budget {
+  /** Takes `n` tokens if all are there; otherwise takes none and returns false. */
+  take(now: number, n: number): boolean;
+}
+
+/**
  * A token bucket on an injected clock: `rate` tokens per second, at most `burst` saved up.
- * Used for the global probe budget: a fan-out probe multiplies a client's datagram by the number
+ * Used for the global probe budgets: a fan-out probe multiplies a client's datagram by the number
  * of backends, so an unbounded prober would be an amplifier aimed at our own pods.
  */
-export class TokenBucket {
+export class TokenBucket implements Budget {
   readonly rate: number;
   readonly burst: number;
   #tokens: number;

@@ -26,3 +26,38 @@ export function tokenFor(name: string): string {
   for (let i = TOKEN_LENGTH - 1; i >= 0; i--) out += ALPHABET[(bits >>> (i * 5)) & 31];
   return out;
 }
+
+/** The 30-bit value of a token given as text (its 6 base32 characters), or -1 if it is not one. */
+export function tokenBits(token: string): number {
+  if (token.length !== TOKEN_LENGTH) return -1;
+  let v = 0;
+  for (let i = 0; i < TOKEN_LENGTH; i++) {
+    const d = base32Digit(token.charCodeAt(i));
+    if (d < 0) return -1;
+    v = (v << 5) | d;
+  }
+  return v;
+}
+
+/**
+ * The 30-bit value of the token that would start a server ufrag at `buf[start..end)`, or -1 if
+ * the ufrag is not longer than a token or its first characters are not base32. Reads bytes, so the
+ * router can test a first packet against every backend's token before allocating anything.
+ */
+export function ufragTokenBits(buf: Uint8Array, start: number, end: number): number {
+  if (end - start <= TOKEN_LENGTH) return -1;
+  let v = 0;
+  for (let i = start; i < start + TOKEN_LENGTH; i++) {
+    const d = base32Digit(buf[i]!);
+    if (d < 0) return -1;
+    v = (v << 5) | d;
+  }
+  return v;
+}
+
+/** RFC 4648 base32 in lower case: a-z = 0-25, 2-7 = 26-31. */
+function base32Digit(c: number): number {
+  if (c >= 0x61 && c <= 0x7a) return c - 0x61;
+  if (c >= 0x32 && c <= 0x37) return c - 0x32 + 26;
+  return -1;
+}

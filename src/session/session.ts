@@ -1,4 +1,6 @@
+import type { Upstream } from '../proxy/io.ts';
 import type { Backend } from '../routing/backends.ts';
+import type { BudgetClass } from '../routing/source-shares.ts';
 import { sameTransaction } from '../stun/parse.ts';
 
 /**
@@ -13,6 +15,11 @@ import { sameTransaction } from '../stun/parse.ts';
  * with a Binding success, i.e. after the backend verified MESSAGE-INTEGRITY, which the proxy cannot.
  * Downstream traffic goes to the endpoint that last sent media ("latching", as RTP proxies do), or
  * to the one that last joined; STUN responses go to the endpoint that sent the request.
+ *
+ * Who writes what (docs/architecture.md, "One owner of session state"): membership — state,
+ * backend, endpoints, current, the indexes — only the session registry; the probe — only the
+ * router; traffic accounting (last seen, packet counters) and the transaction ring — the registry's
+ * `note*` methods, called by the forwarder. Everyone else reads.
  */
 
 export const SessionState = {
@@ -29,7 +36,7 @@ export class ClientEndpoint {
   readonly port: number;
   session: Session;
   lastSeen: number;
-  /** True once it is in the session table (a check from it was answered with a success). */
+  /** True once it is in the 5-tuple index (a check from it was answered with a success). */
   joined = false;
 
   constructor(session: Session, address: string, port: number, now: number) {
@@ -43,16 +50,29 @@ export class ClientEndpoint {
 /** How many outstanding client→backend transactions a session remembers (a small ring). */
 export const TX_SLOTS = 8;
 
-/** Minimal view of an upstream socket that the session owns (implemented by the transport). */
-export interface Upstream {
-  readonly localPort: number;
-  /** Send to an explicit backend (probing). */
-  sendTo(buf: Uint8Array, port: number, address: string): void;
-  /** Send to the owning backend (after {@link Upstream.connect}). */
-  send(buf: Uint8Array): void;
-  /** Fix the socket to the owning backend: the kernel then filters other sources. */
-  connect(port: number, address: string): void;
-  close(): void;
+/** Routing state of a session whose owner is not known yet; written only by the router. */
+export class Probe {
+  candidates: Backend[];
+  /** Candidates that answered with an error: "not mine". */
+  readonly excluded = new Set<Backend>();
+  /** Probing began with a directed guess (prefix token or learned ufrag); fan out on failure. */
+  directed: boolean;
+  rounds = 0;
+  /** The class this flow was admitted under: whose pending count it holds (registry.ts). */
+  readonly budget: BudgetClass;
+
+  constructor(candidates: Backend[], directed: boolean, budget: BudgetClass) {
+    this.candidates = candidates;
+    this.directed = directed;
+    this.budget = budget;
+  }
+
+  /** Candidates still worth a datagram: not excluded, not removed. */
+  remaining(): number {
+    let n = 0;
+    for (const b of this.candidates) if (!this.excluded.has(b) && !b.removed) n++;
+    return n;
+  }
 }
 
 export class Session {
@@ -61,25 +81,27 @@ export class Session {
   readonly serverUfrag: string;
   /** USERNAME bytes, to recognise the same pair without decoding (ICE restarts change it). */
   readonly usernameBytes: Buffer;
+  /** hashBytes() of the USERNAME: the ufrag-pair index key. */
+  readonly usernameHash: number;
+  /** hashBytes() of the server ufrag: the learned and negative cache key. */
+  readonly serverUfragHash: number;
   readonly createdAt: number;
   readonly upstream: Upstream;
+  /** Source address whose pending count this flow holds while it probes. */
+  readonly source: string;
   state: SessionState = SessionState.Probing;
   backend: Backend | undefined;
-  /** Endpoints in the session table. */
+  /** Endpoints in the 5-tuple index. */
   readonly endpoints: ClientEndpoint[] = [];
   /** Where downstream traffic goes. */
   current: ClientEndpoint;
   /** Last packet from any client endpoint (idle timeout). */
   lastClientAt: number;
-
-  // Probing state.
-  candidates: Backend[] = [];
-  /** Candidates that answered with an error: "not mine". */
-  readonly excluded = new Set<Backend>();
-  /** Probing began with a directed guess (prefix token or learned ufrag); fan out on failure. */
-  directed = false;
-  probeRounds = 0;
+  /** A backend answered a Binding success on this upstream port: it rests at release. */
+  answered = false;
   routedBy: RouteOutcome = 'probe';
+  /** Set while the owner is unknown. */
+  probe: Probe | undefined;
 
   // Outstanding client transactions: request bytes (for the transaction id) and who sent them.
   readonly txRequests: (Uint8Array | undefined)[] = new Array(TX_SLOTS).fill(undefined);
@@ -99,7 +121,7 @@ export class Session {
     id: number,
     username: string,
     colonIndex: number,
-    usernameBytes: Buffer,
+    hashes: { readonly username: number; readonly serverUfrag: number },
     upstream: Upstream,
     first: { address: string; port: number },
     now: number,
@@ -107,22 +129,18 @@ export class Session {
     this.id = id;
     this.username = username;
     this.serverUfrag = username.slice(0, colonIndex);
-    this.usernameBytes = usernameBytes;
+    this.usernameBytes = Buffer.from(username, 'latin1');
+    this.usernameHash = hashes.username;
+    this.serverUfragHash = hashes.serverUfrag;
     this.upstream = upstream;
     this.createdAt = now;
     this.lastClientAt = now;
+    this.source = first.address;
     this.current = new ClientEndpoint(this, first.address, first.port, now);
   }
 
   get clientUfrag(): string {
     return this.username.slice(this.serverUfrag.length + 1);
-  }
-
-  rememberTransaction(request: Uint8Array, from: ClientEndpoint): void {
-    const i = this.txNext;
-    this.txRequests[i] = request;
-    this.txEndpoints[i] = from;
-    this.txNext = (i + 1) % TX_SLOTS;
   }
 
   /** Index of the remembered request with the same transaction id as `response`, or -1. */
@@ -132,11 +150,6 @@ export class Session {
       if (req !== undefined && sameTransaction(req, response)) return i;
     }
     return -1;
-  }
-
-  forgetTransaction(i: number): void {
-    this.txRequests[i] = undefined;
-    this.txEndpoints[i] = undefined;
   }
 }
 

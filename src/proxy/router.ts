@@ -1,0 +1,266 @@
+import type { Logger } from 'pino';
+import { ADMIT, type Admission, newAdmitted } from '../routing/admission.ts';
+import type { Backend, BackendTable } from '../routing/backends.ts';
+import { BudgetClass } from '../routing/source-shares.ts';
+import type { SessionRegistry } from '../session/registry.ts';
+import { ClientEndpoint, Probe, type Session, SessionState } from '../session/session.ts';
+import { hashBytes } from '../stun/hash.ts';
+import { bindingResponseKind, type UsernameView, usernameEquals } from '../stun/parse.ts';
+import { type Counters, DropReason, ROUTE_LABELS, RouteCounter } from './counters.ts';
+import type { Transport } from './io.ts';
+
+/**
+ * The router: where a first check goes, and who owns its ufrag (docs/architecture.md, "Routing").
+ * In order: a live session with the same ufrag pair (NAT rebinding or another candidate: forwarded
+ * through that session's socket, joined only on the backend's success), else admission decides a
+ * directed probe (prefix token, learned ufrag) or a fan-out to every candidate, else the datagram
+ * is dropped by reason. The first Binding success for the flow's transaction wins; error responses
+ * and silence mean "not mine"; a wrong or silent directed guess falls back to the fan-out. Also
+ * ICE restarts (RFC 8445 §9) on a known 5-tuple, which are routed like a new flow.
+ *
+ * It changes sessions only through the registry; the probe objects are its own.
+ */
+
+export interface RouterDeps {
+  readonly registry: SessionRegistry;
+  readonly backends: BackendTable;
+  readonly admission: Admission;
+  readonly transport: Transport;
+  readonly counters: Counters;
+  readonly clock: () => number;
+  readonly log: Logger;
+  readonly probeRounds: number;
+  /** Every backend carries a prefix token (admission.ts): a silent owner is asked again, not fanned out. */
+  readonly strictPrefix: boolean;
+  /** Called once per session whose owner was found: routing time and outcome (a metrics hook). */
+  readonly onRouted: ((ms: number, outcome: string) => void) | undefined;
+}
+
+export class Router {
+  readonly #d: RouterDeps;
+  readonly #admitted = newAdmitted();
+  readonly #debug: boolean;
+  #accepting = true;
+
+  constructor(deps: RouterDeps) {
+    this.#d = deps;
+    this.#debug = deps.log.isLevelEnabled('debug');
+  }
+
+  get accepting(): boolean {
+    return this.#accepting;
+  }
+
+  stopAccepting(): void {
+    this.#accepting = false;
+  }
+
+  /**
+   * A parsed first check (`view`) on a 5-tuple that no session holds, or (`restartOf`) an ICE
+   * restart on an established session's endpoint. Returns the probing session, if one was opened.
+   */
+  route(
+    buf: Buffer,
+    view: UsernameView,
+    address: string,
+    port: number,
+    restartOf: ClientEndpoint | undefined,
+  ): Session | undefined {
+    const d = this.#d;
+    const now = d.clock();
+    if (restartOf === undefined) {
+      const live = d.registry.findLive(buf, view, hashBytes(buf, view.start, view.end));
+      if (live !== undefined) {
+        this.#rebind(live, buf, address, port, now);
+        return undefined;
+      }
+    }
+    if (!this.#accepting) return this.#drop(DropReason.Draining);
+    const candidates = d.backends.probeCandidates();
+    const a = this.#admitted;
+    const r = d.admission.admitFirst(buf, view, address, candidates, now, a);
+    if (r !== ADMIT) return this.#drop(r);
+    const probe = new Probe(
+      a.directed !== undefined ? [a.directed] : candidates.slice(),
+      a.directed !== undefined,
+      a.budget,
+    );
+    const s = d.registry.open({
+      buf,
+      view,
+      usernameHash: a.usernameHash,
+      serverUfragHash: a.serverUfragHash,
+      address,
+      port,
+      probe,
+      routedBy: restartOf !== undefined ? 'restart' : a.outcome,
+      restartOf,
+    });
+    if (typeof s === 'number') return this.#drop(s);
+    this.#sendProbes(s, probe, buf);
+    return s;
+  }
+
+  /** The same ufrag pair as a live session from a new 5-tuple: ask its owner, move nothing yet. */
+  #rebind(live: Session, buf: Buffer, address: string, port: number, now: number): void {
+    const d = this.#d;
+    const r = d.admission.admitRebind(address, now);
+    if (r !== ADMIT) {
+      this.#drop(r);
+      return;
+    }
+    // Joins only when the owner answers this transaction with a success (forwarder.ts).
+    d.registry.remember(live, buf, new ClientEndpoint(live, address, port, now));
+    d.counters.packetsToBackends++;
+    d.counters.bytesToBackends += buf.length;
+    live.upstream.send(buf);
+  }
+
+  /**
+   * A Binding Request with another server ufrag on an established session's endpoint: an ICE
+   * restart. A retransmit of the restart in progress is another probe round; a different one
+   * supersedes it.
+   */
+  restart(s: Session, ep: ClientEndpoint, buf: Buffer, view: UsernameView): void {
+    const d = this.#d;
+    const pending = s.restartOf;
+    if (pending !== undefined && pending.state === SessionState.Probing) {
+      if (usernameEquals(buf, view, pending.usernameBytes)) {
+        this.round(pending, buf, d.clock());
+        return;
+      }
+      d.registry.close(pending, 'restart');
+    }
+    d.registry.setRestart(s, this.route(buf, view, ep.address, ep.port, ep));
+  }
+
+  /** A retransmit of a flow's first check while its owner is unknown: one more round. */
+  round(s: Session, buf: Buffer, now: number): void {
+    const p = s.probe!;
+    if (p.rounds >= this.#d.probeRounds) {
+      this.#drop(DropReason.ProbeRounds);
+      return;
+    }
+    if (p.directed && !this.#d.strictPrefix) {
+      // The directed guess stayed silent until the client retransmitted (JVB drops checks for
+      // ufrags it does not know; a random ufrag can start with a token): fan out to every
+      // candidate from now on. With strict prefix routing the token is the owner's by
+      // construction, so the retransmit goes to it again (a lost datagram, a slow backend).
+      this.#toFanout(s, p);
+    }
+    const n = p.remaining();
+    if (n === 0) return;
+    const r = this.#d.admission.admitRound(
+      s.source,
+      p.directed ? BudgetClass.Directed : BudgetClass.Fanout,
+      n,
+      now,
+    );
+    if (r !== ADMIT) {
+      this.#drop(r);
+      return;
+    }
+    this.#sendProbes(s, p, buf);
+  }
+
+  /** A datagram from a backend on a probing session's socket. */
+  probeAnswer(s: Session, buf: Buffer, address: string, port: number): void {
+    const d = this.#d;
+    const p = s.probe!;
+    let from: Backend | undefined;
+    for (const b of p.candidates) {
+      if (b.port === port && b.address === address) {
+        from = b;
+        break;
+      }
+    }
+    if (from === undefined || from.removed) {
+      this.#drop(DropReason.UpstreamUnexpectedSource);
+      return;
+    }
+    const kind = bindingResponseKind(buf);
+    const i = kind === 0 ? -1 : s.findTransaction(buf);
+    if (i < 0) {
+      this.#drop(DropReason.ProbeStale);
+      return;
+    }
+    if (kind === 1) {
+      this.#win(s, from, buf);
+      return;
+    }
+    // An error (401 from libwebrtc for an unknown ufrag, 400, 487, …) means "not mine".
+    p.excluded.add(from);
+    this.#drop(DropReason.ProbeNotMine);
+    if (p.directed) {
+      // The directed guess was wrong (a random ufrag can start with a token; a learned entry can
+      // be stale): fan the same request out to the other candidates at once.
+      this.#toFanout(s, p);
+      const n = p.remaining();
+      if (n > 0 && d.admission.admitRound(s.source, BudgetClass.Fanout, n, d.clock()) === ADMIT) {
+        p.rounds--; // The fall-back continues the same round.
+        this.#sendProbes(s, p, s.txRequests[i]! as Buffer);
+        return;
+      }
+    }
+    if (p.remaining() === 0) this.fail(s);
+  }
+
+  /** No backend claimed the flow's ufrag (all refused, or the probe timed out). */
+  fail(s: Session): void {
+    const d = this.#d;
+    d.counters.routes[RouteCounter.ProbeFailed]!++;
+    d.admission.reject(s.serverUfragHash, d.clock());
+    if (this.#debug)
+      d.log.debug({ serverUfrag: s.serverUfrag, rounds: s.probe?.rounds }, 'no backend owns ufrag');
+    d.registry.close(s, 'probe_failed');
+  }
+
+  #win(s: Session, owner: Backend, response: Buffer): void {
+    const d = this.#d;
+    const c = d.counters;
+    const route =
+      s.routedBy === 'prefix'
+        ? RouteCounter.Prefix
+        : s.routedBy === 'learned'
+          ? RouteCounter.Learned
+          : s.routedBy === 'restart'
+            ? RouteCounter.Restart
+            : RouteCounter.ProbeWon;
+    c.routes[route]!++;
+    d.admission.learn(s.serverUfragHash, owner.name);
+    d.registry.establish(s, owner);
+    d.onRouted?.(d.clock() - s.createdAt, ROUTE_LABELS[route]!);
+    const ep = s.current;
+    c.packetsToClients++;
+    c.bytesToClients += response.length;
+    d.registry.noteDown(s, response.length);
+    d.transport.sendToClient(response, ep.port, ep.address);
+  }
+
+  #toFanout(s: Session, p: Probe): void {
+    p.directed = false;
+    if (s.routedBy !== 'restart') s.routedBy = 'probe';
+    p.candidates = this.#d.backends.probeCandidates().slice();
+  }
+
+  /** One probe round: the client's own datagram to each remaining candidate (budget already taken). */
+  #sendProbes(s: Session, p: Probe, buf: Buffer): void {
+    const d = this.#d;
+    p.rounds++;
+    d.registry.remember(s, buf, s.current);
+    const c = d.counters;
+    for (const b of p.candidates) {
+      if (p.excluded.has(b) || b.removed) continue;
+      s.upstream.sendTo(buf, b.port, b.address);
+      c.probesSent++;
+      if (p.directed) c.directedProbesSent++;
+      c.packetsToBackends++;
+      c.bytesToBackends += buf.length;
+    }
+  }
+
+  #drop(reason: DropReason): undefined {
+    this.#d.counters.drops[reason]!++;
+    return undefined;
+  }
+}

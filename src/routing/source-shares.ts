@@ -1,0 +1,154 @@
+import { hashString } from '../stun/hash.ts';
+
+/**
+ * Fair shares of the probe budgets per source (docs/architecture.md, "Admission").
+ *
+ * The threat: anyone can send well-formed first checks from many (spoofed) source addresses. One
+ * global token bucket is first come, first served: a flood drains it and a real client's
+ * retransmits find it empty. Here each source has its own bucket per budget class, and the
+ * refill rate of every bucket is the global rate divided by the number of sources active in the
+ * last second, so the sum of all refills is the global rate and every source, the victims'
+ * included, gets the same share however many sources flood. A source that activates starts with
+ * one second of its share, so a new call needs no wait when the proxy is quiet.
+ *
+ * The unit of fairness is the IPv4 address (a NAT's users share it, as they share everything else
+ * behind it) and the IPv6 /64 (what one subscriber gets; an attacker holding a /64 has 2^64
+ * addresses). Slots live in a fixed-size table indexed by a hash of that key: spoofed sources can
+ * never grow memory, and sources whose hashes collide share a slot (with the table full of spoofed
+ * sources, a share degrades to rate / slots; strict prefix routing is the answer there).
+ *
+ * Pure: typed arrays, an injected `now`, no allocation per call.
+ */
+export const BudgetClass = {
+  /** A fan-out probe: one datagram to each candidate backend. */
+  Fanout: 0,
+  /** A directed probe (prefix token, learned ufrag, rebinding check): one datagram, one backend. */
+  Directed: 1,
+} as const;
+export type BudgetClass = (typeof BudgetClass)[keyof typeof BudgetClass];
+
+/** A source counts as active for this long after its last first check. */
+export const ACTIVE_WINDOW_MS = 1000;
+
+export class SourceShares {
+  readonly slots: number;
+  readonly #mask: number;
+  readonly #rates: readonly [number, number];
+  /** [slot * 2 + class] */
+  readonly #tokens: Float64Array;
+  readonly #refilledAt: Float64Array;
+  readonly #activeAt: Float64Array;
+  #active = 0;
+
+  /** `rates`: the global budgets in datagrams per second, [fan-out, directed]. */
+  constructor(slots: number, rates: readonly [number, number]) {
+    const size = 1 << Math.ceil(Math.log2(Math.max(2, slots)));
+    this.slots = size;
+    this.#mask = size - 1;
+    this.#rates = rates;
+    this.#tokens = new Float64Array(size * 2);
+    this.#refilledAt = new Float64Array(size * 2);
+    this.#activeAt = new Float64Array(size).fill(Number.NEGATIVE_INFINITY);
+  }
+
+  /** Sources active in the last second (as of the last {@link sweep}, plus activations since). */
+  get active(): number {
+    return this.#active;
+  }
+
+  /** The slot of a source address as `dgram` reports it (IPv4 dotted, IPv6 canonical text). */
+  slotOf(address: string): number {
+    return sourceKeyHash(address) & this.#mask;
+  }
+
+  /**
+   * Takes `n` datagrams of class `cls` from the slot's share if it has them. The share is the
+   * global rate over the active sources; up to one second of it (at least `n`, so a fan-out stays
+   * possible) may be saved up.
+   */
+  take(slot: number, cls: BudgetClass, n: number, now: number): boolean {
+    const i = slot * 2 + cls;
+    if (now - this.#activeAt[slot]! >= ACTIVE_WINDOW_MS) {
+      // (Re)activation: one second of the share, for both classes.
+      this.#active++;
+      this.#tokens[slot * 2] = this.#rates[0] / this.#active;
+      this.#tokens[slot * 2 + 1] = this.#rates[1] / this.#active;
+      this.#refilledAt[slot * 2] = now;
+      this.#refilledAt[slot * 2 + 1] = now;
+    } else if (now > this.#refilledAt[i]!) {
+      const share = this.#rates[cls]! / Math.max(1, this.#active);
+      const cap = Math.max(share, n);
+      this.#tokens[i] = Math.min(cap, this.#tokens[i]! + ((now - this.#refilledAt[i]!) * share) / 1000);
+      this.#refilledAt[i] = now;
+    }
+    this.#activeAt[slot] = now;
+    if (this.#tokens[i]! < n) return false;
+    this.#tokens[i]! -= n;
+    return true;
+  }
+
+  /** Gives back what {@link take} took when a later check refused the flow. */
+  refund(slot: number, cls: BudgetClass, n: number): void {
+    this.#tokens[slot * 2 + cls]! += n;
+  }
+
+  /** Recounts the active sources (call about once a second; O(slots)). */
+  sweep(now: number): void {
+    let n = 0;
+    for (let s = 0; s < this.#activeAt.length; s++) if (now - this.#activeAt[s]! < ACTIVE_WINDOW_MS) n++;
+    this.#active = n;
+  }
+}
+
+/** Scratch for the groups of an IPv6 address (one per module: the data path is single-threaded). */
+const groups = new Uint16Array(8);
+
+/**
+ * Hash of the fairness key of a source address: the whole IPv4 address, or the first 64 bits of an
+ * IPv6 address (its /64). IPv6 text may be compressed (`2001:db8::1`, RFC 5952), so the /64 is
+ * computed from the expanded groups, not the characters; IPv4-mapped IPv6 (`::ffff:1.2.3.4`)
+ * counts as the IPv4 address.
+ */
+export function sourceKeyHash(address: string): number {
+  const n = address.length;
+  if (address.indexOf(':') < 0) return hashString(address);
+  if (address.startsWith('::ffff:') && address.indexOf('.') > 0) return hashString(address, 7, n);
+  groups.fill(0);
+  const dbl = address.indexOf('::');
+  const headEnd = dbl < 0 ? n : dbl;
+  let g = readGroups(address, 0, headEnd, 0);
+  if (dbl >= 0 && dbl + 2 < n) {
+    let tail = 1;
+    for (let i = dbl + 2; i < n; i++) if (address.charCodeAt(i) === 0x3a) tail++;
+    g = readGroups(address, dbl + 2, n, Math.max(g, 8 - tail));
+  }
+  let h = 0x811c9dc5;
+  for (let k = 0; k < 4; k++) {
+    h = Math.imul(h ^ (groups[k]! & 0xff), 0x01000193);
+    h = Math.imul(h ^ (groups[k]! >>> 8), 0x01000193);
+  }
+  return h >>> 0;
+}
+
+/** Reads ':'-separated hex groups of `a[from..to)` into `groups` from index `g`; returns the next index. */
+function readGroups(a: string, from: number, to: number, g: number): number {
+  if (from >= to) return g;
+  let v = 0;
+  for (let i = from; i <= to && g < 8; i++) {
+    const c = i < to ? a.charCodeAt(i) : 0x3a;
+    if (c === 0x3a) {
+      groups[g++] = v;
+      v = 0;
+    } else {
+      v = ((v << 4) | hexDigit(c)) & 0xffff;
+    }
+  }
+  return g;
+}
+
+function hexDigit(c: number): number {
+  if (c >= 0x30 && c <= 0x39) return c - 0x30;
+  if (c >= 0x61 && c <= 0x66) return c - 0x61 + 10;
+  if (c >= 0x41 && c <= 0x46) return c - 0x41 + 10;
+  return 0;
+}

@@ -1,0 +1,421 @@
+import type { Logger } from 'pino';
+import { CLOSE_REASONS, type CloseReason, type Counters, DropReason } from '../proxy/counters.ts';
+import type { Transport } from '../proxy/io.ts';
+import type { Backend } from '../routing/backends.ts';
+import type { UsernameView } from '../stun/parse.ts';
+import { usernameEquals } from '../stun/parse.ts';
+import type { FlowListener } from './events.ts';
+import type { PortPool } from './port-pool.ts';
+import {
+  type ClientEndpoint,
+  type Probe,
+  type RouteOutcome,
+  Session,
+  SessionState,
+  TX_SLOTS,
+} from './session.ts';
+
+/**
+ * The one owner of session state (docs/architecture.md, "One owner of session state"). Only this
+ * class creates and closes sessions, adds and removes client endpoints, and keeps every index that
+ * depends on them: client 5-tuple → endpoint, ufrag pair → established session, backend →
+ * sessions, flows being routed per source, and the release of upstream ports. After each change
+ * it announces a flow event ({@link FlowListener}), which is how metrics, the kernel fast path and
+ * a pod's other workers follow sessions without touching them.
+ *
+ * The router decides (who owns a ufrag, what admission allows) and the forwarder moves datagrams;
+ * both call the named operations here instead of writing fields.
+ */
+
+/** Where an upstream socket's datagrams go: set once by the data path. */
+export interface UpstreamSink {
+  upstreamDatagram(s: Session, buf: Buffer, address: string, port: number): void;
+  upstreamError(s: Session, err: NodeJS.ErrnoException): void;
+}
+
+/** The global session cap; a pod's workers share one (docs/workers.md). */
+export interface SessionSlots {
+  tryAcquire(): boolean;
+  release(): void;
+}
+
+/** A session cap for one process. */
+export class LocalSessionSlots implements SessionSlots {
+  readonly max: number;
+  #used = 0;
+  constructor(max: number) {
+    this.max = max;
+  }
+  tryAcquire(): boolean {
+    if (this.#used >= this.max) return false;
+    this.#used++;
+    return true;
+  }
+  release(): void {
+    if (this.#used > 0) this.#used--;
+  }
+}
+
+export interface RegistryDeps {
+  readonly transport: Transport;
+  /** Upstream ports with quarantine; undefined = let the kernel pick (no quarantine guarantee). */
+  readonly ports: PortPool | undefined;
+  readonly slots: SessionSlots;
+  readonly clock: () => number;
+  readonly log: Logger;
+  readonly counters: Counters;
+}
+
+/** What {@link SessionRegistry.open} needs to know about a new flow. */
+export interface OpenFlow {
+  readonly buf: Buffer;
+  readonly view: UsernameView;
+  readonly usernameHash: number;
+  readonly serverUfragHash: number;
+  readonly address: string;
+  readonly port: number;
+  readonly probe: Probe;
+  readonly routedBy: RouteOutcome;
+  /** The endpoint of an established session whose client started an ICE restart. */
+  readonly restartOf: ClientEndpoint | undefined;
+}
+
+const NO_PORT = -1;
+
+export class SessionRegistry {
+  readonly sessions = new Set<Session>();
+  readonly #byAddress = new Map<string, Map<number, ClientEndpoint>>();
+  /** usernameHash → established sessions with that hash (a chain: hashes may collide). */
+  readonly #byUsername = new Map<number, Session[]>();
+  readonly #byBackend = new Map<Backend, Set<Session>>();
+  /** Flows being routed per source address, [fan-out, directed]. */
+  readonly #pending = [new Map<string, number>(), new Map<string, number>()] as const;
+  readonly #listeners: FlowListener[] = [];
+  readonly #deps: RegistryDeps;
+  readonly #sink: UpstreamSink;
+  #endpointCount = 0;
+  #nextId = 1;
+
+  constructor(deps: RegistryDeps, sink: UpstreamSink) {
+    this.#deps = deps;
+    this.#sink = sink;
+  }
+
+  addListener(l: FlowListener): void {
+    this.#listeners.push(l);
+  }
+
+  get size(): number {
+    return this.sessions.size;
+  }
+
+  get endpointCount(): number {
+    return this.#endpointCount;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Reads
+
+  lookup(address: string, port: number): ClientEndpoint | undefined {
+    const ports = this.#byAddress.get(address);
+    return ports === undefined ? undefined : ports.get(port);
+  }
+
+  /** The established session whose USERNAME equals the one at `view` (hash, then bytes). */
+  findLive(buf: Uint8Array, view: UsernameView, usernameHash: number): Session | undefined {
+    const chain = this.#byUsername.get(usernameHash);
+    if (chain === undefined) return undefined;
+    for (const s of chain) if (usernameEquals(buf, view, s.usernameBytes)) return s;
+    return undefined;
+  }
+
+  /** Flows from `source` being routed now, in one budget class (0 fan-out, 1 directed). */
+  pending(source: string, budget: number): number {
+    return this.#pending[budget]!.get(source) ?? 0;
+  }
+
+  sessionsOf(b: Backend): ReadonlySet<Session> {
+    return this.#byBackend.get(b) ?? EMPTY;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Session life
+
+  /**
+   * Opens a probing session: takes a session slot and an upstream port, opens the socket. Returns
+   * the drop reason instead if either is exhausted (nothing is then allocated or bound).
+   */
+  open(f: OpenFlow): Session | DropReason {
+    const d = this.#deps;
+    if (!d.slots.tryAcquire()) return DropReason.SessionLimit;
+    let localPort = 0;
+    if (d.ports !== undefined) {
+      localPort = d.ports.acquire(d.clock());
+      if (localPort === NO_PORT) {
+        d.slots.release();
+        return DropReason.PortsExhausted;
+      }
+    }
+    const now = d.clock();
+    const v = f.view;
+    const username = f.buf.toString('latin1', v.start, v.end);
+    const family = f.probe.candidates[0]!.address.includes(':') ? 6 : 4;
+    let session!: Session;
+    const upstream = d.transport.openUpstream(family, localPort, {
+      onMessage: (b, a, p) => this.#sink.upstreamDatagram(session, b, a, p),
+      onError: (err) => this.#sink.upstreamError(session, err),
+    });
+    session = new Session(
+      this.#nextId++,
+      username,
+      v.colon - v.start,
+      { username: f.usernameHash, serverUfrag: f.serverUfragHash },
+      upstream,
+      { address: f.address, port: f.port },
+      now,
+    );
+    session.routedBy = f.routedBy;
+    session.probe = f.probe;
+    const pending = this.#pending[f.probe.budget]!;
+    pending.set(f.address, (pending.get(f.address) ?? 0) + 1);
+    this.sessions.add(session);
+    if (f.restartOf === undefined) this.#index(session, session.current);
+    else session.current = f.restartOf; // Same object: it moves when the restart is won.
+    return session;
+  }
+
+  /**
+   * The owner answered the first check (or the restart's check) with a success. The flow's first
+   * endpoint joins (an ICE restart takes the 5-tuple over from its old session).
+   */
+  establish(s: Session, owner: Backend): void {
+    const d = this.#deps;
+    this.#unpend(s);
+    s.state = SessionState.Established;
+    s.backend = owner;
+    s.answered = true;
+    s.probe = undefined;
+    let set = this.#byBackend.get(owner);
+    if (set === undefined) {
+      set = new Set();
+      this.#byBackend.set(owner, set);
+    }
+    set.add(s);
+    s.upstream.connect(owner.port, owner.address);
+    const chain = this.#byUsername.get(s.usernameHash);
+    if (chain === undefined) this.#byUsername.set(s.usernameHash, [s]);
+    else chain.push(s);
+    d.counters.sessionsOpened++;
+    this.#adopt(s, s.current);
+    const now = d.clock();
+    d.log.info(
+      {
+        session: s.id,
+        backend: owner.name,
+        serverUfrag: s.serverUfrag,
+        clientUfrag: s.clientUfrag,
+        routedBy: s.routedBy,
+        upstreamPort: s.upstream.localPort,
+        routingMs: now - s.createdAt,
+      },
+      'session opened',
+    );
+    for (const l of this.#listeners) l.established?.(s);
+  }
+
+  /**
+   * A new 5-tuple of an established session, confirmed by the backend's success for its check
+   * (NAT rebinding or another candidate of the same agent): it joins and becomes current.
+   */
+  join(s: Session, ep: ClientEndpoint): void {
+    if (s.state !== SessionState.Established) return;
+    this.#adopt(s, ep);
+    for (const l of this.#listeners) l.endpointJoined?.(s, ep);
+    for (const l of this.#listeners) l.currentChanged?.(s, ep);
+  }
+
+  /** Downstream follows the endpoint that sent media (latching). Called only on a change. */
+  latch(s: Session, ep: ClientEndpoint): void {
+    s.current = ep;
+    for (const l of this.#listeners) l.currentChanged?.(s, ep);
+  }
+
+  /** Ends a session and everything it holds; idempotent. A probing restart of it ends too. */
+  close(s: Session, reason: CloseReason): void {
+    if (s.state === SessionState.Closed) return;
+    const d = this.#deps;
+    const wasEstablished = s.state === SessionState.Established;
+    if (s.state === SessionState.Probing) this.#unpend(s);
+    s.state = SessionState.Closed;
+    for (const ep of s.endpoints) this.#unindex(ep);
+    s.endpoints.length = 0;
+    const chain = this.#byUsername.get(s.usernameHash);
+    if (chain !== undefined) {
+      const i = chain.indexOf(s);
+      if (i >= 0) chain.splice(i, 1);
+      if (chain.length === 0) this.#byUsername.delete(s.usernameHash);
+    }
+    this.sessions.delete(s);
+    if (s.backend !== undefined) {
+      const set = this.#byBackend.get(s.backend);
+      set?.delete(s);
+      if (set !== undefined && set.size === 0) this.#byBackend.delete(s.backend);
+    }
+    d.slots.release();
+    if (s.restartOf !== undefined) this.close(s.restartOf, reason);
+    s.upstream.close();
+    const now = d.clock();
+    // A port rests only if a backend may hold state for it (port-pool.ts).
+    if (d.ports !== undefined && s.upstream.localPort > 0)
+      d.ports.release(s.upstream.localPort, now, s.answered);
+    d.counters.closed[CLOSE_REASONS.indexOf(reason)]!++;
+    if (wasEstablished) {
+      d.log.info(
+        {
+          session: s.id,
+          backend: s.backend?.name,
+          serverUfrag: s.serverUfrag,
+          clientUfrag: s.clientUfrag,
+          reason,
+          durationMs: now - s.createdAt,
+          packetsUp: s.packetsUp,
+          packetsDown: s.packetsDown,
+          bytesUp: s.bytesUp,
+          bytesDown: s.bytesDown,
+        },
+        'session closed',
+      );
+    }
+    for (const l of this.#listeners) l.closed?.(s, reason, wasEstablished);
+  }
+
+  /** Marks an ICE restart of `s` in progress (the probing session `next`), or none. */
+  setRestart(s: Session, next: Session | undefined): void {
+    s.restartOf = next;
+  }
+
+  /** An extra endpoint went idle: it leaves its session (never the last one: the session idles). */
+  dropEndpoint(ep: ClientEndpoint): void {
+    const s = ep.session;
+    if (s.endpoints.length <= 1 || !s.endpoints.includes(ep)) return;
+    this.#unindex(ep);
+    this.#leave(ep);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Traffic accounting and transactions (per datagram: field writes only)
+
+  noteUp(s: Session, ep: ClientEndpoint, bytes: number, now: number): void {
+    ep.lastSeen = now;
+    s.lastClientAt = now;
+    s.packetsUp++;
+    s.bytesUp += bytes;
+  }
+
+  noteDown(s: Session, bytes: number): void {
+    s.packetsDown++;
+    s.bytesDown += bytes;
+  }
+
+  /** Traffic that the kernel fast path forwarded for `s` (docs/fast-path.md). */
+  noteKernel(
+    s: Session,
+    packetsUp: number,
+    bytesUp: number,
+    packetsDown: number,
+    bytesDown: number,
+    now: number,
+  ): void {
+    if (packetsUp > 0) {
+      s.lastClientAt = now;
+      s.current.lastSeen = now;
+    }
+    s.packetsUp += packetsUp;
+    s.bytesUp += bytesUp;
+    s.packetsDown += packetsDown;
+    s.bytesDown += bytesDown;
+  }
+
+  /** Remembers a client request so its response reaches the endpoint that sent it. */
+  remember(s: Session, request: Uint8Array, from: ClientEndpoint): void {
+    const i = s.txNext;
+    s.txRequests[i] = request;
+    s.txEndpoints[i] = from;
+    s.txNext = (i + 1) % TX_SLOTS;
+  }
+
+  forget(s: Session, i: number): void {
+    s.txRequests[i] = undefined;
+    s.txEndpoints[i] = undefined;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+
+  #adopt(s: Session, ep: ClientEndpoint): void {
+    const existing = this.lookup(ep.address, ep.port);
+    if (existing !== undefined && existing !== ep) {
+      // The 5-tuple belonged to another endpoint object (a stale entry): it leaves there.
+      this.#unindex(existing);
+      const other = existing.session;
+      this.#leave(existing);
+      if (other.endpoints.length === 0) this.close(other, 'restart');
+    }
+    if (ep.session !== s) {
+      // An ICE restart won: the endpoint leaves its old session, which ends if it was the last one.
+      const old = ep.session;
+      if (old.restartOf === s) old.restartOf = undefined;
+      this.#leave(ep);
+      ep.session = s;
+      if (old.endpoints.length === 0) this.close(old, 'restart');
+    }
+    if (!s.endpoints.includes(ep)) s.endpoints.push(ep);
+    if (!ep.joined) this.#index(s, ep);
+    s.current = ep;
+  }
+
+  /** Takes `ep` out of its session's endpoint list (not the index), with the flow events. */
+  #leave(ep: ClientEndpoint): void {
+    const s = ep.session;
+    const i = s.endpoints.indexOf(ep);
+    if (i < 0) return;
+    s.endpoints.splice(i, 1);
+    const wasCurrent = s.current === ep;
+    if (wasCurrent && s.endpoints.length > 0) s.current = s.endpoints[s.endpoints.length - 1]!;
+    if (s.state !== SessionState.Established) return;
+    for (const l of this.#listeners) l.endpointLeft?.(s, ep);
+    if (wasCurrent && s.endpoints.length > 0)
+      for (const l of this.#listeners) l.currentChanged?.(s, s.current);
+  }
+
+  #index(s: Session, ep: ClientEndpoint): void {
+    if (!s.endpoints.includes(ep)) s.endpoints.push(ep);
+    let ports = this.#byAddress.get(ep.address);
+    if (ports === undefined) {
+      ports = new Map();
+      this.#byAddress.set(ep.address, ports);
+    }
+    if (!ports.has(ep.port)) this.#endpointCount++;
+    ports.set(ep.port, ep);
+    ep.joined = true;
+  }
+
+  #unindex(ep: ClientEndpoint): void {
+    const ports = this.#byAddress.get(ep.address);
+    if (ports === undefined || ports.get(ep.port) !== ep) return;
+    ports.delete(ep.port);
+    this.#endpointCount--;
+    if (ports.size === 0) this.#byAddress.delete(ep.address);
+    ep.joined = false;
+  }
+
+  #unpend(s: Session): void {
+    const p = s.probe;
+    if (p === undefined) return;
+    const m = this.#pending[p.budget]!;
+    const n = (m.get(s.source) ?? 1) - 1;
+    if (n <= 0) m.delete(s.source);
+    else m.set(s.source, n);
+  }
+}
+
+const EMPTY: ReadonlySet<Session> = new Set();
