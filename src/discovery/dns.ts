@@ -125,7 +125,7 @@ export class DnsDiscovery implements DiscoverySource {
       else if (!NO_RECORDS.has((r.reason as { code?: string }).code ?? '')) errors.push(describe(r.reason));
     }
     if (errors.length > 0) {
-      // SERVFAIL, timeout, refused...: keep the last good set (DESIGN.md, "Control plane").
+      // SERVFAIL, timeout, refused...: keep the last good set (docs/architecture.md, "Control plane").
       this.#failures++;
       this.#errors++;
       if (this.#connected || this.#failures === 1) {

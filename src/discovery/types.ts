@@ -3,7 +3,7 @@
  *
  * A source emits full snapshots, never deltas: the consumer diffs by `name`. The first snapshot is
  * the "first discovery sync" that `/readyz` waits for. A source that loses its upstream (API server
- * down, DNS failing) emits nothing and the last good snapshot stays in force (DESIGN.md, "Control plane").
+ * down, DNS failing) emits nothing and the last good snapshot stays in force (docs/architecture.md, "Control plane").
  */
 
 /**

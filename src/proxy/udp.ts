@@ -4,9 +4,9 @@ import type { Transport, Upstream, UpstreamHandler } from './io.ts';
 /**
  * The `node:dgram` adapter: the public listening socket and one upstream socket per session.
  * Replies to clients always leave from the listening socket, i.e. from the address the client
- * sent to (DESIGN.md, "Data path" §1, §5).
+ * sent to (docs/architecture.md, "Data path").
  *
- * Traps handled (TESTBED.md): an `'error'` listener is attached before `bind()` (otherwise
+ * Traps handled (docs/architecture.md, "UDP traps"): an `'error'` listener is attached before `bind()` (otherwise
  * EADDRINUSE is swallowed), and connected sockets report ICMP port-unreachable as ECONNREFUSED
  * errors, which go to the data path instead of killing the process.
  */

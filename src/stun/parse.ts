@@ -18,7 +18,7 @@ import {
 /**
  * Pure STUN reading for the hot path. Nothing here throws or allocates: results are numeric codes
  * and offsets written into a caller-owned object, so the data path can reuse one scratch object
- * for every datagram (STYLE.md: parsers return views, fail by returning).
+ * for every datagram (parsers return views and fail by returning; docs/architecture.md, "Data path").
  */
 
 /** Outcome of {@link parseBindingRequest}; 0 = usable Binding Request. */

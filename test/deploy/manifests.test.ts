@@ -120,7 +120,7 @@ function one(objs: Obj[], kind: string, name: string): Manifest {
   return found[0] as Manifest;
 }
 
-/** The only rights the proxy may have (DESIGN.md, "Control plane"). */
+/** The only rights the proxy may have (docs/architecture.md, "Control plane"). */
 function checkRbac(objs: Obj[], namespace: string | undefined): void {
   expect(objs.filter((o) => o.kind === 'ClusterRole' || o.kind === 'ClusterRoleBinding')).toEqual([]);
   const roles = objs.filter((o) => o.kind === 'Role');
