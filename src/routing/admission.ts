@@ -76,7 +76,7 @@ export function newAdmitted(): Admitted {
 export const ADMIT = -1;
 
 /** Slots of the fair-share table and of the negative cache: fixed memory, whatever the flood. */
-export const SOURCE_SLOTS = 4096;
+export const SOURCE_SLOTS = 16384;
 export const NEGATIVE_SLOTS = 1 << 16;
 
 export class Admission {
@@ -167,7 +167,7 @@ export class Admission {
   }
 
   #spend(source: string, budget: BudgetClass, n: number, now: number): number {
-    const slot = this.shares.slotOf(source);
+    const slot = this.shares.slotOf(source, now);
     if (!this.shares.take(slot, budget, n, now)) return DropReason.SourceShare;
     if (!this.#d.budgets[budget]!.take(now, n)) {
       this.shares.refund(slot, budget, n);

@@ -13,9 +13,12 @@ import { hashString } from '../stun/hash.ts';
  *
  * The unit of fairness is the IPv4 address (a NAT's users share it, as they share everything else
  * behind it) and the IPv6 /64 (what one subscriber gets; an attacker holding a /64 has 2^64
- * addresses). Slots live in a fixed-size table indexed by a hash of that key: spoofed sources can
- * never grow memory, and sources whose hashes collide share a slot (with the table full of spoofed
- * sources, a share degrades to rate / slots; strict prefix routing is the answer there).
+ * addresses). Slots live in a fixed-size table: spoofed sources can never grow memory. A source's
+ * key hash (seeded per process, so an attacker cannot aim at a victim's slot) picks a home slot;
+ * the source takes the first of {@link PROBE} slots from there that holds its tag or is idle, so
+ * sources do not share a slot until the table's neighbourhood is full of active ones. When it is
+ * (a flood of sources from everywhere), a source shares its home slot, and each share degrades
+ * towards rate / slots: strict prefix routing is the answer there.
  *
  * Pure: typed arrays, an injected `now`, no allocation per call.
  */
@@ -29,6 +32,8 @@ export type BudgetClass = (typeof BudgetClass)[keyof typeof BudgetClass];
 
 /** A source counts as active for this long after its last first check. */
 export const ACTIVE_WINDOW_MS = 1000;
+/** Slots a source may look at from its home slot (linear probing). */
+export const PROBE = 8;
 
 export class SourceShares {
   readonly slots: number;
@@ -38,10 +43,13 @@ export class SourceShares {
   readonly #tokens: Float64Array;
   readonly #refilledAt: Float64Array;
   readonly #activeAt: Float64Array;
+  /** Key hash of the source that holds each slot (0 = none). */
+  readonly #tag: Uint32Array;
+  readonly #seed: number;
   #active = 0;
 
   /** `rates`: the global budgets in datagrams per second, [fan-out, directed]. */
-  constructor(slots: number, rates: readonly [number, number]) {
+  constructor(slots: number, rates: readonly [number, number], seed = (Math.random() * 0x100000000) >>> 0) {
     const size = 1 << Math.ceil(Math.log2(Math.max(2, slots)));
     this.slots = size;
     this.#mask = size - 1;
@@ -49,6 +57,8 @@ export class SourceShares {
     this.#tokens = new Float64Array(size * 2);
     this.#refilledAt = new Float64Array(size * 2);
     this.#activeAt = new Float64Array(size).fill(Number.NEGATIVE_INFINITY);
+    this.#tag = new Uint32Array(size);
+    this.#seed = seed;
   }
 
   /** Sources active in the last second (as of the last {@link sweep}, plus activations since). */
@@ -56,9 +66,23 @@ export class SourceShares {
     return this.#active;
   }
 
-  /** The slot of a source address as `dgram` reports it (IPv4 dotted, IPv6 canonical text). */
-  slotOf(address: string): number {
-    return sourceKeyHash(address) & this.#mask;
+  /**
+   * The slot of a source address as `dgram` reports it (IPv4 dotted, IPv6 canonical text): the
+   * one that holds its tag near its home slot, else an idle one there (claimed), else the home slot.
+   */
+  slotOf(address: string, now: number): number {
+    const tag = fmix32(sourceKeyHash(address) ^ this.#seed) | 1;
+    const home = tag & this.#mask;
+    let idle = -1;
+    for (let k = 0; k < PROBE; k++) {
+      const i = (home + k) & this.#mask;
+      if (this.#tag[i] === tag) return i;
+      if (idle < 0 && now - this.#activeAt[i]! >= ACTIVE_WINDOW_MS) idle = i;
+    }
+    if (idle < 0) return home;
+    this.#tag[idle] = tag;
+    this.#activeAt[idle] = Number.NEGATIVE_INFINITY;
+    return idle;
   }
 
   /**
@@ -98,6 +122,16 @@ export class SourceShares {
     for (let s = 0; s < this.#activeAt.length; s++) if (now - this.#activeAt[s]! < ACTIVE_WINDOW_MS) n++;
     this.#active = n;
   }
+}
+
+/** MurmurHash3's finalizer: spreads FNV's similar hashes of similar addresses over the table. */
+function fmix32(h: number): number {
+  h ^= h >>> 16;
+  h = Math.imul(h, 0x85ebca6b);
+  h ^= h >>> 13;
+  h = Math.imul(h, 0xc2b2ae35);
+  h ^= h >>> 16;
+  return h >>> 0;
 }
 
 /** Scratch for the groups of an IPv6 address (one per module: the data path is single-threaded). */

@@ -34,3 +34,27 @@ describe('PortPool', () => {
     expect(pool.acquire(0)).toBe(30000);
   });
 });
+
+describe('PortPool: quarantine only after a success', () => {
+  it('reuses at once a port on which no backend answered, before any rested port', () => {
+    const pool = new PortPool(30000, 30002, 60_000);
+    const a = pool.acquire(0);
+    const b = pool.acquire(0);
+    pool.release(a, 1_000, true); // answered: rests until 61 000
+    pool.release(b, 1_000, false); // never answered: free now
+    expect(pool.acquire(1_000)).toBe(b);
+    expect(pool.acquire(1_000)).toBe(30002);
+    expect(pool.acquire(1_000)).toBe(-1); // only a is left, resting
+    expect(pool.acquire(61_000)).toBe(a);
+  });
+
+  it('keeps the range whole under a flood of unanswered flows', () => {
+    const pool = new PortPool(30000, 30099, 60_000);
+    for (let i = 0; i < 100_000; i++) {
+      const p = pool.acquire(i);
+      expect(p).toBeGreaterThanOrEqual(30000);
+      pool.release(p, i, false);
+    }
+    expect(pool.available).toBe(100);
+  });
+});
