@@ -1,4 +1,3 @@
-import { crc32 } from 'node:zlib';
 import {
   ATTR_FINGERPRINT,
   ATTR_MESSAGE_INTEGRITY,
@@ -14,6 +13,7 @@ import {
   TRANSACTION_ID_OFFSET,
   USERNAME_MAX_BYTES,
 } from './constants.ts';
+import { crc32Range } from './crc32.ts';
 
 /**
  * Pure STUN reading for the hot path. Nothing here throws or allocates: results are numeric codes
@@ -110,7 +110,7 @@ export function parseBindingRequest(buf: Uint8Array, out: UsernameView): ParseRe
       integrity = true;
     } else if (type === ATTR_FINGERPRINT) {
       if (valueLength !== 4 || next !== len) return ParseResult.BadFingerprint;
-      const expected = (crc32(buf.subarray(0, pos)) ^ FINGERPRINT_XOR) >>> 0;
+      const expected = (crc32Range(buf, 0, pos) ^ FINGERPRINT_XOR) >>> 0;
       if (readU32(buf, valueStart) !== expected) return ParseResult.BadFingerprint;
     }
     pos = next;

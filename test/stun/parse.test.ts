@@ -1,7 +1,9 @@
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { crc32 } from 'node:zlib';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
+import { crc32Range } from '../../src/stun/crc32.ts';
 import { classifyFirstByte, PacketClass } from '../../src/stun/demux.ts';
 import {
   bindingResponseKind,
@@ -154,5 +156,17 @@ describe('classifyFirstByte (RFC 7983 §7)', () => {
     expect(classifyFirstByte(191)).toBe(PacketClass.RtpRtcp);
     expect(classifyFirstByte(8)).toBe(PacketClass.Other);
     expect(classifyFirstByte(255)).toBe(PacketClass.Other);
+  });
+});
+
+describe('crc32Range', () => {
+  it('equals zlib.crc32 on any range', () => {
+    for (let n = 0; n < 200; n++) {
+      const b = randomBytes(n + 1);
+      const end = 1 + (n % b.length);
+      expect(crc32Range(b, 0, end)).toBe(crc32(b.subarray(0, end)));
+    }
+    // The check value of CRC-32/ISO-HDLC.
+    expect(crc32Range(Buffer.from('123456789'), 0, 9)).toBe(0xcbf43926);
   });
 });
