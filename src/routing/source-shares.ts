@@ -8,8 +8,9 @@ import { hashString } from '../stun/hash.ts';
  * retransmits find it empty. Here each source has its own bucket per budget class, and the
  * refill rate of every bucket is the global rate divided by the number of sources active in the
  * last second, so the sum of all refills is the global rate and every source, the victims'
- * included, gets the same share however many sources flood. A source that activates starts with
- * one second of its share, so a new call needs no wait when the proxy is quiet.
+ * included, gets the same share however many sources flood. A source that activates may make
+ * {@link ACTIVATION_ROUNDS} probe rounds at once, so new calls need no wait; after that it refills
+ * at its share (saving up at most one second of it).
  *
  * The unit of fairness is the IPv4 address (a NAT's users share it, as they share everything else
  * behind it) and the IPv6 /64 (what one subscriber gets; an attacker holding a /64 has 2^64
@@ -34,6 +35,8 @@ export type BudgetClass = (typeof BudgetClass)[keyof typeof BudgetClass];
 export const ACTIVE_WINDOW_MS = 1000;
 /** Slots a source may look at from its home slot (linear probing). */
 export const PROBE = 8;
+/** Probe rounds a source may make at once when it (re)activates, per class. */
+export const ACTIVATION_ROUNDS = 8;
 
 export class SourceShares {
   readonly slots: number;
@@ -43,6 +46,9 @@ export class SourceShares {
   readonly #tokens: Float64Array;
   readonly #refilledAt: Float64Array;
   readonly #activeAt: Float64Array;
+  /** When the slot last became active, and when each class last got its activation credit. */
+  readonly #activeSince: Float64Array;
+  readonly #creditedAt: Float64Array;
   /** Key hash of the source that holds each slot (0 = none). */
   readonly #tag: Uint32Array;
   readonly #seed: number;
@@ -57,6 +63,8 @@ export class SourceShares {
     this.#tokens = new Float64Array(size * 2);
     this.#refilledAt = new Float64Array(size * 2);
     this.#activeAt = new Float64Array(size).fill(Number.NEGATIVE_INFINITY);
+    this.#activeSince = new Float64Array(size);
+    this.#creditedAt = new Float64Array(size * 2).fill(Number.NEGATIVE_INFINITY);
     this.#tag = new Uint32Array(size);
     this.#seed = seed;
   }
@@ -93,16 +101,23 @@ export class SourceShares {
   take(slot: number, cls: BudgetClass, n: number, now: number): boolean {
     const i = slot * 2 + cls;
     if (now - this.#activeAt[slot]! >= ACTIVE_WINDOW_MS) {
-      // (Re)activation: one second of the share, for both classes.
       this.#active++;
-      this.#tokens[slot * 2] = this.#rates[0] / this.#active;
-      this.#tokens[slot * 2 + 1] = this.#rates[1] / this.#active;
-      this.#refilledAt[slot * 2] = now;
-      this.#refilledAt[slot * 2 + 1] = now;
+      this.#activeSince[slot] = now;
+    }
+    if (this.#creditedAt[i]! < this.#activeSince[slot]!) {
+      // First take of this class since the source (re)activated: a few rounds at once, so a burst
+      // of calls from one NAT needs no wait. Not "one second of the share": a wave of new sources
+      // would then take many times the global budget between them, the global bucket would run
+      // dry, and it would refuse fair sources too.
+      this.#creditedAt[i] = now;
+      this.#tokens[i] = ACTIVATION_ROUNDS * n;
+      this.#refilledAt[i] = now;
     } else if (now > this.#refilledAt[i]!) {
       const share = this.#rates[cls]! / Math.max(1, this.#active);
       const cap = Math.max(share, n);
-      this.#tokens[i] = Math.min(cap, this.#tokens[i]! + ((now - this.#refilledAt[i]!) * share) / 1000);
+      const t = this.#tokens[i]!;
+      // Refill up to the cap; an activation credit above it is spent, never cut.
+      if (t < cap) this.#tokens[i] = Math.min(cap, t + ((now - this.#refilledAt[i]!) * share) / 1000);
       this.#refilledAt[i] = now;
     }
     this.#activeAt[slot] = now;

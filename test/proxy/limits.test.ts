@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { afterEach, describe, expect, it } from 'vitest';
+import { tokenFor } from '../../src/routing/token.ts';
 import { FakeIceClient } from '../fixtures/ice-client.ts';
 import { RawPeer } from '../fixtures/raw-peer.ts';
 import { buildBindingRequest } from '../fixtures/stun-bytes.ts';
@@ -112,5 +113,51 @@ describe('limits', () => {
     const c = rig.proxy.datapath.counters;
     expect(c.probesSent).toBeLessThan(200 + 200 * 5);
     expect(rig.proxy.datapath.table.size).toBeLessThanOrEqual(1 + 4 * 256);
+  });
+
+  it('lets new fan-out and prefix-routed calls in through a flood of forged first checks from 50 sources', async () => {
+    // A small fan-out budget, so that the flood below asks for many times what it may spend.
+    rig = await startRig([{ ufragPrefix: tokenFor('jvb-0') }, {}], ['--probe-rate', '200']);
+    const flooders = await Promise.all(
+      Array.from({ length: 50 }, (_, i) => open(RawPeer.open(`127.3.0.${i + 1}`))),
+    );
+    const FLOOD = 6000;
+    const joined: Promise<unknown>[] = [];
+    for (let i = 0; i < FLOOD; i++) {
+      void flooders[i % flooders.length]!.send(rig.target, unknownCheck()).catch(() => {});
+      if (i === FLOOD / 3) {
+        // Mid-flood, from the victims' own address (127.0.0.1): one call by fan-out (no token)
+        // and one prefix-routed, both retransmitting like a browser.
+        const fanout = await open(FakeIceClient.open());
+        joined.push(fanout.check(rig.target, rig.servers[1]!.addSession(), { timeoutMs: 3000 }));
+        const prefixed = await open(FakeIceClient.open());
+        joined.push(prefixed.check(rig.target, rig.servers[0]!.addSession(), { timeoutMs: 3000 }));
+      }
+      if (i % 500 === 0) await sleep(1);
+    }
+    await Promise.all(joined);
+    expect(rig.routes('probe_won')).toBe(1);
+    expect(rig.routes('prefix')).toBe(1);
+    // The flood was refused by its fair share and the budget, not by a cap that hits everyone.
+    expect(rig.drops('source_share') + rig.drops('fanout_budget')).toBeGreaterThan(FLOOD / 2);
+    expect(rig.drops('session_limit') + rig.drops('ports_exhausted')).toBe(0);
+  });
+
+  it('drops first checks without a prefix token before any probe in strict mode', async () => {
+    rig = await startRig(
+      [{ ufragPrefix: tokenFor('jvb-0') }, { ufragPrefix: tokenFor('jvb-1') }],
+      ['--strict-prefix', 'true'],
+    );
+    const peer = await open(RawPeer.open());
+    for (let i = 0; i < 100; i++) await peer.send(rig.target, unknownCheck());
+    await until(() => rig!.proxy.datapath.counters.packetsFromClients === 100, 2000, 'all received');
+    expect(rig.drops('strict_prefix')).toBe(100);
+    expect(rig.proxy.datapath.counters.probesSent).toBe(0);
+    expect(rig.proxy.transport.openUpstreams).toBe(0);
+    // A prefix-routed call still connects, with one directed datagram.
+    const c = await open(FakeIceClient.open());
+    await c.check(rig.target, rig.servers[1]!.addSession());
+    expect(rig.routes('prefix')).toBe(1);
+    expect(rig.proxy.datapath.counters.directedProbesSent).toBe(1);
   });
 });

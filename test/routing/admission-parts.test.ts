@@ -35,8 +35,10 @@ describe('SourceShares', () => {
     const one = new SourceShares(64, [100, 100]);
     const s = one.slotOf('192.0.2.1', 0);
     let got = 0;
-    for (let i = 0; i < 1000; i++) if (one.take(s, BudgetClass.Fanout, 1, 0)) got++;
-    expect(got).toBe(100); // one second of the whole rate
+    // Asking every millisecond for a second: the activation credit (8 rounds), then the whole rate.
+    for (let t = 0; t <= 1000; t++) if (one.take(s, BudgetClass.Fanout, 1, t)) got++;
+    expect(got).toBeGreaterThanOrEqual(8 + 99);
+    expect(got).toBeLessThanOrEqual(8 + 101);
 
     const many = new SourceShares(1024, [100, 100]);
     const slots = Array.from({ length: 10 }, (_, i) => many.slotOf(`198.51.100.${i}`, 0));
@@ -44,18 +46,15 @@ describe('SourceShares', () => {
     for (const slot of slots) many.take(slot, BudgetClass.Fanout, 0, 0);
     many.sweep(0);
     expect(many.active).toBe(10);
-    // Over the next second each source asks for far more than its share.
     const per = new Map<number, number>();
-    for (let t = 1; t <= 1000; t += 10) {
-      for (const slot of slots) {
-        for (let k = 0; k < 5; k++)
-          if (many.take(slot, BudgetClass.Fanout, 1, t)) per.set(slot, (per.get(slot) ?? 0) + 1);
-      }
+    for (let t = 1; t <= 1000; t++) {
+      for (const slot of slots)
+        if (many.take(slot, BudgetClass.Fanout, 1, t)) per.set(slot, (per.get(slot) ?? 0) + 1);
     }
-    const total = [...per.values()].reduce((a, b) => a + b, 0);
-    // The activation credit (10 each) plus the refill (100/s shared by 10): about 200 in all.
-    expect(total).toBeLessThanOrEqual(210);
-    for (const n of per.values()) expect(n).toBeGreaterThanOrEqual(15);
+    const total = [...per.values()].reduce((x, y) => x + y, 0);
+    // The refills add up to the global rate: 100 in the second, 10 each.
+    expect(total).toBeLessThanOrEqual(101);
+    for (const n of per.values()) expect(n).toBeGreaterThanOrEqual(9);
   });
 
   it('keeps the classes apart: a fan-out flood leaves the directed share untouched', () => {
