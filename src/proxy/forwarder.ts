@@ -78,11 +78,7 @@ export class Forwarder {
       return;
     }
     const view = this.#view;
-    const r = parseBindingRequest(buf, view);
-    if (r !== ParseResult.Ok) {
-      this.#drop(PARSE_DROP[r]!);
-      return;
-    }
+    if (!this.#parsed(buf)) return;
     if (!usernameEquals(buf, view, s.usernameBytes)) {
       // The client changed credentials while we were still routing its first ones: start over.
       this.#registry.close(s, 'restart');
@@ -125,13 +121,15 @@ export class Forwarder {
       );
       return;
     }
-    const view = this.#view;
-    const r = parseBindingRequest(buf, view);
-    if (r !== ParseResult.Ok) {
-      this.#drop(PARSE_DROP[r]!);
-      return;
-    }
-    this.#d.router.route(buf, view, address, port, undefined);
+    if (this.#parsed(buf)) this.#d.router.route(buf, this.#view, address, port, undefined);
+  }
+
+  /** Parses a check a flow may start or continue with into the view; drops it by reason if unfit. */
+  #parsed(buf: Buffer): boolean {
+    const r = parseBindingRequest(buf, this.#view);
+    if (r === ParseResult.Ok) return true;
+    this.#drop(PARSE_DROP[r]!);
+    return false;
   }
 
   // ---------------------------------------------------------------------------------------------
