@@ -23,4 +23,4 @@ COPY --from=build --chown=root:root /app/dist ./dist
 USER 10001:10001
 # 10000/udp: clients (ICE/DTLS/SRTP). 9090/tcp: /metrics, /healthz, /readyz.
 EXPOSE 10000/udp 9090/tcp
-ENTRYPOINT ["node", "dist/src/cli.js"]
+ENTRYPOINT ["node", "dist/src/bin.js"]

@@ -1,10 +1,24 @@
 import { defineConfig } from 'vitest/config';
 
+/**
+ * `npm test`: needs only Node.js and npm. Suites that need another program have their own config
+ * and script, run by .ci/run:
+ * - test/interop (root, Chromium, Janus, nftables): `npm run test:interop`
+ * - test/deploy/render.test.ts (kubectl kustomize): `npm run test:deploy`
+ * - test/monitoring/prometheus.test.ts (prometheus, promtool): `npm run test:monitoring`
+ * - test/runtime (a Node.js older than 22.19): `npm run test:node20`
+ */
+const EXTERNAL = [
+  'test/interop/**',
+  'test/deploy/render.test.ts',
+  'test/monitoring/prometheus.test.ts',
+  'test/runtime/**',
+];
+
 export default defineConfig({
   test: {
     include: ['test/**/*.test.ts'],
-    // Real WebRTC stacks in network namespaces need root and apt packages: `npm run test:interop`.
-    exclude: ['test/interop/**', 'node_modules/**'],
+    exclude: [...EXTERNAL, 'node_modules/**'],
     // Network tests bind real sockets; keep the 2-core CI machine calm.
     maxWorkers: 2,
     reporters: ['default', './test/summary-reporter.ts'],

@@ -1,0 +1,29 @@
+/**
+ * The oldest Node.js ice-ingress runs on. @kubernetes/client-node 2 depends on undici 8, whose
+ * package.json declares `engines.node >=22.19.0`; on older Node (20 is still the default on Debian
+ * bookworm) loading it dies with a stack trace from inside undici. Kept equal to `engines` in
+ * package.json (test/runtime.test.ts checks both).
+ *
+ * This module imports nothing, so the entry point (src/bin.ts) can run it before anything that
+ * would crash on an old runtime is loaded.
+ */
+export const MIN_NODE_VERSION = '22.19.0';
+
+/** A one-line reason the running Node.js is too old, or undefined when it will do. */
+export function unsupportedRuntime(nodeVersion: string): string | undefined {
+  const have = parse(nodeVersion);
+  const need = parse(MIN_NODE_VERSION)!;
+  if (have !== undefined) {
+    for (let i = 0; i < 3; i++) {
+      if (have[i]! > need[i]!) return undefined;
+      if (have[i]! < need[i]!) break;
+      if (i === 2) return undefined;
+    }
+  }
+  return `needs Node.js >= ${MIN_NODE_VERSION}, this is Node.js ${nodeVersion}`;
+}
+
+function parse(v: string): [number, number, number] | undefined {
+  const m = /^v?(\d+)\.(\d+)\.(\d+)/.exec(v);
+  return m ? [Number(m[1]), Number(m[2]), Number(m[3])] : undefined;
+}
