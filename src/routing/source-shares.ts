@@ -79,7 +79,8 @@ export class SourceShares {
    * one that holds its tag near its home slot, else an idle one there (claimed), else the home slot.
    */
   slotOf(address: string, now: number): number {
-    const tag = fmix32(sourceKeyHash(address) ^ this.#seed) | 1;
+    // `>>> 0`: `| 1` yields a signed int32, and the Uint32Array holds it unsigned.
+    const tag = (fmix32(sourceKeyHash(address) ^ this.#seed) | 1) >>> 0;
     const home = tag & this.#mask;
     let idle = -1;
     for (let k = 0; k < PROBE; k++) {

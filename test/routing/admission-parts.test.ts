@@ -57,6 +57,21 @@ describe('SourceShares', () => {
     for (const n of per.values()) expect(n).toBeGreaterThanOrEqual(9);
   });
 
+  it('finds a source in the same slot every time (whatever its tag; the seed is per process)', () => {
+    for (const seed of [0, 1, 0x80000000, 0xdeadbeef]) {
+      const t = new SourceShares(1024, [100, 100], seed);
+      for (let i = 0; i < 64; i++) {
+        const a = `192.0.2.${i}`;
+        const first = t.slotOf(a, 0);
+        t.take(first, BudgetClass.Fanout, 1, 0);
+        expect(t.slotOf(a, 0), `${a} seed ${seed}`).toBe(first);
+        expect(t.slotOf(a, 500), `${a} seed ${seed}`).toBe(first);
+      }
+      t.sweep(0);
+      expect(t.active).toBe(64);
+    }
+  });
+
   it('keeps the classes apart: a fan-out flood leaves the directed share untouched', () => {
     const t = new SourceShares(64, [10, 10]);
     const s = t.slotOf('203.0.113.5', 0);
