@@ -149,7 +149,11 @@ export class Router {
       this.#toFanout(s, p);
     }
     const n = p.remaining();
-    if (n === 0) return;
+    if (n === 0) {
+      // Every candidate left the backend set since the flow opened: nobody to ask.
+      this.#drop(DropReason.NoBackends);
+      return;
+    }
     const r = this.#d.admission.admitRound(
       s.source,
       p.directed ? BudgetClass.Directed : BudgetClass.Fanout,

@@ -426,6 +426,20 @@ describe('probing', () => {
     expect(r.transport.sentToClient(A.address, A.port).every((b) => isStunResponse(b, 'success'))).toBe(true);
   });
 
+  it('a retransmit after every candidate left is dropped and counted (no_backends)', () => {
+    const r = rig({ options: { strictPrefix: true } });
+    const [b0, b1] = r.backends as [FakeBackend, FakeBackend];
+    const creds = b1.addSession({ prefix: true });
+    send(r, check(creds), A);
+    const up = r.transport.of(r.sessionOf(creds.serverUfrag));
+    r.datapath.updateBackends([b0.spec]); // the token owner's pod is gone
+    send(r, check(creds), A);
+    expect(drops(r, 'no_backends')).toBe(1);
+    expect(up.sent).toHaveLength(1);
+    r.tick(3000);
+    expect(closedBy(r, 'probe_failed')).toBe(1);
+  });
+
   it('all candidates refusing → probe_failed at once; silence → probe_failed at the probe timeout', () => {
     const r = rig();
     const creds = unknownCreds();
