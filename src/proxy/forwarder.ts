@@ -158,7 +158,9 @@ export class Forwarder {
           if (i >= 0) {
             const ep = s.txEndpoints[i]!;
             this.#registry.forget(s, i);
-            if (!ep.joined && ep.session === s) {
+            // A retransmitted check from a new 5-tuple leaves one endpoint object per copy in the
+            // ring: the first answer joins the 5-tuple, a later one finds it joined already.
+            if (!ep.joined && ep.session === s && this.#registry.lookup(ep.address, ep.port)?.session !== s) {
               if (kind === 1) {
                 this.#registry.join(s, ep);
                 c.routes[RouteCounter.Rebind]!++;

@@ -563,7 +563,7 @@ describe('ICE restarts and credential changes', () => {
     expect(r.events).toEqual([
       { type: 'endpointLeft', session: old.id, endpoint: '192.0.2.1:5000' },
       { type: 'closed', session: old.id, reason: 'restart', established: true },
-      { type: 'established', session: p.id },
+      { type: 'established', session: p.id, endpoint: '192.0.2.1:5000' },
     ]);
     send(r, media('new'), A);
     expect(pu.sent.at(-1)!.buf.toString()).toContain('new');
@@ -691,13 +691,58 @@ describe('sessions over time', () => {
     r.tick(60_000);
     const id = e.id;
     expect(r.events).toEqual([
-      { type: 'established', session: id },
+      { type: 'established', session: id, endpoint: '192.0.2.1:5000' },
       { type: 'endpointJoined', session: id, endpoint: '198.51.100.7:6000' },
       { type: 'currentChanged', session: id, endpoint: '198.51.100.7:6000' },
       { type: 'currentChanged', session: id, endpoint: '192.0.2.1:5000' },
       { type: 'endpointLeft', session: id, endpoint: '198.51.100.7:6000' },
       { type: 'closed', session: id, reason: 'idle', established: true },
     ]);
+  });
+
+  it('a retransmitted rebinding check: the 5-tuple joins once, whichever answer comes first', () => {
+    const r = rig();
+    const b0 = r.backends[0]!;
+    const e = established(r, b0, A);
+    const rebind = check(e.creds);
+    send(r, rebind, B);
+    send(r, rebind, B); // the browser retransmits (same transaction) before the answer arrives
+    expect(r.answerAll(e.up)).toBe(2);
+    expect(
+      r.transport.sentToClient(B.address, B.port).filter((b) => isStunResponse(b, 'success')),
+    ).toHaveLength(2);
+    expect(routes(r, 'rebind')).toBe(1);
+    expect(r.events).toEqual([
+      { type: 'established', session: e.id, endpoint: '192.0.2.1:5000' },
+      { type: 'endpointJoined', session: e.id, endpoint: '198.51.100.7:6000' },
+      { type: 'currentChanged', session: e.id, endpoint: '198.51.100.7:6000' },
+    ]);
+    expect(r.datapath.registry.endpointCount).toBe(2);
+  });
+
+  it('a late answer to a rebinding check of a 5-tuple that already joined does not end the session', () => {
+    const r = rig();
+    const b0 = r.backends[0]!;
+    const e = established(r, b0, A);
+    send(r, check(e.creds), B);
+    const second = check(e.creds);
+    send(r, second, B);
+    const s = r.sessionOf(e.creds.serverUfrag);
+    // The first answer: B joins. A goes idle and leaves; B is now the only endpoint.
+    const [firstSend] = e.up.sent.slice(-2);
+    e.up.inject(b0.answer(firstSend!.buf, B)!, b0);
+    for (let t = 0; t < 61; t++) {
+      r.tick(1000);
+      send(r, media('b'), B);
+    }
+    expect(s.endpoints.map((x) => x.address)).toEqual([B.address]);
+    // The retransmit's answer arrives only now.
+    e.up.inject(b0.answer(second, B)!, b0);
+    expect(s.state).toBe(SessionState.Established);
+    expect(r.datapath.registry.lookup(B.address, B.port)?.session).toBe(s);
+    expect(r.datapath.registry.size).toBe(1);
+    expect(r.datapath.registry.endpointCount).toBe(1);
+    expect(closedBy(r, 'restart')).toBe(0);
   });
 
   it('a refused rebinding moves nothing', () => {
