@@ -118,24 +118,36 @@ export class Router {
 
   /**
    * A Binding Request with another server ufrag on an established session's endpoint: an ICE
-   * restart. A retransmit of the restart in progress is another probe round; a different one
-   * supersedes it.
+   * restart. A retransmit of the restart in progress — from this endpoint or another endpoint of
+   * the session (the agent checks the new pair from each of its candidates) — is another probe
+   * round, remembered for the endpoint that sent it; a different pair supersedes it. A pair that
+   * an established session already has (the restart was won from another endpoint) is a
+   * rebinding of that session: through its socket, joined on its owner's success.
    */
   restart(s: Session, ep: ClientEndpoint, buf: Buffer, view: UsernameView): void {
     const d = this.#d;
     const pending = s.restartOf;
     if (pending !== undefined && pending.state === SessionState.Probing) {
       if (usernameEquals(buf, view, pending.usernameBytes)) {
-        this.round(pending, buf, d.clock());
+        this.round(pending, buf, d.clock(), ep);
         return;
       }
       d.registry.close(pending, 'restart');
     }
+    const live = d.registry.findLive(buf, view, hashBytes(buf, view.start, view.end));
+    if (live !== undefined && live !== s) {
+      d.registry.setRestart(s, undefined);
+      this.#rebind(live, buf, ep.address, ep.port, d.clock());
+      return;
+    }
     d.registry.setRestart(s, this.route(buf, view, ep.address, ep.port, ep));
   }
 
-  /** A retransmit of a flow's first check while its owner is unknown: one more round. */
-  round(s: Session, buf: Buffer, now: number): void {
+  /**
+   * A retransmit of a flow's first check while its owner is unknown: one more round. `from`: the
+   * endpoint that sent it (a restart's checks may come from any endpoint of the session).
+   */
+  round(s: Session, buf: Buffer, now: number, from: ClientEndpoint = s.current): void {
     const p = s.probe!;
     if (p.rounds >= this.#d.probeRounds) {
       this.#drop(DropReason.ProbeRounds);
@@ -164,7 +176,7 @@ export class Router {
       this.#drop(r);
       return;
     }
-    this.#sendProbes(s, p, buf);
+    this.#sendProbes(s, p, buf, from);
   }
 
   /** A datagram from a backend on a probing session's socket. */
@@ -189,7 +201,7 @@ export class Router {
       return;
     }
     if (kind === 1) {
-      this.#win(s, from, buf);
+      this.#win(s, from, buf, s.txEndpoints[i]!);
       return;
     }
     // An error (401 from libwebrtc for an unknown ufrag, 400, 487, …) means "not mine".
@@ -202,7 +214,7 @@ export class Router {
       const n = p.remaining();
       if (n > 0 && d.admission.admitRound(s.source, BudgetClass.Fanout, n, d.clock()) === ADMIT) {
         p.rounds--; // The fall-back continues the same round.
-        this.#sendProbes(s, p, s.txRequests[i]! as Buffer);
+        this.#sendProbes(s, p, s.txRequests[i]! as Buffer, s.txEndpoints[i]!);
         return;
       }
     }
@@ -219,7 +231,8 @@ export class Router {
     d.registry.close(s, 'probe_failed');
   }
 
-  #win(s: Session, owner: Backend, response: Buffer): void {
+  /** `ep`: the endpoint whose check the owner answered; it is the one that joins. */
+  #win(s: Session, owner: Backend, response: Buffer, ep: ClientEndpoint): void {
     const d = this.#d;
     const c = d.counters;
     const route =
@@ -232,9 +245,8 @@ export class Router {
             : RouteCounter.ProbeWon;
     c.routes[route]!++;
     d.admission.learn(s.serverUfragHash, owner.name);
-    d.registry.establish(s, owner);
+    d.registry.establish(s, owner, ep);
     d.onRouted?.(d.clock() - s.createdAt, ROUTE_LABELS[route]!);
-    const ep = s.current;
     c.packetsToClients++;
     c.bytesToClients += response.length;
     d.registry.noteDown(s, response.length);
@@ -248,10 +260,10 @@ export class Router {
   }
 
   /** One probe round: the client's own datagram to each remaining candidate (budget already taken). */
-  #sendProbes(s: Session, p: Probe, buf: Buffer): void {
+  #sendProbes(s: Session, p: Probe, buf: Buffer, from: ClientEndpoint = s.current): void {
     const d = this.#d;
     p.rounds++;
-    d.registry.remember(s, buf, s.current);
+    d.registry.remember(s, buf, from);
     const c = d.counters;
     for (const b of p.candidates) {
       if (p.excluded.has(b) || b.removed) continue;

@@ -185,10 +185,10 @@ export class SessionRegistry {
   }
 
   /**
-   * The owner answered the first check (or the restart's check) with a success. The flow's first
-   * endpoint joins (an ICE restart takes the 5-tuple over from its old session).
+   * The owner answered the first check (or the restart's check) with a success. The endpoint that
+   * sent the answered check joins (an ICE restart takes the 5-tuple over from its old session).
    */
-  establish(s: Session, owner: Backend): void {
+  establish(s: Session, owner: Backend, first: ClientEndpoint = s.current): void {
     const d = this.#deps;
     this.#unpend(s);
     s.state = SessionState.Established;
@@ -206,7 +206,7 @@ export class SessionRegistry {
     if (chain === undefined) this.#byUsername.set(s.usernameHash, [s]);
     else chain.push(s);
     d.counters.sessionsOpened++;
-    this.#adopt(s, s.current);
+    this.#adopt(s, first);
     const now = d.clock();
     d.log.info(
       {

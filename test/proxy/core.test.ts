@@ -614,6 +614,47 @@ describe('ICE restarts and credential changes', () => {
     expect(old.state).toBe(SessionState.Closed);
   });
 
+  it('an ICE restart checked from two endpoints of one session: answers reach who asked, both move', () => {
+    // A browser restarting ICE sends the new credentials' checks from each of its candidates;
+    // here A (host) and B (server-reflexive) are both endpoints of the session.
+    const { r, b1, e, old } = restartRig();
+    send(r, check(e.creds), B);
+    r.answerAll(e.up);
+    expect(old.endpoints).toHaveLength(2);
+    const next = b1.addSession();
+    const fromB = check(next);
+    const fromA = check(next);
+    send(r, fromB, B);
+    const p = r.sessionOf(next.serverUfrag);
+    send(r, fromA, A); // the same new pair from the session's other endpoint: the same probing flow
+    expect(r.sessionOf(next.serverUfrag)).toBe(p);
+    const pu = r.transport.of(p);
+    // jvb-1 answers A's check first: A's 5-tuple gets the success and moves to the new session.
+    const aToB1 = pu.sent.find((x) => x.address === b1.address && x.buf.equals(fromA))!;
+    pu.inject(b1.answer(aToB1.buf, A)!, b1);
+    expect(p.state).toBe(SessionState.Established);
+    const lastToA = r.transport.sentToClient(A.address, A.port).at(-1)!;
+    expect(lastToA.subarray(8, 20)).toEqual(fromA.subarray(8, 20));
+    expect(
+      r.transport
+        .sentToClient(B.address, B.port)
+        .some((x) => x.subarray(8, 20).equals(fromA.subarray(8, 20))),
+    ).toBe(false);
+    expect(r.datapath.registry.lookup(A.address, A.port)?.session).toBe(p);
+    expect(r.datapath.registry.lookup(B.address, B.port)?.session).toBe(old); // no success for B yet
+    // B checks the new pair again: it is a rebinding of the new session (through its socket), not
+    // another restart with a second upstream port for the same ICE session.
+    const again = check(next);
+    send(r, again, B);
+    expect(r.datapath.registry.size).toBe(2);
+    expect(pu.sent.at(-1)).toMatchObject({ via: 'send', address: b1.address });
+    r.answerAll(pu);
+    expect(r.datapath.registry.lookup(B.address, B.port)?.session).toBe(p);
+    expect(old.state).toBe(SessionState.Closed);
+    expect(r.datapath.registry.size).toBe(1);
+    expect(p.endpoints).toHaveLength(2);
+  });
+
   it('only the client ufrag changes: the same backend decides, no restart', () => {
     const { r, e, old } = restartRig();
     const req = check(e.creds, { clientUfrag: 'chg1' });
