@@ -35,6 +35,8 @@ const ADDRESSES = ['192.0.2.1', '192.0.2.2', '2001:db8::1', '2001:db8:0:1::2'];
 const PORTS = [1000, 1001, 1002];
 const TUPLES = ADDRESSES.flatMap((address) => PORTS.map((port) => ({ address, port })));
 const key = (t: { address: string; port: number }): string => `${t.address}|${t.port}`;
+/** The fixture's flow-event endpoint form. */
+const evKey = (t: { address: string; port: number }): string => `${t.address}:${t.port}`;
 const txOf = (buf: Buffer): string => buf.subarray(8, 20).toString('hex');
 
 /** A session cap that can be read back: slots in use must equal the registry's size. */
@@ -72,6 +74,10 @@ interface World {
   readonly history: { buf: Buffer; tuple: { address: string; port: number } }[];
   /** Upstream sends already answered by a backend. */
   readonly answered: WeakSet<object>;
+  /** What a flow listener knows from the events alone: session id → endpoints and current. */
+  readonly mirror: Map<number, { eps: Set<string>; current: string }>;
+  readonly closedIds: Set<number>;
+  eventsSeen: number;
 }
 
 interface Config {
@@ -131,6 +137,9 @@ function world(cfg: Config): World {
     clients: new Set(),
     history: [],
     answered: new WeakSet(),
+    mirror: new Map(),
+    closedIds: new Set(),
+    eventsSeen: 0,
   };
 }
 
@@ -241,6 +250,51 @@ function verify(
     const passed = t.toClients.length > before.clientSends ? 1 : 0;
     eq(dropped + passed, 1, 'a backend datagram is forwarded or counted once');
   } else eq(dropped, 0, 'dropped');
+
+  // Flow events: a listener that only follows them knows each established session's endpoints
+  // and current endpoint exactly; each event happens once (a join of a joined 5-tuple, a change
+  // to the current target, a second close would be wrong).
+  const leftNow = new Set<string>();
+  for (const ev of rig.events.slice(w.eventsSeen)) {
+    const m = w.mirror.get(ev.session);
+    switch (ev.type) {
+      case 'established':
+        ok(m === undefined && !w.closedIds.has(ev.session), 'established once');
+        w.mirror.set(ev.session, { eps: new Set([ev.endpoint]), current: ev.endpoint });
+        break;
+      case 'endpointJoined':
+        ok(m !== undefined && !m.eps.has(ev.endpoint), `joined once: ${ev.endpoint}`);
+        ok(!leftNow.has(`${ev.session} ${ev.endpoint}`), `no leave-and-rejoin in one step: ${ev.endpoint}`);
+        m!.eps.add(ev.endpoint);
+        break;
+      case 'currentChanged':
+        ok(m?.eps.has(ev.endpoint) === true && m.current !== ev.endpoint, 'current changes to a member');
+        m!.current = ev.endpoint;
+        break;
+      case 'endpointLeft':
+        ok(m?.eps.has(ev.endpoint) === true, 'a member leaves');
+        m!.eps.delete(ev.endpoint);
+        leftNow.add(`${ev.session} ${ev.endpoint}`);
+        break;
+      case 'closed':
+        ok(!w.closedIds.has(ev.session), 'closed once');
+        eq(m !== undefined, ev.established, 'closed: established flag');
+        w.closedIds.add(ev.session);
+        w.mirror.delete(ev.session);
+        break;
+    }
+  }
+  w.eventsSeen = rig.events.length;
+  let live = 0;
+  for (const s of reg.sessions) {
+    if (s.state !== SessionState.Established) continue;
+    live++;
+    const m = w.mirror.get(s.id);
+    ok(m !== undefined, 'an established session was announced');
+    eq([...m!.eps].sort().join(), s.endpoints.map(evKey).sort().join(), 'endpoints as announced');
+    eq(m!.current, evKey(s.current), 'current endpoint as announced');
+  }
+  eq(w.mirror.size, live, 'announced sessions that are still open');
 
   // Sessions, endpoints and indexes agree; nothing closed is reachable.
   let endpoints = 0;
@@ -374,16 +428,15 @@ const junkArb = fc.oneof(
 );
 
 const clientCommands = [
-  // A real call: a check for a session a backend holds, and every backend answers what it got.
-  fc.record({ tuple: tupleArb, c: fc.nat(), alt: fc.boolean() }).map(
-    ({ tuple, c, alt }) =>
-      new Step(`call#${c}${alt ? "'" : ''} ${key(tuple)}`, (w) => {
+  // A real call: a check for a session a backend holds, retransmitted (same transaction) 0-2
+  // times before the backends answer everything they got.
+  fc.record({ tuple: tupleArb, c: fc.nat(), alt: fc.boolean(), copies: fc.nat({ max: 2 }) }).map(
+    ({ tuple, c, alt, copies }) =>
+      new Step(`call#${c}${alt ? "'" : ''}${'+'.repeat(copies)} ${key(tuple)}`, (w) => {
         const owned = w.creds.length - 2;
-        fromClient(w, check(w.creds[c % owned]!, alt ? { clientUfrag: 'alt1' } : {}), tuple);
-        const ep = w.rig.datapath.registry.lookup(tuple.address, tuple.port);
-        if (ep !== undefined) answerAll(w, w.rig.transport.of(ep.session), 'auto');
-        const last = w.rig.transport.open().at(-1);
-        if (last !== undefined) answerAll(w, last, 'auto');
+        const buf = check(w.creds[c % owned]!, alt ? { clientUfrag: 'alt1' } : {});
+        for (let i = 0; i <= copies; i++) fromClient(w, buf, tuple);
+        for (const up of w.rig.transport.open()) answerAll(w, up, 'auto');
       }),
   ),
   fc
@@ -418,6 +471,14 @@ const clientCommands = [
   fc
     .record({ tuple: tupleArb, n: fc.nat({ max: 999 }) })
     .map(({ tuple, n }) => new Step(`media ${key(tuple)}`, (w) => fromClient(w, media(`m${n}`), tuple))),
+  // A browser's retransmit: the last datagram of this 5-tuple again, same transaction.
+  tupleArb.map(
+    (tuple) =>
+      new Step(`retransmit ${key(tuple)}`, (w) => {
+        const last = w.history.findLast((h) => key(h.tuple) === key(tuple));
+        if (last !== undefined) fromClient(w, last.buf, tuple);
+      }),
+  ),
   fc.record({ i: fc.nat(), tuple: fc.option(tupleArb, { nil: undefined }) }).map(
     ({ i, tuple }) =>
       new Step(`replay#${i} ${tuple === undefined ? 'same' : key(tuple)}`, (w) => {
@@ -528,7 +589,15 @@ const rareCommands = [
   ),
 ];
 
-const [call, junk, checkCmd, forged, mediaCmd, replay] = clientCommands as [Cmd, Cmd, Cmd, Cmd, Cmd, Cmd];
+const [call, junk, checkCmd, forged, mediaCmd, retransmit, replay] = clientCommands as [
+  Cmd,
+  Cmd,
+  Cmd,
+  Cmd,
+  Cmd,
+  Cmd,
+  Cmd,
+];
 const [answer, socketError] = backendCommands as [Cmd, Cmd];
 const [tick, backendsCmd] = controlCommands as [Cmd, Cmd];
 const [stop, closeAll] = rareCommands as [Cmd, Cmd];
@@ -540,7 +609,8 @@ const commandsArb = fc.commands(
       { arbitrary: junk, weight: 10 },
       { arbitrary: forged, weight: 6 },
       { arbitrary: mediaCmd, weight: 12 },
-      { arbitrary: replay, weight: 6 },
+      { arbitrary: retransmit, weight: 8 },
+      { arbitrary: replay, weight: 4 },
       { arbitrary: answer, weight: 20 },
       { arbitrary: socketError, weight: 2 },
       { arbitrary: tick, weight: 10 },
