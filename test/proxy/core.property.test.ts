@@ -78,6 +78,8 @@ interface World {
   readonly mirror: Map<number, { eps: Set<string>; current: string }>;
   readonly closedIds: Set<number>;
   eventsSeen: number;
+  upstreamsSeen: number;
+  readonly startedAt: number;
 }
 
 interface Config {
@@ -140,6 +142,8 @@ function world(cfg: Config): World {
     mirror: new Map(),
     closedIds: new Set(),
     eventsSeen: 0,
+    upstreamsSeen: 0,
+    startedAt: rig.clock.now,
   };
 }
 
@@ -339,6 +343,27 @@ function verify(
       eq(reg.sessions.has(s), true, 'reg.sessions.has(s)');
       eq(s.backend, b, 's.backend');
     }
+
+  // A port on which a backend's success was accepted (the socket got connected to it) rests for
+  // the quarantine before it is bound again; probe datagrams stay within the budgets (burst: one
+  // second's worth, then the rate).
+  for (const u of t.upstreams.slice(w.upstreamsSeen)) {
+    if (rig.pool === undefined) break;
+    const prev = t.upstreams.findLast(
+      (x) => x !== u && x.localPort === u.localPort && x.openedAt <= u.openedAt,
+    );
+    if (prev?.connectedTo !== undefined)
+      ok(u.openedAt - prev.closedAt >= rig.pool.quarantineMs, `port ${u.localPort} rested its quarantine`);
+  }
+  w.upstreamsSeen = t.upstreams.length;
+  const c = rig.datapath.counters;
+  const o = rig.datapath.admission.options;
+  const seconds = (rig.clock.now - w.startedAt) / 1000;
+  ok(
+    c.probesSent - c.directedProbesSent <= o.probeRate * (1 + seconds) + 1e-9,
+    'fan-out probes within budget',
+  );
+  ok(c.directedProbesSent <= o.directedProbeRate * (1 + seconds) + 1e-9, 'directed probes within budget');
 
   // No socket, port or slot leaks.
   eq(t.open().length, reg.size, 'open upstream sockets = sessions');
