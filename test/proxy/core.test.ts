@@ -318,7 +318,7 @@ describe('admission', () => {
     }
     expect(drops(r, 'source_share') + drops(r, 'fanout_budget')).toBeGreaterThan(4000);
     expect(routedAt, 'the client was admitted during the flood').toBeGreaterThanOrEqual(3000);
-    // Observed: admitted on the 12th retransmit (1.1 s); the issue asks for connected within 5 s.
+    // Observed: admitted on the 11th attempt (1.0 s after the first); the issue asks for 5 s.
     expect(tries).toBeLessThanOrEqual(20);
     const s = victimSession()!;
     r.answerAll(r.transport.of(s));
