@@ -108,7 +108,10 @@ export async function startProxy(config: Config, opts: StartOptions = {}): Promi
 
   const listen = await transport.start();
   bound = true;
-  const sweeper = setInterval(() => datapath.sweep(), sweepInterval(config));
+  const sweeper = setInterval(() => {
+    datapath.sweep();
+    transport.sweep();
+  }, sweepInterval(config));
   sweeper.unref();
   discovery.start((snapshot) => datapath.updateBackends(snapshot));
 

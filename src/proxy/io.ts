@@ -21,7 +21,12 @@ export interface Upstream {
   send(buf: Uint8Array): void;
   /** Fix the socket to the owning backend: the kernel then filters other sources. */
   connect(port: number, address: string): void;
-  close(): void;
+  /**
+   * Ends this session's use of the socket. `clean`: no backend ever answered on it and it was
+   * never connected, so the transport may keep the bound socket for the next flow on that port
+   * (a flood of first checks then costs no socket churn; docs/architecture.md, "Admission").
+   */
+  close(clean?: boolean): void;
 }
 
 /** What the data path needs from the socket layer. */

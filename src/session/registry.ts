@@ -263,7 +263,8 @@ export class SessionRegistry {
     }
     d.slots.release();
     if (s.restartOf !== undefined) this.close(s.restartOf, reason);
-    s.upstream.close();
+    // A socket no backend ever answered on may serve the next flow on its port (udp.ts).
+    s.upstream.close(!s.answered);
     const now = d.clock();
     // A port rests only if a backend may hold state for it (port-pool.ts).
     if (d.ports !== undefined && s.upstream.localPort > 0)
