@@ -28,7 +28,8 @@
  *
  * Safety: the target and every source address must be in 127.0.0.0/8; the run is bounded by
  * --seconds, --max and an alarm(2) a few seconds later. Prints "ready" once every socket is bound,
- * then one JSON line at the end: datagrams sent, send errors, elapsed seconds, achieved rate.
+ * then one JSON line at the end: datagrams sent, send errors, elapsed seconds, achieved rate, and
+ * the flooder's own CPU time (so the bench can say what the load generator cost its core).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -248,8 +249,12 @@ int main(int argc, char **argv) {
     clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &tick, NULL);
   }
   double elapsed = (double)(now_ns() - t0) / 1e9;
-  printf("{\"sent\":%ld,\"errors\":%ld,\"seconds\":%.3f,\"rate\":%.0f,\"sockets\":%ld,\"sources\":%ld}\n",
-         sent, errors, elapsed, sent / elapsed, ports, source_ip != NULL ? 1 : sources);
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  double cpu = ru.ru_utime.tv_sec + ru.ru_stime.tv_sec + (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+  printf("{\"sent\":%ld,\"errors\":%ld,\"seconds\":%.3f,\"rate\":%.0f,\"sockets\":%ld,\"sources\":%ld,"
+         "\"cpuSeconds\":%.3f}\n",
+         sent, errors, elapsed, sent / elapsed, ports, source_ip != NULL ? 1 : sources, cpu);
   fflush(stdout);
   return 0;
 }
