@@ -7,6 +7,7 @@
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import dgram from 'node:dgram';
 import { mkdirSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import http from 'node:http';
 import net from 'node:net';
 import { fileURLToPath } from 'node:url';
 
@@ -153,8 +154,8 @@ export async function startCli(opts: CliOptions): Promise<Cli> {
     if (child.exitCode !== null) throw new Error(`ice-ingress exited ${child.exitCode}: ${stderr}`);
     if (performance.now() > deadline) throw new Error(`ice-ingress not ready in 15 s: ${stderr}`);
     try {
-      const r = await fetch(`http://127.0.0.1:${adminPort}/readyz`);
-      if (r.ok && started) break;
+      const r = await httpGet(adminPort, '/readyz');
+      if (r.status === 200 && started) break;
     } catch {
       // not listening yet
     }
@@ -217,8 +218,27 @@ export interface Series {
 }
 export type Metrics = Map<string, Series>;
 
+/** GET over a fresh connection that the server closes (no keep-alive socket left in the proxy). */
+export function httpGet(port: number, path: string): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = http.get({ host: '127.0.0.1', port, path, agent: false, timeout: 5000 }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (d: string) => {
+        body += d;
+      });
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+      res.on('error', reject);
+    });
+    req.on('timeout', () => req.destroy(new Error(`GET ${path}: timeout`)));
+    req.on('error', reject);
+  });
+}
+
 export async function scrape(adminPort: number): Promise<Metrics> {
-  const text = await (await fetch(`http://127.0.0.1:${adminPort}/metrics`)).text();
+  const r = await httpGet(adminPort, '/metrics');
+  if (r.status !== 200) throw new Error(`GET /metrics: ${r.status}`);
+  const text = r.body;
   const out: Metrics = new Map();
   for (const line of text.split('\n')) {
     if (line === '' || line.startsWith('#')) continue;
@@ -241,6 +261,12 @@ export function deltas(before: Metrics, after: Metrics, name: RegExp): Series[] 
     out.push({ ...s, value: s.value - (before.get(key)?.value ?? 0) });
   }
   return out;
+}
+
+/** The value of the first series named `name` (a gauge), NaN if absent. */
+export function gauge(m: Metrics, name: string): number {
+  for (const s of m.values()) if (s.name === name) return s.value;
+  return Number.NaN;
 }
 
 export function sum(series: readonly Series[], where: (s: Series) => boolean = () => true): number {
