@@ -70,7 +70,7 @@ function numFlag(name: keyof typeof argv, min: number, max: number): number {
   return n;
 }
 const MINUTES = numFlag('minutes', 0.5, 240);
-const CHURN = numFlag('churn', 0.1, 100);
+const CHURN = numFlag('churn', 0, 100);
 const JUNK_RATE = numFlag('junk-rate', 0, 100_000);
 const RANDOM_RATE = numFlag('random-rate', 0, 100_000);
 const SAMPLE_S = numFlag('sample', 1, 600);
@@ -207,6 +207,8 @@ interface Sample {
   clientEndpoints: number;
   upstreamSockets: number;
   heapUsedMb: number;
+  heapTotalMb: number;
+  externalMb: number;
   talking: number;
 }
 
@@ -219,6 +221,8 @@ function sampleOf(pid: number, m: Metrics, t: number): Sample {
     clientEndpoints: gauge(m, 'ice_ingress_client_endpoints'),
     upstreamSockets: gauge(m, 'ice_ingress_upstream_sockets'),
     heapUsedMb: gauge(m, 'nodejs_heap_size_used_bytes') / 2 ** 20,
+    heapTotalMb: gauge(m, 'nodejs_heap_size_total_bytes') / 2 ** 20,
+    externalMb: gauge(m, 'nodejs_external_memory_bytes') / 2 ** 20,
     talking: talking.size,
   };
 }
@@ -469,14 +473,14 @@ if (JSON_OUT) {
   out.push(`routes: ${text(counters(/^ice_ingress_routes_total$/))}`);
   out.push('');
   out.push(
-    '| t (s) | RSS MB | heap used MB | socket fds | sessions | client endpoints | upstream sockets | calls talking |',
+    '| t (s) | RSS MB | V8 heap used / total MB | external MB | socket fds | sessions | client endpoints | upstream sockets | calls talking |',
   );
-  out.push('|---:|---:|---:|---:|---:|---:|---:|---:|');
+  out.push('|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
   const every = Math.max(1, Math.round(30 / SAMPLE_S));
   samples.forEach((s, i) => {
     if (i % every !== 0 && i !== samples.length - 1 && s !== settled) return;
     out.push(
-      `| ${s.t.toFixed(0)} | ${fmtMb(s.rssMb)} | ${fmtMb(s.heapUsedMb)} | ${s.socketFds} | ${s.sessions} | ${s.clientEndpoints} | ${s.upstreamSockets} | ${s.talking} |`,
+      `| ${s.t.toFixed(0)} | ${fmtMb(s.rssMb)} | ${fmtMb(s.heapUsedMb)} / ${fmtMb(s.heapTotalMb)} | ${fmtMb(s.externalMb)} | ${s.socketFds} | ${s.sessions} | ${s.clientEndpoints} | ${s.upstreamSockets} | ${s.talking} |`,
     );
   });
   out.push('');
