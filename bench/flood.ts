@@ -21,7 +21,8 @@
  * reasons or splits budgets. Probe budgets are read from the CLI's own --help defaults.
  *
  * CPU (2-core machine): the proxy is pinned to core 0; the flooder and this process (fake JVBs,
- * clients, media) share core 1, as bench/run.ts does. The output says what each used.
+ * clients, media) share core 1, as bench/run.ts does. The output says what each used. Before the
+ * runs, a short burst of the flooder is checked datagram by datagram with the fixtures' STUN parser.
  *
  * Flags: --rate N (30000 datagrams/s) --seconds S (8) --sources N (250) --ports N (2000)
  *        --same-address on|off|only (on: also the victims'-address run) --clients N (10 per kind)
@@ -29,11 +30,20 @@
  *        --media-pps N (100 per established session) --rto MS (250) --proxy-flags "..." --json
  */
 import type { ChildProcess } from 'node:child_process';
+import dgram from 'node:dgram';
 import { parseArgs } from 'node:util';
 import { tokenFor } from '../src/routing/token.ts';
 import { FakeIceClient } from '../test/fixtures/ice-client.ts';
 import { FakeMediaServer } from '../test/fixtures/media-server.ts';
-import type { Endpoint } from '../test/fixtures/stun-bytes.ts';
+import {
+  AttrType,
+  type Endpoint,
+  getAttribute,
+  getUsername,
+  MessageType,
+  parseStun,
+  verifyFingerprint,
+} from '../test/fixtures/stun-bytes.ts';
 import {
   type Cli,
   cliFlags,
@@ -666,10 +676,57 @@ function report(runs: RunResult[], budgets: Budget[], pinned: boolean): string {
   return out.join('\n');
 }
 
+/**
+ * Before measuring anything: a short burst of the flooder into a plain socket, every datagram
+ * checked with the fixtures' own STUN parser (FINGERPRINT valid, USERNAME "<ufrag>:<ufrag>" with
+ * the token if one was asked for, MESSAGE-INTEGRITY of 20 bytes). A flooder that sent junk would
+ * measure the wrong thing.
+ */
+async function selfCheck(binary: string): Promise<string> {
+  const sock = dgram.createSocket('udp4');
+  await new Promise<void>((r) => sock.bind(0, '127.0.0.1', () => r()));
+  let received = 0;
+  let valid = 0;
+  sock.on('message', (msg) => {
+    received++;
+    const m = parseStun(msg);
+    const user = m === undefined ? undefined : getUsername(m);
+    if (
+      m !== undefined &&
+      m.type === MessageType.BINDING_REQUEST &&
+      verifyFingerprint(m) &&
+      getAttribute(m, AttrType.MESSAGE_INTEGRITY)?.value.length === 20 &&
+      user !== undefined &&
+      /^[0-9a-zA-Z]+:[A-Za-z0-9+/]+$/.test(user) &&
+      (FLOOD_TOKEN === undefined || user.startsWith(FLOOD_TOKEN))
+    ) {
+      valid++;
+    }
+  });
+  const args = ['--target', `127.0.0.1:${sock.address().port}`, '--rate', '2000', '--seconds', '1'];
+  args.push('--max', '200', '--sources', '4', '--ports', '8');
+  if (FLOOD_TOKEN !== undefined) args.push('--token', FLOOD_TOKEN);
+  const child = spawnPinned(1, binary, args);
+  let out = '';
+  child.stdout!.on('data', (d: Buffer) => {
+    out += d.toString();
+  });
+  await new Promise((r) => child.once('exit', r));
+  await sleep(100);
+  sock.close();
+  const sent = (JSON.parse(out.trim().split('\n').at(-1)!) as FloodReport).sent;
+  if (sent !== 200 || received !== sent || valid !== received) {
+    throw new Error(`flooder self-check failed: sent ${sent}, received ${received}, valid ${valid}`);
+  }
+  return `${valid}/${sent} datagrams valid`;
+}
+
 // ---------------------------------------------------------------------------------------------
 
 const pinned = pinSelf(1);
 const binary = compileFlooder();
+const checked = await selfCheck(binary);
+say(`flooder self-check: ${checked}`);
 const budgets = probeBudgets();
 const runs: RunResult[] = [];
 try {
