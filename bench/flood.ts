@@ -274,6 +274,8 @@ interface RunResult {
   sourceAddress: string | undefined;
   flood: FloodReport;
   loss: { baseline: Loss; during: Loss; after: Loss };
+  /** Whole run: media datagrams the JVBs echoed (so sent − echoed were lost on the way in). */
+  mediaAtJvbs: number;
   joins: { baseline: Join[]; during: Join[]; after: Join[] };
   /** Joins of the after wave connected within AFTER_WINDOW_MS of the flood's end. */
   afterDeadline: number;
@@ -438,6 +440,7 @@ async function runOnce(binary: string, label: string, sourceIp: string | undefin
       sourceAddress: sourceIp,
       flood,
       loss: { baseline: media.loss(0), during: media.loss(1), after: media.loss(2) },
+      mediaAtJvbs: jvbs.reduce((a, j) => a + j.stats.mediaEchoed, 0),
       joins: { baseline: baselineJoins, during, after },
       afterDeadline: after.filter((j) => j.ok && j.startedAt + j.ms! <= floodEnd + AFTER_WINDOW_MS).length,
       floodWindow: {
@@ -580,10 +583,16 @@ function report(runs: RunResult[], budgets: Budget[], pinned: boolean): string {
       ),
     );
     const extra = pct(r.loss.during) - pct(r.loss.baseline);
+    const sentAll = r.loss.baseline.sent + r.loss.during.sent + r.loss.after.sent;
+    const gotAll = r.loss.baseline.received + r.loss.during.received + r.loss.after.received;
+    const lostIn = sentAll - r.mediaAtJvbs;
+    const lostBack = r.mediaAtJvbs - gotAll;
     out.push(
       row(
         "established sessions' media loss",
-        `baseline ${lossText(r.loss.baseline)}; during ${lossText(r.loss.during)}; after ${lossText(r.loss.after)}`,
+        `baseline ${lossText(r.loss.baseline)}; during ${lossText(r.loss.during)}; after ${lossText(
+          r.loss.after,
+        )}; of all ${fmtInt(lostIn + lostBack)} lost, ${fmtInt(lostIn)} before the JVB, ${fmtInt(lostBack)} on the way back`,
         '< 0.1 % more than baseline',
         extra < 0.1,
       ),
