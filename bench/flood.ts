@@ -31,6 +31,7 @@
  */
 import type { ChildProcess } from 'node:child_process';
 import dgram from 'node:dgram';
+import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { tokenFor } from '../src/routing/token.ts';
 import { FakeIceClient } from '../test/fixtures/ice-client.ts';
@@ -55,6 +56,7 @@ import {
   fmtMb,
   killChildren,
   type Metrics,
+  machineCpu,
   pinSelf,
   RssSampler,
   type Series,
@@ -290,7 +292,15 @@ interface RunResult {
   };
   afterWindow: { drops: Series[]; probes: Series[] };
   rss: { before: number; peak: number; after: number };
-  cpu: { proxyCore0: number; benchProcess: number; flooder: number };
+  /** Shares of one core during the flood; `machine` = all cores busy, `others` = the rest of it. */
+  cpu: {
+    proxyCore0: number;
+    benchProcess: number;
+    flooder: number;
+    machine: number;
+    others: number;
+    cores: number;
+  };
   kernelRcvbufDrops: number;
   proxyLogLines: string[];
   proxyArgs: readonly string[];
@@ -372,6 +382,7 @@ async function runOnce(binary: string, label: string, sourceIp: string | undefin
     const cpu0 = cpuSeconds(cli.pid);
     const bench0 = process.cpuUsage();
     const rcv0 = udpRcvbufErrors();
+    const machine0 = machineCpu();
     say(`[${label}] flood: ${fmtInt(RATE)}/s for ${SECONDS} s`);
     const flooder = runFlooder(binary, target, sourceIp);
     let out = '';
@@ -422,6 +433,7 @@ async function runOnce(binary: string, label: string, sourceIp: string | undefin
     const cpu1 = cpuSeconds(cli.pid);
     const bench1 = process.cpuUsage(bench0);
     const rcv1 = udpRcvbufErrors();
+    const machine1 = machineCpu();
     const afterJoins = joinWave(jvbs, target, CLIENTS, 10);
     const m1 = await scrape(cli.adminPort);
     say(`[${label}] after: ${CLIENTS}+${CLIENTS} joins`);
@@ -462,6 +474,15 @@ async function runOnce(binary: string, label: string, sourceIp: string | undefin
         proxyCore0: (cpu1 - cpu0) / floodSecs,
         benchProcess: (bench1.user + bench1.system) / 1e6 / floodSecs,
         flooder: flood.cpuSeconds / flood.seconds,
+        machine: (machine1.busy - machine0.busy) / floodSecs,
+        others:
+          (machine1.busy -
+            machine0.busy -
+            (cpu1 - cpu0) -
+            flood.cpuSeconds -
+            (bench1.user + bench1.system) / 1e6) /
+          floodSecs,
+        cores: machine1.cores,
       },
       kernelRcvbufDrops: rcv1 - rcv0,
       proxyLogLines: cli.log.slice(),
@@ -558,6 +579,9 @@ function report(runs: RunResult[], budgets: Budget[], pinned: boolean): string {
     }), ${fmtInt(RATE)}/s for ${SECONDS} s; ${ESTABLISHED} established sessions × ${MEDIA_PPS} media pps; joins retransmit at RTO ${RTO} ms doubling, give up after ${JOIN_TIMEOUT_MS / 1000} s`,
   );
   out.push(`probe budgets (from --help): ${budgetText}`);
+  out.push(
+    `load average at start ${LOAD_AT_START} (/proc/loadavg; other work on the machine shows as "other processes" under CPU)`,
+  );
   out.push('');
   out.push('| what | measured | target (issue 7) |');
   out.push('|---|---|---|');
@@ -663,7 +687,12 @@ function report(runs: RunResult[], budgets: Budget[], pinned: boolean): string {
         'CPU during the flood',
         `proxy ${(100 * r.cpu.proxyCore0).toFixed(0)} % of core 0; flooder ${(100 * r.cpu.flooder).toFixed(
           0,
-        )} % + fakes/clients ${(100 * r.cpu.benchProcess).toFixed(0)} % of core 1`,
+        )} % + fakes/clients ${(100 * r.cpu.benchProcess).toFixed(0)} % of core 1; machine ${(
+          100 * r.cpu.machine
+        ).toFixed(0)} % of one core busy in all (${r.cpu.cores} cores), other processes ≈ ${Math.max(
+          0,
+          100 * r.cpu.others,
+        ).toFixed(0)} %`,
       ),
     );
     out.push(row('other counters during the flood', seriesText(r.floodWindow.counters, true)));
@@ -732,6 +761,7 @@ async function selfCheck(binary: string): Promise<string> {
 
 // ---------------------------------------------------------------------------------------------
 
+const LOAD_AT_START = readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
 const pinned = pinSelf(1);
 const binary = compileFlooder();
 const checked = await selfCheck(binary);
@@ -754,6 +784,7 @@ if (JSON_OUT) {
         seconds: SECONDS,
         proxyFlags: PROXY_FLAGS,
         floodToken: FLOOD_TOKEN,
+        loadAverageAtStart: LOAD_AT_START,
         budgets,
         runs,
       },

@@ -299,6 +299,16 @@ export function cpuSeconds(pid: number): number {
   return (Number(fields[11]) + Number(fields[12])) / 100;
 }
 
+/** Busy and total CPU seconds of the whole machine so far (/proc/stat, all cores; idle + iowait = not busy). */
+export function machineCpu(): { busy: number; total: number; cores: number } {
+  const lines = readFileSync('/proc/stat', 'utf8').split('\n');
+  const f = lines[0]!.trim().split(/\s+/).slice(1).map(Number);
+  const total = f.slice(0, 8).reduce((a, b) => a + b, 0);
+  const idle = f[3]! + f[4]!;
+  const cores = lines.filter((l) => /^cpu\d+ /.test(l)).length;
+  return { busy: (total - idle) / 100, total: total / 100, cores };
+}
+
 /** Open file descriptors of the process that are sockets (UDP, TCP, unix). */
 export function socketFds(pid: number): number {
   let n = 0;
