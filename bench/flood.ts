@@ -54,6 +54,7 @@ import {
   flagValue,
   fmtInt,
   fmtMb,
+  gauge,
   killChildren,
   type Metrics,
   machineCpu,
@@ -292,6 +293,8 @@ interface RunResult {
   };
   afterWindow: { drops: Series[]; probes: Series[] };
   rss: { before: number; peak: number; after: number };
+  /** V8 heap used / total MB (prom-client default metrics) before the flood, at its end, at the run's end. */
+  heap: Array<{ used: number; total: number }>;
   /** Shares of one core during the flood; `machine` = all cores busy, `others` = the rest of it. */
   cpu: {
     proxyCore0: number;
@@ -473,6 +476,10 @@ async function runOnce(binary: string, label: string, sourceIp: string | undefin
         probes: deltas(m1, m2, PROBES),
       },
       rss: { before: rssBefore, peak: rss.peak(), after: rssAfter },
+      heap: [m0, m1, m2].map((m) => ({
+        used: gauge(m, 'nodejs_heap_size_used_bytes') / 2 ** 20,
+        total: gauge(m, 'nodejs_heap_size_total_bytes') / 2 ** 20,
+      })),
       cpu: {
         proxyCore0: (cpu1 - cpu0) / floodSecs,
         benchProcess: (bench1.user + bench1.system) / 1e6 / floodSecs,
@@ -680,7 +687,7 @@ function report(runs: RunResult[], budgets: Budget[], pinned: boolean): string {
         'proxy RSS',
         `${fmtMb(r.rss.before)} → peak ${fmtMb(r.rss.peak)} → ${fmtMb(r.rss.after)} MB (${r.rss.peak - r.rss.before >= 0 ? '+' : ''}${fmtMb(
           r.rss.peak - r.rss.before,
-        )})`,
+        )}); V8 heap used / total ${r.heap.map((h) => `${fmtMb(h.used)} / ${fmtMb(h.total)}`).join(' → ')} MB`,
         'grows ≤ 50 MB',
         r.rss.peak - r.rss.before <= 50,
       ),
