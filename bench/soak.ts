@@ -6,7 +6,8 @@
  *   - session churn: calls join at --churn per second (half fan-out-routed, half prefix-routed),
  *     exchange media (50 datagrams/s, echoed by the fake JVB) for 2–20 s, one in five moves to a
  *     new port midway (NAT rebinding: a check from the new port, then media from there), then half
- *     leave (socket closed, the JVB ends the session) and half just go silent (socket kept open);
+ *     leave (socket closed, the JVB ends the session) and half just go silent (socket kept open,
+ *     the JVB expires the session 30 s later);
  *   - background junk: forged first packets at --junk-rate (bench/flooder.c, random ufrags, valid
  *     FINGERPRINT, 16 addresses of 127.1/16) and random bytes at --random-rate (a quarter of them
  *     with a STUN header) from 127.2.0.1–4.
@@ -85,6 +86,8 @@ const IDLE_MS = Number(idleMatch[1]) * (idleMatch[2] === 's' ? 1000 : 1);
 const PROXY_FLAGS = argv['proxy-flags'].split(/\s+/).filter((s) => s !== '');
 const JSON_OUT = argv.json;
 const MEDIA_PPS = 50;
+/** A silent call's session ends at the fake JVB this long after its last media. */
+const SILENT_EXPIRE_MS = 30_000;
 const say = (s: string): void => {
   if (!JSON_OUT) process.stderr.write(`${s}\n`);
 };
@@ -175,6 +178,11 @@ async function call(jvbs: readonly FakeMediaServer[], target: Endpoint, id: numb
   } else {
     stats.silent++;
     silentClients.push(client);
+    // JVB expires an endpoint that stopped answering; until then ice4j keeps the proxy's upstream
+    // address bound to that session and answers another ufrag from it with 401. The fake must let
+    // go before the proxy may reuse the port (--idle-timeout + --port-quarantine), else the soak
+    // would measure the fake's memory, not the proxy's routing.
+    setTimeout(() => jvb.removeSession(creds.ufrag), SILENT_EXPIRE_MS).unref();
   }
 }
 
