@@ -605,7 +605,7 @@ function report(runs: RunResult[], budgets: Budget[], pinned: boolean): string {
         `**flood from ${tag}**`,
         `sent ${fmtInt(r.flood.sent)} in ${r.flood.seconds.toFixed(1)} s = ${fmtInt(r.flood.rate)}/s (asked ${fmtInt(
           RATE,
-        )}/s); proxy received ${fmtInt(r.floodWindow.clientIn - r.floodWindow.legitimate)} of them (client_in ${fmtInt(
+        )}/s); proxy received ≈ ${fmtInt(r.floodWindow.clientIn - r.floodWindow.legitimate)} of them (client_in ${fmtInt(
           r.floodWindow.clientIn,
         )} − ${fmtInt(r.floodWindow.legitimate)} legitimate); kernel rcvbuf drops ${fmtInt(
           r.kernelRcvbufDrops,
