@@ -23,4 +23,5 @@ COPY --from=build --chown=root:root /app/dist ./dist
 USER 10001:10001
 # 10000/udp: clients (ICE/DTLS/SRTP). 9090/tcp: /metrics, /healthz, /readyz.
 EXPOSE 10000/udp 9090/tcp
-ENTRYPOINT ["node", "dist/src/bin.js"]
+# V8 flags: src/runtime.ts NODE_FLAGS (a test keeps the two in step).
+ENTRYPOINT ["node", "--max-semi-space-size=8", "dist/src/bin.js"]

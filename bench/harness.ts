@@ -10,6 +10,7 @@ import { mkdirSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
 import { fileURLToPath } from 'node:url';
+import { NODE_FLAGS } from '../src/runtime.ts';
 
 export const root = fileURLToPath(new URL('..', import.meta.url));
 const node = process.execPath;
@@ -130,7 +131,8 @@ export async function startCli(opts: CliOptions): Promise<Cli> {
     opts.backends,
     ...opts.extra,
   ];
-  const child = spawnPinned(opts.core, node, [`${root}src/cli.ts`, ...args]);
+  // The CLI as the image runs it: with the V8 flags of src/runtime.ts.
+  const child = spawnPinned(opts.core, node, [...NODE_FLAGS, `${root}src/cli.ts`, ...args]);
   const log: string[] = [];
   let started = false;
   let buffered = '';

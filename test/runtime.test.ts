@@ -2,7 +2,7 @@ import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import { MIN_NODE_VERSION, unsupportedRuntime } from '../src/runtime.ts';
+import { MIN_NODE_VERSION, NODE_FLAGS, unsupportedRuntime } from '../src/runtime.ts';
 
 /** The runtime guard of the entry point; the real Node 20 run is test/runtime/node20.test.ts. */
 
@@ -45,6 +45,24 @@ describe('unsupportedRuntime', () => {
     expect(r.stdout.trim()).toBe(
       JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')).version,
     );
+    expect(r.status).toBe(0);
+  });
+});
+
+describe('NODE_FLAGS', () => {
+  it('are the flags the image starts Node with', () => {
+    const dockerfile = readFileSync(new URL('../Dockerfile', import.meta.url), 'utf8');
+    const entry = /^ENTRYPOINT (\[.*\])$/m.exec(dockerfile);
+    expect(entry).not.toBeNull();
+    const argv = JSON.parse(entry![1]!) as string[];
+    expect(argv[0]).toBe('node');
+    expect(argv.slice(1, -1)).toEqual(NODE_FLAGS);
+    expect(argv.at(-1)).toBe('dist/src/bin.js');
+  });
+
+  it('are flags this Node accepts', () => {
+    const r = spawnSync(process.execPath, [...NODE_FLAGS, '-e', ''], { encoding: 'utf8' });
+    expect(r.stderr).toBe('');
     expect(r.status).toBe(0);
   });
 });
