@@ -42,8 +42,8 @@ export interface UdpTransportOptions {
 }
 
 /** Clean sockets kept bound for reuse at most, and for how long (then closed). */
-const PARK_MAX = 4096;
-const PARK_MS = 5000;
+const PARK_MAX = 256;
+const PARK_MS = 2000;
 
 export class UdpTransport implements Transport {
   readonly #opt: UdpTransportOptions;
