@@ -98,7 +98,7 @@ export function createRegistry(src: MetricSources, withProcessMetrics = true): R
   ]);
   mirror(
     'ice_ingress_sessions_closed_total',
-    'Sessions ended, by reason (idle, probe_failed, backend_gone, restart, shutdown, upstream_error).',
+    'Sessions ended, by reason (idle, probe_failed, backend_gone, restart, superseded, shutdown, upstream_error).',
     'reason',
     () => byIndex(CLOSE_REASONS, c.closed),
   );

@@ -94,6 +94,8 @@ export const CLOSE_REASONS = [
   'probe_failed',
   'backend_gone',
   'restart',
+  /** A flow still being routed was replaced by a newer check, other credentials, same 5-tuple. */
+  'superseded',
   'shutdown',
   'upstream_error',
 ] as const;

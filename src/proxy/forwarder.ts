@@ -81,7 +81,9 @@ export class Forwarder {
     if (!this.#parsed(buf)) return;
     if (!usernameEquals(buf, view, s.usernameBytes)) {
       // The client changed credentials while we were still routing its first ones: start over.
-      this.#registry.close(s, 'restart');
+      // (A flood that reuses its source ports does this with every datagram: hence a reason of
+      // its own, not 'restart', which counts ICE restarts of established sessions.)
+      this.#registry.close(s, 'superseded');
       this.#d.router.route(buf, view, address, port, undefined);
       return;
     }

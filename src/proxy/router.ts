@@ -132,7 +132,7 @@ export class Router {
         this.round(pending, buf, d.clock(), ep);
         return;
       }
-      d.registry.close(pending, 'restart');
+      d.registry.close(pending, 'superseded');
     }
     const live = d.registry.findLive(buf, view, hashBytes(buf, view.start, view.end));
     if (live !== undefined && live !== s) {

@@ -578,6 +578,7 @@ describe('ICE restarts and credential changes', () => {
     const p1 = r.sessionOf(first.serverUfrag);
     send(r, check(second), A);
     expect(p1.state).toBe(SessionState.Closed);
+    expect(closedBy(r, 'superseded')).toBe(1);
     const p2 = r.sessionOf(second.serverUfrag);
     expect(old.restartOf).toBe(p2);
     // A late answer for the superseded restart changes nothing.
@@ -678,7 +679,8 @@ describe('ICE restarts and credential changes', () => {
     const right = b1.addSession();
     send(r, check(right), A);
     expect(p.state).toBe(SessionState.Closed);
-    expect(closedBy(r, 'restart')).toBe(1);
+    expect(closedBy(r, 'superseded')).toBe(1);
+    expect(closedBy(r, 'restart')).toBe(0);
     const s = r.sessionOf(right.serverUfrag);
     expect(r.datapath.registry.lookup(A.address, A.port)?.session).toBe(s);
     r.answerAll(r.transport.of(s));
