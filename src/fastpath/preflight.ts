@@ -25,23 +25,38 @@ export interface PreflightProbes {
   ipForward(): Promise<string>;
   /** Resolves with `nft --version`'s output; rejects (ENOENT) if there is no such binary. */
   nftVersion(): Promise<string>;
+  /** Runs `nft list tables`: rejects with nft's message when it may not talk to the kernel. */
+  nftList(): Promise<string>;
 }
 
 export const systemProbes = (nft = 'nft'): PreflightProbes => ({
   status: () => readFile('/proc/self/status', 'utf8'),
   ipForward: () => readFile('/proc/sys/net/ipv4/ip_forward', 'utf8'),
-  nftVersion: () =>
-    new Promise((resolve, reject) =>
-      execFile(nft, ['--version'], { timeout: 5000 }, (err, stdout) => (err ? reject(err) : resolve(stdout))),
-    ),
+  nftVersion: () => run(nft, ['--version']),
+  nftList: () => run(nft, ['list', 'tables']),
 });
 
-/** Lists what is missing; empty when the fast path can start. */
+function run(cmd: string, args: string[]): Promise<string> {
+  return new Promise((resolve, reject) =>
+    execFile(cmd, args, { timeout: 5000 }, (err, stdout, stderr) =>
+      err ? reject(Object.assign(err, { message: stderr.trim() || err.message })) : resolve(stdout),
+    ),
+  );
+}
+
+/**
+ * Lists what is missing; empty when the fast path can start. The capability is judged by what
+ * counts: whether `nft` may change the ruleset (NET_ADMIN may come with root, with the process's
+ * capabilities, or with file capabilities on the nft binary); only without an `nft` to ask does
+ * the process's own CapEff decide.
+ */
 export async function checkFastPath(p: PreflightProbes): Promise<string[]> {
   const problems: string[] = [];
+  let nft = true;
   try {
     await p.nftVersion();
   } catch (err) {
+    nft = false;
     const e = err as NodeJS.ErrnoException;
     problems.push(
       e.code === 'ENOENT'
@@ -49,10 +64,17 @@ export async function checkFastPath(p: PreflightProbes): Promise<string[]> {
         : `\`nft --version\` failed: ${e.message}`,
     );
   }
-  const status = await p.status().catch(() => '');
-  const m = /^CapEff:\s*([0-9a-f]+)$/m.exec(status);
-  if (m === null || ((BigInt(`0x${m[1]}`) >> CAP_NET_ADMIN) & 1n) === 0n) {
-    problems.push('no CAP_NET_ADMIN: run as root in the pod, or grant the NET_ADMIN capability');
+  const noCap = 'no CAP_NET_ADMIN: run as root in the pod, or grant the NET_ADMIN capability';
+  if (nft) {
+    try {
+      await p.nftList();
+    } catch (err) {
+      problems.push(`${noCap} (\`nft list tables\`: ${(err as Error).message})`);
+    }
+  } else {
+    const status = await p.status().catch(() => '');
+    const m = /^CapEff:\s*([0-9a-f]+)$/m.exec(status);
+    if (m === null || ((BigInt(`0x${m[1]}`) >> CAP_NET_ADMIN) & 1n) === 0n) problems.push(noCap);
   }
   const fwd = (await p.ipForward().catch(() => '')).trim();
   if (fwd !== '1') {

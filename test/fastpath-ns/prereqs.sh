@@ -19,6 +19,7 @@ check sysctl procps
 check conntrack conntrack
 # bench only: nginx (stream UDP, the comparison), a C compiler for bench/udpbench.c, taskset
 check nginx nginx-light
+[ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || need="$need libnginx-mod-stream"
 check cc gcc
 check taskset util-linux
 

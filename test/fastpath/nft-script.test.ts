@@ -237,16 +237,22 @@ describe('element counters from nft -j', () => {
 });
 
 describe('fast path preflight', () => {
-  const probes = (o: { capEff?: string; fwd?: string; nft?: boolean }) => ({
+  const probes = (o: { capEff?: string; fwd?: string; nft?: boolean; nftDenied?: boolean }) => ({
     status: async () => `Name:\tnode\nCapEff:\t${o.capEff ?? '000001ffffffffff'}\n`,
     ipForward: async () => `${o.fwd ?? '1'}\n`,
     nftVersion: async () => {
       if (o.nft === false) throw Object.assign(new Error('spawn nft ENOENT'), { code: 'ENOENT' });
       return 'nftables v1.0.6';
     },
+    nftList: async () => {
+      if (o.nftDenied) throw new Error('Error: Operation not permitted');
+      return '';
+    },
   });
-  it('passes with NET_ADMIN, nft and forwarding', async () => {
+  it('passes with nft allowed to change the ruleset and forwarding on', async () => {
     expect(await checkFastPath(probes({}))).toEqual([]);
+    // nft with file capabilities: the process itself need not hold NET_ADMIN.
+    expect(await checkFastPath(probes({ capEff: '0000000000000000' }))).toEqual([]);
   });
   it('names everything that is missing at once', async () => {
     const p = await checkFastPath(probes({ capEff: '0000000000000000', fwd: '0', nft: false }));
@@ -254,9 +260,12 @@ describe('fast path preflight', () => {
     expect(p[0]).toMatch(/no `nft` binary/);
     expect(p[1]).toMatch(/no CAP_NET_ADMIN/);
     expect(p[2]).toMatch(/net.ipv4.ip_forward is 0/);
+    expect(await checkFastPath(probes({ nftDenied: true }))).toEqual([
+      'no CAP_NET_ADMIN: run as root in the pod, or grant the NET_ADMIN capability (`nft list tables`: Error: Operation not permitted)',
+    ]);
   });
-  it('CAP_NET_ADMIN is bit 12 exactly', async () => {
-    expect(await checkFastPath(probes({ capEff: '0000000000001000' }))).toEqual([]);
-    expect(await checkFastPath(probes({ capEff: '0000000000000fff' }))).toHaveLength(1);
+  it('without nft, CAP_NET_ADMIN is bit 12 of CapEff exactly', async () => {
+    expect(await checkFastPath(probes({ nft: false, capEff: '0000000000001000' }))).toHaveLength(1);
+    expect(await checkFastPath(probes({ nft: false, capEff: '0000000000000fff' }))).toHaveLength(2);
   });
 });
