@@ -153,9 +153,7 @@ describe('NftFastPath', () => {
     await fp.flushNow();
     nft.forward('c2b_addr:198.18.0.2|40000', 50, 100);
     await fp.pollNow();
-    const ep = new (
-      s.current.constructor as typeof s.current.constructor & (new (...a: unknown[]) => typeof s.current)
-    )(s, '198.18.0.2', 40999, 0);
+    const ep = new ClientEndpoint(s, '198.18.0.2', 40999, 0);
     s.endpoints.push(ep);
     s.current = ep;
     fp.currentChanged(s, ep);
