@@ -79,6 +79,7 @@ export class NftFastPath implements FlowListener {
   #timer: NodeJS.Timeout | undefined;
   #poller: NodeJS.Timeout | undefined;
   #flushing = false;
+  #pollsYielded = 0;
   #stopped = false;
   /** Set after a resynchronisation failed too: the table is gone, everything stays in Node. */
   #disabled = false;
@@ -96,7 +97,7 @@ export class NftFastPath implements FlowListener {
       { table: `${FAMILY} ${TABLE}`, listen: `${opt.listenAddress}:${opt.listenPort}` },
       'fast path: nftables table created',
     );
-    fp.#poller = setInterval(() => fp.#enqueue(() => fp.#poll()), opt.pollIntervalMs);
+    fp.#poller = setInterval(() => fp.#scheduledPoll(), opt.pollIntervalMs);
     fp.#poller.unref();
     return fp;
   }
@@ -158,6 +159,20 @@ export class NftFastPath implements FlowListener {
   /** Reads the counters now (tests). */
   pollNow(): Promise<void> {
     return this.#enqueue(() => this.#poll());
+  }
+
+  /**
+   * The periodic read yields to hand-over: while sessions wait for their transaction, the listing
+   * (15 ms for 100 sessions, 163 ms for 10 000) would only delay it. It yields at most twice in a
+   * row, so idle clocks and counters keep moving on a proxy that never stops taking sessions.
+   */
+  #scheduledPoll(): void {
+    if ((this.#plan.dirty > 0 || this.#flushing) && this.#pollsYielded < 2) {
+      this.#pollsYielded++;
+      return;
+    }
+    this.#pollsYielded = 0;
+    void this.#enqueue(() => this.#poll());
   }
 
   #schedule(): void {
