@@ -20,7 +20,7 @@
  *   through its hand-over; the proxy's per-session hand-over times (its debug log) and datagrams lost.
  *
  * Environment: BENCH_SECONDS (3), BENCH_SESSIONS (100), BENCH_WINDOW (4), BENCH_REPS (3),
- * BENCH_SIZES ("1200,100"). Needs root and test/fastpath-ns/prereqs.sh's packages. Wrap it in
+ * BENCH_SIZES ("1200,100"). Needs root and the packages of `sh test/fastpath-ns/prereqs.sh --bench`. Wrap it in
  * `flock /tmp/ice-bench.lock` on a shared machine. Everything it starts is in its namespaces and
  * is killed with them.
  */
@@ -44,7 +44,9 @@ const POD = '10.78.2.2';
 const PORT = 10000;
 
 if (process.getuid?.() !== 0) {
-  console.error('bench:fastpath needs root (network namespaces, nftables); see test/fastpath-ns/prereqs.sh');
+  console.error(
+    'bench:fastpath needs root (network namespaces, nftables); see sh test/fastpath-ns/prereqs.sh --bench',
+  );
   process.exit(1);
 }
 

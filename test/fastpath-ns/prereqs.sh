@@ -1,6 +1,6 @@
 #!/bin/sh
-# Installs what the fast-path suite (test/fastpath-ns) and bench (bench/fastpath.ts) need, only
-# when missing. Called by .ci/run before `npm run test:fastpath`. Needs root (apt, ip netns, nft).
+# Installs what the fast-path suite (test/fastpath-ns) needs, only when missing (`--bench`: and what
+# bench/fastpath.ts needs). Called by .ci/run before `npm run test:fastpath`. Needs root (apt, ip netns, nft).
 set -eu
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -17,11 +17,14 @@ check ip iproute2
 check ethtool ethtool
 check sysctl procps
 check conntrack conntrack
-# bench only: nginx (stream UDP, the comparison), a C compiler for bench/udpbench.c, taskset
-check nginx nginx-light
-[ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || need="$need libnginx-mod-stream"
-check cc gcc
-check taskset util-linux
+# `prereqs.sh --bench`: also what bench/fastpath.ts needs: nginx (stream UDP, the comparison),
+# a C compiler for bench/udpbench.c, taskset.
+if [ "${1:-}" = "--bench" ]; then
+  check nginx nginx-light
+  [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || need="$need libnginx-mod-stream"
+  check cc gcc
+  check taskset util-linux
+fi
 
 if [ -n "$need" ]; then
   echo "prereqs.sh: installing:$need"
