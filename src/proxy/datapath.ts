@@ -4,7 +4,6 @@ import type { BackendSpec } from '../discovery/types.ts';
 import type { Backend, BackendTable } from '../routing/backends.ts';
 import { TokenBucket } from '../routing/token-bucket.ts';
 import { createLearnedUfrags, createNegativeUfrags } from '../routing/ufrag-caches.ts';
-import type { FlowListener } from '../session/events.ts';
 import type { PortPool } from '../session/port-pool.ts';
 import {
   ClientEndpoint,
@@ -79,8 +78,6 @@ export interface DatapathDeps {
   readonly options: DatapathOptions;
   /** Called once per session whose owner was found: routing time and outcome (a metrics hook). */
   readonly onRouted?: (ms: number, outcome: string) => void;
-  /** TEMP (until the registry split): flow events for the kernel fast path. */
-  readonly listener?: FlowListener;
 }
 
 const NO_PORT = -1;
@@ -101,7 +98,6 @@ export class Datapath {
   readonly #view = newUsernameView();
   readonly #debug: boolean;
   readonly #onRouted: ((ms: number, outcome: string) => void) | undefined;
-  #listener: FlowListener | undefined;
   #nextId = 1;
   #accepting = true;
 
@@ -117,29 +113,6 @@ export class Datapath {
     this.negative = createNegativeUfrags(100_000, deps.options.negativeTtlMs);
     this.#debug = deps.log.isLevelEnabled('debug');
     this.#onRouted = deps.onRouted;
-    this.#listener = deps.listener;
-  }
-
-  /** TEMP: the registry's addListener (one listener is enough here). */
-  setListener(l: FlowListener): void {
-    this.#listener = l;
-  }
-
-  /** TEMP: the registry's touch: the kernel forwarded client packets of `s` (idle clock). */
-  touch(s: Session, now: number): void {
-    s.lastClientAt = now;
-    s.current.lastSeen = now;
-  }
-
-  /** TEMP: datagrams the kernel forwarded for `s` since the last call (session log counters). */
-  addKernelCounts(
-    s: Session,
-    c: { packetsUp: number; bytesUp: number; packetsDown: number; bytesDown: number },
-  ): void {
-    s.packetsUp += c.packetsUp;
-    s.bytesUp += c.bytesUp;
-    s.packetsDown += c.packetsDown;
-    s.bytesDown += c.bytesDown;
   }
 
   get accepting(): boolean {
@@ -173,7 +146,6 @@ export class Datapath {
       } else if (s.current !== ep) {
         // Latch: downstream follows the endpoint the client sends media from.
         s.current = ep;
-        this.#listener?.currentChanged?.(s, ep);
       }
       s.packetsUp++;
       s.bytesUp += buf.length;
@@ -495,7 +467,6 @@ export class Datapath {
     this.#onRouted?.(now - s.createdAt, ROUTE_LABELS[route]!);
     const ep = s.current;
     if (!ep.joined || ep.session !== s) this.#adoptEndpoint(s, ep);
-    this.#listener?.established?.(s);
     this.#log.info(
       {
         session: s.id,
@@ -549,21 +520,16 @@ export class Datapath {
       const old = ep.session;
       if (old.restartOf === s) old.restartOf = undefined;
       this.#removeFromSession(ep);
-      if (old.state === SessionState.Established) this.#listener?.endpointLeft?.(old, ep);
       ep.session = s;
       if (old.endpoints.length === 0) this.#closeSession(old, 'restart');
     }
     if (!s.endpoints.includes(ep)) s.endpoints.push(ep);
-    let joined = false;
     if (!ep.joined) {
       this.table.addEndpoint(ep);
-      joined = s.state === SessionState.Established;
-      if (joined && s.endpoints.length > 1) this.counters.routes[RouteCounter.Rebind]!++;
+      if (s.state === SessionState.Established && s.endpoints.length > 1)
+        this.counters.routes[RouteCounter.Rebind]!++;
     }
-    const changed = s.current !== ep;
     s.current = ep;
-    if (joined) this.#listener?.endpointJoined?.(s, ep);
-    if ((joined || changed) && s.state === SessionState.Established) this.#listener?.currentChanged?.(s, ep);
   }
 
   #joinEndpoint(s: Session, ep: ClientEndpoint): void {
@@ -576,7 +542,6 @@ export class Datapath {
     const old = ep.session;
     this.table.removeEndpoint(ep);
     this.#removeFromSession(ep);
-    if (old.state === SessionState.Established) this.#listener?.endpointLeft?.(old, ep);
     if (old.endpoints.length === 0 && old.state !== SessionState.Closed) this.#closeSession(old, 'restart');
   }
 
@@ -602,7 +567,6 @@ export class Datapath {
     const now = this.#clock();
     if (this.#ports !== undefined && s.upstream.localPort > 0) this.#ports.release(s.upstream.localPort, now);
     this.counters.closed[CLOSE_REASONS.indexOf(reason)]!++;
-    this.#listener?.closed?.(s, reason, wasEstablished);
     if (wasEstablished) {
       this.#log.info(
         {
@@ -651,7 +615,6 @@ export class Datapath {
           if (now - ep.lastSeen >= idle) {
             this.table.removeEndpoint(ep);
             this.#removeFromSession(ep);
-            this.#listener?.endpointLeft?.(s, ep);
           }
         }
       }
