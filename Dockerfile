@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # ice-ingress: multi-stage build on Node.js 24 LTS; the runtime image holds only the compiled
-# JavaScript and production dependencies, runs as an unprivileged uid (10001, as deploy/ sets) and
+# JavaScript, production dependencies and Debian's nft, runs as an unprivileged uid (10001, as deploy/ sets) and
 # starts the CLI in exec form, so SIGTERM reaches Node directly and starts the drain.
 
 FROM node:24-bookworm-slim AS build
@@ -16,6 +16,10 @@ RUN node node_modules/typescript/bin/tsc -p tsconfig.build.json \
 
 FROM node:24-bookworm-slim
 ENV NODE_ENV=production
+# nft for --fast-path nftables (docs/fast-path.md); unused, and harmless, without it.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends nftables \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY --from=build --chown=root:root /app/package.json ./
 COPY --from=build --chown=root:root /app/node_modules ./node_modules

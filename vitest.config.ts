@@ -7,9 +7,11 @@ import { defineConfig } from 'vitest/config';
  * - test/deploy/render.test.ts (kubectl kustomize): `npm run test:deploy`
  * - test/monitoring/prometheus.test.ts (prometheus, promtool): `npm run test:monitoring`
  * - test/runtime (a Node.js older than 22.19): `npm run test:node20`
+ * - test/fastpath-ns (root, nftables, network namespaces): `npm run test:fastpath`
  */
 const EXTERNAL = [
   'test/interop/**',
+  'test/fastpath-ns/**',
   'test/deploy/render.test.ts',
   'test/monitoring/prometheus.test.ts',
   'test/runtime/**',

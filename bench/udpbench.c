@@ -8,13 +8,21 @@
  *       Binding success (type 0x0101, same transaction id): enough for a relay that routes on the
  *       response type, as ice-ingress does (it cannot verify MESSAGE-INTEGRITY anyway). Anything
  *       else is echoed verbatim.
- *   udpbench load IP PORT SESSIONS SIZE SECONDS WINDOW
+ *   udpbench load IP PORT SESSIONS SIZE SECONDS WINDOW [SETTLE_MS]
  *       SESSIONS sockets (distinct source ports on 127.0.0.1); each first sends a Binding Request
  *       with USERNAME "bNNNNNNN:cli" and a MESSAGE-INTEGRITY attribute (zeros: only its presence
  *       is checked by the relay), then keeps WINDOW datagrams of SIZE bytes in flight for SECONDS.
  *       Prints one JSON line: round trips, rate, RTT percentiles (µs), lost/re-primed windows.
+ *       SETTLE_MS (default 0): a pause between the handshake and the load (a kernel fast path
+ *       takes the sessions over meanwhile).
+ *   udpbench sink IP PORT
+ *       Answers Binding Requests like `echo`, drops everything else (the far end of a one-way run).
+ *   udpbench blast IP PORT SESSIONS SIZE SECONDS
+ *       The same handshake as `load`, then sends SIZE-byte datagrams round-robin over the sessions
+ *       as fast as sendmmsg allows for SECONDS (one-way). Prints {"sent":N,"seconds":S}.
  *
- * Only ever talks to the address it is given; the bench passes 127.0.0.1. Bounded in time.
+ * Only ever talks to the address it is given (127.0.0.1 for `npm run bench`; addresses inside the
+ * bench's own network namespaces for `npm run bench:fastpath`). Bounded in time.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -55,7 +63,7 @@ static int udp_socket(const char *ip, int port, int bind_it) {
   return fd;
 }
 
-static int run_echo(const char *ip, int port) {
+static int run_echo(const char *ip, int port, int sink) {
   int fd = udp_socket(ip, port, 1);
   int fl = fcntl(fd, F_GETFL);
   fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
@@ -77,13 +85,24 @@ static int run_echo(const char *ip, int port) {
     }
     int n = recvmmsg(fd, msgs, BATCH, MSG_WAITFORONE, NULL);
     if (n <= 0) continue;
+    int keep = 0;
     for (int i = 0; i < n; i++) {
       iov[i].iov_len = msgs[i].msg_len;
-      if (msgs[i].msg_len >= 20 && bufs[i][0] == 0x00 && bufs[i][1] == 0x01) bufs[i][0] = 0x01;
+      int stun = msgs[i].msg_len >= 20 && bufs[i][0] == 0x00 && bufs[i][1] == 0x01;
+      if (stun) bufs[i][0] = 0x01;
+      if (sink && !stun) continue;
+      if (keep != i) {
+        /* Compact the answers to send (sink mode sends only the Binding successes). */
+        memcpy(bufs[keep], bufs[i], msgs[i].msg_len);
+        iov[keep].iov_len = msgs[i].msg_len;
+        addrs[keep] = addrs[i];
+        msgs[keep].msg_hdr.msg_namelen = msgs[i].msg_hdr.msg_namelen;
+      }
+      keep++;
     }
     int sent = 0;
-    while (sent < n) {
-      int m = sendmmsg(fd, msgs + sent, n - sent, 0);
+    while (sent < keep) {
+      int m = sendmmsg(fd, msgs + sent, keep - sent, 0);
       if (m <= 0) break;
       sent += m;
     }
@@ -114,7 +133,8 @@ static int cmp_u32(const void *a, const void *b) {
   return x < y ? -1 : x > y;
 }
 
-static int run_load(const char *ip, int port, int sessions, int size, double seconds, int window) {
+static int run_load(const char *ip, int port, int sessions, int size, double seconds, int window, int blast,
+                    int settle_ms) {
   if (size < 16) size = 16;
   if (size > MAXSIZE) size = MAXSIZE;
   struct sockaddr_in to = {0};
@@ -127,7 +147,7 @@ static int run_load(const char *ip, int port, int sessions, int size, double sec
   unsigned char pkt[MAXSIZE];
   /* Handshake: every session's first datagram is a Binding Request; wait for its answer. */
   for (int s = 0; s < sessions; s++) {
-    fds[s] = udp_socket("127.0.0.1", 0, 1);
+    fds[s] = udp_socket("0.0.0.0", 0, 1);
     if (connect(fds[s], (struct sockaddr *)&to, sizeof to) < 0) { perror("connect"); return 1; }
     struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)s};
     epoll_ctl(ep, EPOLL_CTL_ADD, fds[s], &ev);
@@ -155,6 +175,30 @@ static int run_load(const char *ip, int port, int sessions, int size, double sec
   if (established < sessions) {
     printf("{\"error\":\"only %d of %d sessions answered the handshake\"}\n", established, sessions);
     return 1;
+  }
+  if (settle_ms > 0) {
+    struct timespec ts = {.tv_sec = settle_ms / 1000, .tv_nsec = (long)(settle_ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+  }
+  if (blast) {
+    /* One-way: sendmmsg batches round-robin over the connected sockets, nothing awaited. */
+    memset(pkt, 0x80, sizeof pkt);
+    struct mmsghdr msgs[BATCH];
+    struct iovec iov = {.iov_base = pkt, .iov_len = (size_t)size};
+    for (int i = 0; i < BATCH; i++) {
+      memset(&msgs[i].msg_hdr, 0, sizeof msgs[i].msg_hdr);
+      msgs[i].msg_hdr.msg_iov = &iov;
+      msgs[i].msg_hdr.msg_iovlen = 1;
+    }
+    uint64_t sent = 0, t0 = now_ns(), stop = t0 + (uint64_t)(seconds * 1e9);
+    int s = 0;
+    while (now_ns() < stop) {
+      int m = sendmmsg(fds[s], msgs, BATCH, 0);
+      if (m > 0) sent += (uint64_t)m;
+      s = (s + 1) % sessions;
+    }
+    printf("{\"sent\":%llu,\"seconds\":%.3f}\n", (unsigned long long)sent, (now_ns() - t0) / 1e9);
+    return 0;
   }
   /* Load: keep at most WINDOW datagrams in flight per session; payload carries the send time.
      A receipt frees one slot; a session silent for 100 ms is taken to have lost its window
@@ -227,12 +271,21 @@ static int run_load(const char *ip, int port, int sessions, int size, double sec
 }
 
 int main(int argc, char **argv) {
-  if (argc >= 4 && strcmp(argv[1], "echo") == 0) return run_echo(argv[2], atoi(argv[3]));
+  if (argc >= 4 && strcmp(argv[1], "echo") == 0) return run_echo(argv[2], atoi(argv[3]), 0);
+  if (argc >= 4 && strcmp(argv[1], "sink") == 0) return run_echo(argv[2], atoi(argv[3]), 1);
   if (argc >= 8 && strcmp(argv[1], "load") == 0) {
     double secs = atof(argv[6]);
     if (secs <= 0 || secs > 60) secs = 3;
-    return run_load(argv[2], atoi(argv[3]), atoi(argv[4]), atoi(argv[5]), secs, atoi(argv[7]));
+    int settle = argc >= 9 ? atoi(argv[8]) : 0;
+    if (settle < 0 || settle > 10000) settle = 0;
+    return run_load(argv[2], atoi(argv[3]), atoi(argv[4]), atoi(argv[5]), secs, atoi(argv[7]), 0, settle);
   }
-  fprintf(stderr, "usage: udpbench echo IP PORT | udpbench load IP PORT SESSIONS SIZE SECONDS WINDOW\n");
+  if (argc >= 7 && strcmp(argv[1], "blast") == 0) {
+    double secs = atof(argv[6]);
+    if (secs <= 0 || secs > 60) secs = 3;
+    return run_load(argv[2], atoi(argv[3]), atoi(argv[4]), atoi(argv[5]), secs, 1, 1, 500);
+  }
+  fprintf(stderr, "usage: udpbench echo|sink IP PORT | udpbench load IP PORT SESSIONS SIZE SECONDS WINDOW |"
+                  " udpbench blast IP PORT SESSIONS SIZE SECONDS\n");
   return 2;
 }

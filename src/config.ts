@@ -16,6 +16,7 @@ export interface HostPort {
 }
 
 export type DiscoveryKind = 'static' | 'k8s' | 'dns';
+export type FastPathKind = 'off' | 'nftables';
 
 /** Every setting; the data path's own options are a part of it, passed through as they are. */
 export interface Config extends DatapathOptions {
@@ -40,6 +41,8 @@ export interface Config extends DatapathOptions {
   readonly upstreamBind6: string;
   readonly socketBufferBytes: number;
   readonly drainTimeoutMs: number;
+  /** Kernel forwarding of established media (docs/fast-path.md). */
+  readonly fastPath: FastPathKind;
   readonly logLevel: string;
 }
 
@@ -164,6 +167,12 @@ export const OPTIONS: readonly OptionSpec[] = [
     arg: 'DURATION',
     def: '20s',
     help: 'on SIGTERM: keep relaying this long, then exit',
+  },
+  {
+    flag: 'fast-path',
+    arg: 'off|nftables',
+    def: 'off',
+    help: 'forward established media in the kernel (needs NET_ADMIN, nft, ip_forward; --listen with a specific IPv4 address)',
   },
   { flag: 'log-level', arg: 'LEVEL', def: 'info', help: 'fatal|error|warn|info|debug|trace|silent' },
 ];
@@ -293,6 +302,17 @@ export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Pa
     if (v !== 'true' && v !== 'false') bad(flag, 'expected true or false');
     return v === 'true';
   };
+  const fastPath = raw('fast-path').value as FastPathKind;
+  if (fastPath !== 'off' && fastPath !== 'nftables') bad('fast-path', 'expected off or nftables');
+  if (fastPath === 'nftables' && isIP(listen.host) !== 4) {
+    problems.push(
+      `--fast-path nftables: needs --listen with an IPv4 address (got ${listen.host}); the kernel path is IPv4 only`,
+    );
+  } else if (fastPath === 'nftables' && listen.host === '0.0.0.0') {
+    problems.push(
+      '--fast-path nftables: needs --listen with the specific address clients send to (e.g. the pod IP), not 0.0.0.0: the kernel rewrites replies to come from it',
+    );
+  }
   const logLevel = raw('log-level').value;
   if (!LOG_LEVELS.has(logLevel)) bad('log-level', `expected one of ${[...LOG_LEVELS].join(', ')}`);
 
@@ -325,6 +345,7 @@ export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Pa
     upstreamBind6: ip('upstream-bind6', 6),
     socketBufferBytes: int('socket-buffer', 0, 1 << 30),
     drainTimeoutMs: duration('drain-timeout', 0),
+    fastPath,
     logLevel,
   };
   if (problems.length > 0) throw new ConfigError(problems);

@@ -129,7 +129,7 @@ describe('ice-ingress CLI', () => {
     const metrics = await (await fetch(`${base}/metrics`)).text();
     expect(metrics).toMatch(/^ice_ingress_sessions 1$/m);
     expect(metrics).toMatch(/^ice_ingress_routes_total\{outcome="probe_won"\} 1$/m);
-    expect(metrics).toMatch(/^ice_ingress_packets_total\{direction="client_in"\} 1$/m);
+    expect(metrics).toMatch(/^ice_ingress_packets_total\{direction="client_in",path="userspace"\} 1$/m);
     expect(metrics).toMatch(/^ice_ingress_drops_total\{reason="unknown_flow_rtp"\} 0$/m);
     expect(metrics).toMatch(/^ice_ingress_discovery_backends\{state="ready"\} 1$/m);
     expect(metrics).toMatch(/^ice_ingress_routing_seconds_count\{outcome="probe_won"\} 1$/m);

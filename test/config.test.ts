@@ -83,6 +83,19 @@ describe('parseConfig', () => {
     expect(p[0]).toMatch(/^--upstream-ports: .*10000/);
   });
 
+  it('takes --fast-path off|nftables; nftables needs a specific IPv4 listening address', () => {
+    const b = ['--backends', 'a=10.0.0.5:10000'];
+    expect(run(b).fastPath).toBe('off');
+    expect(run([...b, '--listen', '10.0.0.1:10000'], { ICE_INGRESS_FAST_PATH: 'nftables' }).fastPath).toBe(
+      'nftables',
+    );
+    expect(problems([...b, '--fast-path', 'ebpf'])).toEqual([
+      '--fast-path: expected off or nftables (got "ebpf")',
+    ]);
+    expect(problems([...b, '--fast-path', 'nftables'])[0]).toMatch(/^--fast-path nftables: .*not 0\.0\.0\.0/);
+    expect(problems([...b, '--fast-path', 'nftables', '--listen', '[::1]:10000'])[0]).toMatch(/IPv4 only/);
+  });
+
   it('answers --help and --version', () => {
     expect(parseConfig(['--help'], {}).kind).toBe('help');
     expect(parseConfig(['--version'], {}).kind).toBe('version');

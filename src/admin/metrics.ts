@@ -17,6 +17,27 @@ export interface MetricSources {
   readonly openUpstreams: () => number;
   /** From {@link createRoutingHistogram}; registered here. */
   readonly routing?: Histogram<'outcome'>;
+  /** The kernel fast path, when on (docs/fast-path.md): its totals get `path="kernel"`. */
+  readonly kernel?: KernelPathSource;
+}
+
+/** What /metrics reads from the kernel fast path. */
+export interface KernelPathSource {
+  readonly totals: { packetsUp: number; bytesUp: number; packetsDown: number; bytesDown: number };
+  readonly stats: { transactions: number; failures: number };
+  readonly kernelSessions: number;
+  /** From {@link createHandoverHistogram}; registered here. */
+  readonly handover: Histogram;
+}
+
+/** Time from a session's establishment to its elements being in the kernel (once per session). */
+export function createHandoverHistogram(): Histogram {
+  return new Histogram({
+    name: 'ice_ingress_fastpath_handover_seconds',
+    help: 'Time from a session being established to its media being forwarded by the kernel.',
+    buckets: [0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+    registers: [],
+  });
 }
 
 /**
@@ -60,21 +81,60 @@ export function createRegistry(src: MetricSources, withProcessMetrics = true): R
   const byIndex = (labels: readonly string[], values: ArrayLike<number>): Rows =>
     labels.map((l, i) => [l, values[i]!]);
 
-  mirror(
+  // By direction and path: `userspace` (Node's sockets) and, with the fast path on, `kernel` (read
+  // from the nftables element counters every few seconds; the kernel forwards each datagram it
+  // receives, so its in and out counts are equal).
+  const k = src.kernel;
+  const byPath = (name: string, help: string, user: () => number[], kernel: () => number[]): void => {
+    new Counter({
+      name,
+      help,
+      labelNames: ['direction', 'path'],
+      registers: [registry],
+      collect() {
+        this.reset();
+        const u = user();
+        for (let i = 0; i < DIRECTIONS.length; i++)
+          this.inc({ direction: DIRECTIONS[i]!, path: 'userspace' }, u[i]!);
+        if (k === undefined) return;
+        const kv = kernel();
+        for (let i = 0; i < DIRECTIONS.length; i++)
+          this.inc({ direction: DIRECTIONS[i]!, path: 'kernel' }, kv[i]!);
+      },
+    });
+  };
+  byPath(
     'ice_ingress_packets_total',
-    'Datagrams relayed, by direction (client_in, backend_out, backend_in, client_out).',
-    'direction',
-    () =>
-      byIndex(DIRECTIONS, [
-        c.packetsFromClients,
-        c.packetsToBackends,
-        c.packetsFromBackends,
-        c.packetsToClients,
-      ]),
+    'Datagrams relayed, by direction (client_in, backend_out, backend_in, client_out) and path (userspace, kernel).',
+    () => [c.packetsFromClients, c.packetsToBackends, c.packetsFromBackends, c.packetsToClients],
+    () => [k!.totals.packetsUp, k!.totals.packetsUp, k!.totals.packetsDown, k!.totals.packetsDown],
   );
-  mirror('ice_ingress_bytes_total', 'UDP payload bytes relayed, by direction.', 'direction', () =>
-    byIndex(DIRECTIONS, [c.bytesFromClients, c.bytesToBackends, c.bytesFromBackends, c.bytesToClients]),
+  byPath(
+    'ice_ingress_bytes_total',
+    'UDP payload bytes relayed, by direction and path.',
+    () => [c.bytesFromClients, c.bytesToBackends, c.bytesFromBackends, c.bytesToClients],
+    () => [k!.totals.bytesUp, k!.totals.bytesUp, k!.totals.bytesDown, k!.totals.bytesDown],
   );
+  if (k !== undefined) {
+    registry.registerMetric(k.handover);
+    mirror(
+      'ice_ingress_fastpath_transactions_total',
+      'nftables transactions of the fast path, by result (ok, failed).',
+      'result',
+      () => [
+        ['ok', k.stats.transactions],
+        ['failed', k.stats.failures],
+      ],
+    );
+    new Gauge({
+      name: 'ice_ingress_fastpath_sessions',
+      help: 'Sessions whose media the kernel forwards.',
+      registers: [registry],
+      collect() {
+        this.set(k.kernelSessions);
+      },
+    });
+  }
   mirror('ice_ingress_drops_total', 'Datagrams dropped, by reason (fixed set; see README).', 'reason', () =>
     byIndex(DROP_REASON_LABELS, c.drops),
   );

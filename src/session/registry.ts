@@ -318,19 +318,14 @@ export class SessionRegistry {
     s.bytesDown += bytes;
   }
 
-  /** Traffic that the kernel fast path forwarded for `s` (docs/fast-path.md). */
-  noteKernel(
-    s: Session,
-    packetsUp: number,
-    bytesUp: number,
-    packetsDown: number,
-    bytesDown: number,
-    now: number,
-  ): void {
-    if (packetsUp > 0) {
-      s.lastClientAt = now;
-      s.current.lastSeen = now;
-    }
+  /** The kernel fast path forwarded client datagrams of `s` (docs/fast-path.md): it is not idle. */
+  touch(s: Session, now: number): void {
+    s.lastClientAt = now;
+    s.current.lastSeen = now;
+  }
+
+  /** Datagrams and bytes the kernel fast path forwarded for `s`, for its close log. */
+  noteKernel(s: Session, packetsUp: number, bytesUp: number, packetsDown: number, bytesDown: number): void {
     s.packetsUp += packetsUp;
     s.bytesUp += bytesUp;
     s.packetsDown += packetsDown;

@@ -151,4 +151,36 @@ describe(`deploy/ rendered by ${renderer?.version ?? 'kustomize (not found)'}`, 
     expect(JSON.parse(dash.data['ice-ingress.json']).uid).toBe('ice-ingress');
     expect(one(objs, 'PrometheusRule', 'ice-ingress').spec.groups[0].rules.length).toBeGreaterThan(0);
   });
+
+  it('overlays/jitsi-fast-path: the fast-path component grants NET_ADMIN and forwarding, nothing more', async () => {
+    const objs = render('overlays/jitsi-fast-path');
+    expect((await Promise.all(objs.map(schemaProblems))).flat()).toEqual([]);
+    checkRbac(objs, 'jitsi');
+    const dep = one(objs, 'Deployment', 'ice-ingress');
+    const pod = dep.spec.template.spec;
+    const [c] = pod.containers;
+    const flags = checkProxyArgs(c.args);
+    expect(flags.get('fast-path')).toBe('nftables');
+    // The address clients send to (the kubelet expands $(POD_IP) from the downward API).
+    expect(flags.get('listen')).toBe('$(POD_IP):10000');
+    expect(c.env).toEqual([{ name: 'POD_IP', valueFrom: { fieldRef: { fieldPath: 'status.podIP' } } }]);
+    expect(pod.securityContext.sysctls).toEqual([{ name: 'net.ipv4.ip_forward', value: '1' }]);
+    expect(pod.securityContext).toMatchObject({
+      runAsUser: 0,
+      runAsNonRoot: false,
+      seccompProfile: { type: 'RuntimeDefault' },
+    });
+    expect(c.securityContext).toEqual({
+      allowPrivilegeEscalation: false,
+      readOnlyRootFilesystem: true,
+      privileged: false,
+      capabilities: { drop: ['ALL'], add: ['NET_ADMIN'] },
+    });
+    // Everything else is the jitsi overlay's, untouched.
+    const plain = one(render('overlays/jitsi'), 'Deployment', 'ice-ingress');
+    expect(c.ports).toEqual(plain.spec.template.spec.containers[0].ports);
+    expect(c.args.filter((a: string) => !/^--(listen|fast-path)=/.test(a))).toEqual(
+      plain.spec.template.spec.containers[0].args.filter((a: string) => !a.startsWith('--listen=')),
+    );
+  });
 });

@@ -46,8 +46,10 @@ export interface SpawnOptions {
   stdoutToLog?: boolean;
 }
 
-export class Topology {
+/** Namespaces and their children; `R` names the roles (the interop layout by default). */
+export class Topology<R extends string = NsRole> {
   readonly prefix: string;
+  readonly roles: readonly R[];
   /** Namespaces of crashed earlier runs that this run removed. */
   staleRemoved: string[] = [];
   readonly logDir: string;
@@ -61,24 +63,25 @@ export class Topology {
     process.kill(process.pid, signal);
   };
 
-  constructor(prefix: string, logDir: string) {
+  constructor(prefix: string, logDir: string, roles: readonly R[]) {
     this.prefix = prefix;
     this.logDir = logDir;
+    this.roles = roles;
     process.on('exit', this.onExit);
     process.once('SIGINT', this.onSignal);
     process.once('SIGTERM', this.onSignal);
   }
 
-  ns(role: NsRole): string {
+  ns(role: R): string {
     return this.prefix + role;
   }
 
   allNamespaces(): string[] {
-    return [...CLIENTS, 'rtr', 'prx', ...PODS].map((r) => this.ns(r as NsRole));
+    return this.roles.map((r) => this.ns(r));
   }
 
   /** Runs a short command inside a namespace and returns its stdout. */
-  async exec(role: NsRole, cmd: string, args: string[], timeoutMs = 10_000): Promise<string> {
+  async exec(role: R, cmd: string, args: string[], timeoutMs = 10_000): Promise<string> {
     const { stdout } = await execFileP('ip', ['netns', 'exec', this.ns(role), cmd, ...args], {
       timeout: timeoutMs,
       killSignal: 'SIGKILL',
@@ -90,7 +93,7 @@ export class Topology {
    * Starts a long-running child inside a namespace, in its own process group (killed as a group
    * by `killAll`/`destroy`). stdout stays a pipe for the caller; stderr goes to a log file.
    */
-  spawn(role: NsRole, cmd: string, args: string[], opts: SpawnOptions): ChildProcess {
+  spawn(role: R, cmd: string, args: string[], opts: SpawnOptions): ChildProcess {
     if (this.destroyed) throw new Error('topology destroyed');
     const logPath = join(this.logDir, `${opts.label}.log`);
     const log = createWriteStream(logPath, { flags: 'a' });
@@ -127,9 +130,9 @@ export class Topology {
   }
 
   /** Direct variant for scenario (d): the proxy namespace routes clients straight to the pods. */
-  async setForwarding(on: boolean): Promise<void> {
-    await this.exec('prx', 'sysctl', ['-qw', `net.ipv4.ip_forward=${on ? 1 : 0}`]);
-    const now = (await this.exec('prx', 'sysctl', ['-n', 'net.ipv4.ip_forward'])).trim();
+  async setForwarding(on: boolean, role = 'prx' as R): Promise<void> {
+    await this.exec(role, 'sysctl', ['-qw', `net.ipv4.ip_forward=${on ? 1 : 0}`]);
+    const now = (await this.exec(role, 'sysctl', ['-n', 'net.ipv4.ip_forward'])).trim();
     if (now !== (on ? '1' : '0')) throw new Error(`prx ip_forward is ${now}`);
   }
 
@@ -222,7 +225,11 @@ export function cleanupStale(): string[] {
  * A LAN: a bridge `br0` in `hub` with address `gw`/24, and per host a veth pair, `eth0` in the
  * host (address/24, default route via `gw`) and `port` on the bridge.
  */
-async function bridgeLan(hub: string, gw: string, hosts: Array<{ ns: string; port: string; addr: string }>) {
+export async function bridgeLan(
+  hub: string,
+  gw: string,
+  hosts: Array<{ ns: string; port: string; addr: string }>,
+) {
   await ip(['-n', hub, 'link', 'add', 'br0', 'type', 'bridge']);
   await ip(['-n', hub, 'addr', 'add', `${gw}/24`, 'dev', 'br0']);
   await ip(['-n', hub, 'link', 'set', 'br0', 'up']);
@@ -236,7 +243,7 @@ async function bridgeLan(hub: string, gw: string, hosts: Array<{ ns: string; por
   }
 }
 
-async function ip(args: string[]): Promise<void> {
+export async function ip(args: string[]): Promise<void> {
   try {
     await execFileP('ip', args, { timeout: 5000 });
   } catch (err) {
@@ -245,19 +252,21 @@ async function ip(args: string[]): Promise<void> {
   }
 }
 
-async function nsSysctl(ns: string, key: string, value: string): Promise<void> {
+export async function nsSysctl(ns: string, key: string, value: string): Promise<void> {
   await execFileP('ip', ['netns', 'exec', ns, 'sysctl', '-qw', `${key}=${value}`], { timeout: 5000 });
 }
 
-/** Builds the whole topology; on any failure removes what was made and rethrows. */
-export async function createTopology(): Promise<Topology> {
+/**
+ * Empty namespaces for `roles` (loopback up, IPv6 off), named and cleaned up like the interop
+ * topology's (stale ones of crashed runs first). On failure removes what was made and rethrows.
+ */
+export async function createNamespaces<R extends string>(roles: readonly R[]): Promise<Topology<R>> {
   const stale = cleanupStale();
   const prefix = `${NS_PREFIX}${process.pid}-`;
   const logDir = join(tmpdir(), `ice-ingress-interop-${process.pid}`);
   mkdirSync(logDir, { recursive: true });
-  const topo = new Topology(prefix, logDir);
+  const topo = new Topology<R>(prefix, logDir, roles);
   topo.staleRemoved = stale;
-  const n = (r: NsRole): string => topo.ns(r);
   try {
     for (const ns of topo.allNamespaces()) {
       await ip(['netns', 'add', ns]);
@@ -266,7 +275,18 @@ export async function createTopology(): Promise<Topology> {
       await nsSysctl(ns, 'net.ipv6.conf.all.disable_ipv6', '1');
       await nsSysctl(ns, 'net.ipv6.conf.default.disable_ipv6', '1');
     }
+    return topo;
+  } catch (err) {
+    topo.destroySync();
+    throw err;
+  }
+}
 
+/** Builds the whole topology; on any failure removes what was made and rethrows. */
+export async function createTopology(): Promise<Topology> {
+  const topo = await createNamespaces<NsRole>([...CLIENTS, 'rtr', 'prx', ...PODS]);
+  const n = (r: NsRole): string => topo.ns(r);
+  try {
     // Home LAN: bridge in the router namespace, one veth per client.
     await bridgeLan(
       n('rtr'),

@@ -1,0 +1,494 @@
+// The kernel fast path (docs/fast-path.md) in network namespaces: clients behind a real NAT, the
+// proxy namespace with forwarding on, fake JVBs in pod namespaces (the interop topology,
+// test/interop/netns.ts). ice-ingress runs in the proxy namespace (proxy-agent.ts: startProxy with
+// the CLI's flags and a discovery source the test drives); the fixtures' fake media server and
+// fake ICE client (real STUN with MESSAGE-INTEGRITY and FINGERPRINT) run in their namespaces
+// (peer-agent.ts). veth transmit checksum offload is off everywhere, so a wrong checksum after a
+// rewrite would be dropped by the receiver instead of hidden.
+//
+// Run as root: `npm run test:fastpath` (prerequisites: test/fastpath-ns/prereqs.sh).
+import { type ChildProcess, execFile } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { createInterface } from 'node:readline';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Agent, type Msg, NODE, ROOT } from '../interop/agent.ts';
+import { ADDR, createTopology, type NsRole, type Topology } from '../interop/netns.ts';
+import { checkPrereqs } from './prereqs.ts';
+
+const PORT = 10000;
+const PUBLIC = { address: ADDR.wan.proxy, port: PORT };
+const BACKENDS = `pod1=${ADDR.pods.pod1}:${PORT},pod2=${ADDR.pods.pod2}:${PORT}`;
+const IDLE_MS = 4000;
+const PROXY_FLAGS = [
+  '--listen',
+  `${ADDR.wan.proxy}:${PORT}`,
+  '--backends',
+  BACKENDS,
+  '--admin',
+  'off',
+  '--fast-path',
+  'nftables',
+  '--idle-timeout',
+  `${IDLE_MS}ms`,
+  '--log-level',
+  'debug',
+];
+/** A foreign table in the proxy namespace: ours must never change it or its packets. */
+const FOREIGN = `table inet foreign_fw {
+  chain pre {
+    type filter hook prerouting priority 0; policy accept;
+    iifname "wan0" udp dport 5555 counter
+  }
+  chain fwd_count {
+    type filter hook forward priority 0; policy accept;
+    counter
+  }
+}
+`;
+
+let topo: Topology | undefined;
+let proxy: Agent;
+let pod1: Agent;
+let pod2: Agent;
+let c1: Agent;
+let c2: Agent;
+
+const t = (): Topology => {
+  if (!topo) throw new Error('topology not created');
+  return topo;
+};
+
+function nft(role: NsRole, args: string[], stdin?: string): Promise<string> {
+  return new Promise((res, rej) => {
+    const p = execFile(
+      'ip',
+      ['netns', 'exec', t().ns(role), 'nft', ...args],
+      { timeout: 10_000 },
+      (e, out, err) => (e ? rej(new Error(`nft ${args.join(' ')}: ${err || String(e)}`)) : res(out)),
+    );
+    if (stdin !== undefined) p.stdin?.end(stdin);
+  });
+}
+
+/** Elements in one of our maps, from `nft -j`. */
+async function elements(map: string): Promise<number> {
+  const j = JSON.parse(await nft('prx', ['-j', 'list', 'map', 'ip', 'ice_ingress', map])) as {
+    nftables: Array<{ map?: { elem?: unknown[] } }>;
+  };
+  return j.nftables.find((x) => x.map)?.map?.elem?.length ?? 0;
+}
+
+/** Where the kernel sends media from the NAT's public address and `port` (undefined: no element). */
+async function c2bTarget(port: number): Promise<string | undefined> {
+  const j = JSON.parse(await nft('prx', ['-j', 'list', 'map', 'ip', 'ice_ingress', 'c2b_addr'])) as {
+    nftables: Array<{ map?: { elem?: Array<[{ elem: { val: { concat: [string, number] } } }, string]> } }>;
+  };
+  const elems = j.nftables.find((x) => x.map)?.map?.elem ?? [];
+  const hit = elems.find(
+    ([k]) => k.elem.val.concat[0] === ADDR.wan.natPublic && k.elem.val.concat[1] === port,
+  );
+  return hit?.[1];
+}
+
+/** The foreign table's rules without counter values, and its counters in order. */
+async function foreign(): Promise<{ rules: string; counters: number[] }> {
+  const text = await nft('prx', ['list', 'table', 'inet', 'foreign_fw']);
+  const counters = [...text.matchAll(/counter packets (\d+) bytes \d+/g)].map((m) => Number(m[1]));
+  return { rules: text.replace(/counter packets \d+ bytes \d+/g, 'counter'), counters };
+}
+
+interface Creds {
+  ufrag: string;
+  password: string;
+}
+interface SessionRow {
+  id: number;
+  serverUfrag: string;
+  current: string;
+  upstreamPort: number;
+  packetsUp: number;
+  packetsDown: number;
+}
+interface Counts {
+  packetsUp: number;
+  bytesUp: number;
+  packetsDown: number;
+  bytesDown: number;
+}
+interface ProxyState {
+  counters: Record<
+    'packetsFromClients' | 'packetsToBackends' | 'packetsFromBackends' | 'packetsToClients',
+    number
+  >;
+  drops: Record<string, number>;
+  closed: Record<string, number>;
+  sessions: SessionRow[];
+  fastPath: {
+    transactions: number;
+    failures: number;
+    handovers: number;
+    kernelSessions: number;
+    totals: Counts;
+  };
+}
+interface Burst {
+  sent: number;
+  echoed: number;
+  from: string[];
+  port: number;
+}
+
+/** A reply of an agent, typed by the caller (the agents are ours: peer-agent.ts, proxy-agent.ts). */
+async function ask<T>(a: Agent, msg: Msg, timeoutMs?: number): Promise<T> {
+  return (await a.request(msg, timeoutMs)) as unknown as T;
+}
+
+function state(poll = false): Promise<ProxyState> {
+  return ask<ProxyState>(proxy, { cmd: 'state', poll });
+}
+
+async function received(pod: Agent): Promise<Record<string, number>> {
+  return (await ask<{ from: Record<string, number> }>(pod, { cmd: 'received' })).from;
+}
+
+async function until<T>(what: string, f: () => Promise<T>, ok: (v: T) => boolean, ms = 5000): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await f();
+    if (ok(v)) return v;
+    if (Date.now() > end)
+      throw new Error(
+        `timeout after ${ms} ms: ${what}: ${JSON.stringify(v, (k, x) => (k === 'drops' ? undefined : x)).slice(0, 1500)}`,
+      );
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+async function txOffload(): Promise<void> {
+  for (const role of ['c1', 'c2', 'rtr', 'prx', 'pod1', 'pod2'] as NsRole[]) {
+    const links = (await t().exec(role, 'ip', ['-o', 'link', 'show'])).split('\n');
+    for (const l of links) {
+      const name = /^\d+: ([^:@]+)/.exec(l)?.[1];
+      if (name === undefined || name === 'lo') continue;
+      await t()
+        .exec(role, 'ethtool', ['-K', name, 'tx', 'off'])
+        .catch(() => '');
+    }
+  }
+}
+
+async function startProxyAgent(label: string): Promise<Agent> {
+  const a = new Agent(t(), 'prx', label, resolve(import.meta.dirname, 'proxy-agent.ts'), PROXY_FLAGS);
+  await a.ready(15_000);
+  return a;
+}
+
+beforeAll(async () => {
+  checkPrereqs();
+  topo = await createTopology();
+  await topo.setForwarding(true);
+  await txOffload();
+  const peer = resolve(import.meta.dirname, 'peer-agent.ts');
+  pod1 = new Agent(topo, 'pod1', 'pod1', peer, ['server', '--name', 'pod1', '--host', ADDR.pods.pod1]);
+  pod2 = new Agent(topo, 'pod2', 'pod2', peer, ['server', '--name', 'pod2', '--host', ADDR.pods.pod2]);
+  c1 = new Agent(topo, 'c1', 'c1', peer, ['client', '--host', ADDR.home.c1]);
+  c2 = new Agent(topo, 'c2', 'c2', peer, ['client', '--host', ADDR.home.c2]);
+  await Promise.all([pod1.ready(), pod2.ready(), c1.ready(), c2.ready()]);
+  await nft('prx', ['-f', '-'], FOREIGN);
+  // A stale table from a "crashed run", with a chain the new one does not have.
+  await nft('prx', ['-f', '-'], 'table ip ice_ingress {\n  chain stale_marker {\n  }\n}\n');
+}, 60_000);
+
+afterAll(async () => {
+  await topo?.destroy();
+});
+
+describe('kernel fast path (nftables) in network namespaces', () => {
+  let s1: Creds;
+  let upstreamSource = '';
+  let foreignBefore: { rules: string; counters: number[] };
+  let s2ufrag = '';
+
+  it('replaces a stale table at start and leaves another table alone', async () => {
+    foreignBefore = await foreign();
+    proxy = await startProxyAgent('proxy');
+    const ours = await nft('prx', ['list', 'table', 'ip', 'ice_ingress']);
+    expect(ours).not.toContain('stale_marker');
+    expect(ours).toContain('chain pre');
+    expect(ours).toContain('chain post');
+    expect((await foreign()).rules).toBe(foreignBefore.rules);
+  });
+
+  it('hands an established session to the kernel: nothing lost at the switch, one source at the backend, no media through Node after', async () => {
+    s1 = await ask<Creds>(pod1, { cmd: 'addSession' });
+    await c1.request({ cmd: 'check', target: PUBLIC, server: s1 });
+    // Straight after the success, while the hand-over is in flight: 300 datagrams, 1 ms apart.
+    const during = await ask<Burst>(
+      c1,
+      { cmd: 'burst', target: PUBLIC, count: 300, intervalMs: 1, size: 1200, waitMs: 2000 },
+      20_000,
+    );
+    expect(during.echoed).toBe(300);
+    expect(during.from).toEqual([`${PUBLIC.address}:${PUBLIC.port}`]);
+    const st = await until(
+      'session in the kernel',
+      () => state(true),
+      (s) => s.fastPath.kernelSessions === 1,
+    );
+    expect(st.fastPath.handovers).toBe(1);
+    const sources = Object.keys(await received(pod1));
+    expect(sources).toHaveLength(1);
+    upstreamSource = sources[0]!;
+    expect(upstreamSource).toBe(`${ADDR.pods.gw}:${st.sessions[0]!.upstreamPort}`);
+
+    // Established media now: not one datagram through Node's sockets, every one counted by the kernel.
+    const before = await state(true);
+    const after1 = await ask<Burst>(c1, {
+      cmd: 'burst',
+      target: PUBLIC,
+      count: 500,
+      intervalMs: 1,
+      size: 100,
+      waitMs: 2000,
+    });
+    expect(after1.echoed).toBe(500);
+    const after = await state(true);
+    expect(after.counters.packetsFromClients - before.counters.packetsFromClients).toBe(0);
+    expect(after.counters.packetsFromBackends - before.counters.packetsFromBackends).toBe(0);
+    expect(after.fastPath.totals.packetsUp - before.fastPath.totals.packetsUp).toBe(500);
+    expect(after.fastPath.totals.packetsDown - before.fastPath.totals.packetsDown).toBe(500);
+    // UDP payload bytes, as Node counts them.
+    expect(after.fastPath.totals.bytesUp - before.fastPath.totals.bytesUp).toBe(500 * 100);
+    // The session's own counters (its close log) include the kernel's.
+    expect(after.sessions[0]!.packetsUp - before.sessions[0]!.packetsUp).toBe(500);
+    expect(Object.keys(await received(pod1))).toEqual([upstreamSource]);
+    const metrics = (await ask<{ text: string }>(proxy, { cmd: 'metrics' })).text;
+    expect(metrics).toMatch(/^ice_ingress_packets_total\{direction="client_in",path="kernel"\} [1-9]\d*$/m);
+    expect(metrics).toMatch(/^ice_ingress_fastpath_sessions 1$/m);
+    expect(metrics).toMatch(/^ice_ingress_fastpath_handover_seconds_count 1$/m);
+  });
+
+  it('NAT rebinding: the backend confirms the new 5-tuple through Node, then the kernel follows it', async () => {
+    const old = (await state()).sessions[0]!.current;
+    await c1.request({ cmd: 'rebind' });
+    await c1.request({ cmd: 'check', target: PUBLIC, server: s1 });
+    const st = await until(
+      'entries moved to the new 5-tuple',
+      () => state(),
+      (s) => s.sessions.length === 1 && s.sessions[0]!.current !== old && s.fastPath.kernelSessions === 1,
+    );
+    await until(
+      'one client element',
+      () => elements('c2b_addr'),
+      (n) => n === 1,
+    );
+    const before = await state(true);
+    const r = await ask<Burst>(c1, {
+      cmd: 'burst',
+      target: PUBLIC,
+      count: 200,
+      size: 200,
+      waitMs: 2000,
+    });
+    expect(r.echoed).toBe(200);
+    const after = await state(true);
+    expect(after.fastPath.totals.packetsUp - before.fastPath.totals.packetsUp).toBe(200);
+    expect(after.counters.packetsFromClients).toBe(before.counters.packetsFromClients);
+    expect(st.sessions[0]!.id).toBe(before.sessions[0]!.id);
+    // Still the one upstream address for the whole session.
+    expect(Object.keys(await received(pod1))).toEqual([upstreamSource]);
+  });
+
+  it('ICE restart on the same 5-tuple: the new owner gets the kernel path for it', async () => {
+    const s2 = await ask<Creds>(pod2, { cmd: 'addSession' });
+    const before = await state(true);
+    // pod2 has seen the fan-out probe of the first session; what counts is what it sees from now.
+    const pod2Before = await received(pod2);
+    const r0 = await ask<{ port: number }>(c1, { cmd: 'check', target: PUBLIC, server: s2 });
+    const tuple = `${ADDR.wan.natPublic}:`;
+    const st = await until(
+      'restarted session in the kernel',
+      () => state(),
+      (s) =>
+        s.sessions.some((x: SessionRow) => x.serverUfrag === s2.ufrag && x.current.startsWith(tuple)) &&
+        s.fastPath.handovers === before.fastPath.handovers + 1,
+    );
+    const restarted = st.sessions.find((x: SessionRow) => x.serverUfrag === s2.ufrag)!;
+    // The 5-tuple's kernel element now leads to pod2, from the new session's upstream port.
+    expect(await c2bTarget(Number(restarted.current.split(':')[1]))).toBe(ADDR.pods.pod2);
+    // No other session keeps the 5-tuple.
+    expect(st.sessions.filter((x: SessionRow) => x.current === restarted.current)).toHaveLength(1);
+    const r = await ask<Burst>(c1, {
+      cmd: 'burst',
+      target: PUBLIC,
+      count: 200,
+      size: 200,
+      waitMs: 2000,
+    });
+    expect(r.echoed).toBe(200);
+    expect(r.port).toBe(r0.port);
+    const after = await state(true);
+    expect(after.counters.packetsFromClients).toBe(st.counters.packetsFromClients);
+    const pod2After = await received(pod2);
+    const grew = Object.keys(pod2After).filter((k) => pod2After[k]! > (pod2Before[k] ?? 0));
+    expect(grew).toEqual([`${ADDR.pods.gw}:${restarted.upstreamPort}`]);
+    s2ufrag = s2.ufrag;
+  });
+
+  it('backend removal deletes the entries: media then reaches Node, which drops it as an unknown flow', async () => {
+    await proxy.request({ cmd: 'backends', text: `pod1=${ADDR.pods.pod1}:${PORT}` });
+    const st = await until(
+      'entries deleted',
+      () => state(true),
+      (s) => s.closed.backend_gone === 1 && !s.sessions.some((x: SessionRow) => x.serverUfrag === s2ufrag),
+    );
+    await until(
+      'no element leads to pod2',
+      () => nft('prx', ['list', 'table', 'ip', 'ice_ingress']),
+      (x) => !x.includes(ADDR.pods.pod2),
+    );
+    const r = await ask<Burst>(c1, { cmd: 'burst', target: PUBLIC, count: 50, size: 200, waitMs: 500 });
+    expect(r.echoed).toBe(0);
+    const after = await until(
+      'drops counted',
+      () => state(true),
+      (s) => s.drops.unknown_flow_rtp! - st.drops.unknown_flow_rtp! === 50,
+    );
+    expect(after.fastPath.totals.packetsUp).toBe(st.fastPath.totals.packetsUp);
+    await proxy.request({ cmd: 'backends', text: BACKENDS });
+  });
+
+  it('idle expiry: kernel-only media keeps a session alive; silence ends it and deletes its entries', async () => {
+    const s3 = await ask<Creds>(pod1, { cmd: 'addSession' });
+    const ck = await ask<{ port: number }>(c2, { cmd: 'check', target: PUBLIC, server: s3 });
+    const mine = (x: SessionRow): boolean => x.serverUfrag === s3.ufrag;
+    await until(
+      'element for c2',
+      () => c2bTarget(ck.port),
+      (x) => x === ADDR.pods.pod1,
+    );
+    const before = await state(true);
+    // 1.5 × the idle timeout of media only (no STUN at all): the kernel's counters keep it alive.
+    const r = await ask<Burst>(
+      c2,
+      { cmd: 'burst', target: PUBLIC, count: 120, intervalMs: 50, size: 200, waitMs: 1000 },
+      30_000,
+    );
+    expect(r.echoed).toBe(120);
+    const mid = await state(true);
+    expect(mid.sessions.filter(mine)).toHaveLength(1);
+    expect(mid.counters.packetsFromClients).toBe(before.counters.packetsFromClients);
+    const gone = await until(
+      'idle session closed',
+      () => state(),
+      (s) => !s.sessions.some(mine),
+      IDLE_MS + 4000,
+    );
+    expect(gone.closed.idle).toBeGreaterThan(mid.closed.idle!);
+    await until(
+      'its element deleted',
+      () => c2bTarget(ck.port),
+      (x) => x === undefined,
+    );
+  });
+
+  it('another table and its packets are untouched: rules intact, counters count only their own traffic', async () => {
+    const sink = t().spawn(
+      'prx',
+      NODE,
+      [
+        '-e',
+        `const s=require('node:dgram').createSocket('udp4');let n=0,ok=0;s.on('message',(m,r)=>{n++;if(m.length===300&&m[0]===0x80&&m[6]===0x55&&r.address==='${ADDR.wan.natPublic}')ok++;if(n===100)console.log(JSON.stringify({n,ok}))});s.bind(5555,'${ADDR.wan.proxy}',()=>console.log('ready'))`,
+      ],
+      { label: 'sink' },
+    );
+    const lines = lineReader(sink);
+    expect(await lines.next()).toBe('ready');
+    const f0 = await foreign();
+    const k0 = (await state(true)).fastPath.totals;
+    await c2.request({
+      cmd: 'burst',
+      target: { address: PUBLIC.address, port: 5555 },
+      count: 100,
+      size: 300,
+      waitMs: 300,
+    });
+    expect(JSON.parse(await lines.next())).toEqual({ n: 100, ok: 100 });
+    const f1 = await foreign();
+    const k1 = (await state(true)).fastPath.totals;
+    expect(f1.rules).toBe(foreignBefore.rules);
+    expect(f1.counters[0]! - f0.counters[0]!).toBe(100);
+    // The forward hook saw exactly what the kernel path forwarded, nothing else, over the whole run.
+    expect(f1.counters[1]).toBe(k1.packetsUp + k1.packetsDown);
+    expect(k1.packetsUp).toBe(k0.packetsUp);
+    t().kill(sink);
+  });
+
+  it('shutdown removes our table and only ours', async () => {
+    await proxy.request({ cmd: 'close' });
+    const tables = await nft('prx', ['list', 'tables']);
+    expect(tables).not.toContain('ice_ingress');
+    expect(tables).toContain('table inet foreign_fw');
+    expect((await foreign()).rules).toBe(foreignBefore.rules);
+    proxy.kill();
+  });
+
+  it('the CLI: SIGTERM drains and removes the table (exit 0); forwarding off stops start-up naming it (exit 1)', async () => {
+    const cli = resolve(ROOT, 'src/cli.ts');
+    const child = t().spawn('prx', NODE, [cli, ...PROXY_FLAGS, '--drain-timeout', '200ms'], {
+      label: 'cli',
+      stdoutToLog: true,
+    });
+    await until(
+      'started',
+      async () => {
+        try {
+          return readFileSync(t().logPath('cli'), 'utf8');
+        } catch {
+          return ''; // The log file is opened asynchronously.
+        }
+      },
+      (x) => x.includes('ice-ingress started'),
+      15_000,
+    );
+    expect(await nft('prx', ['list', 'tables'])).toContain('ice_ingress');
+    const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+    // `ip netns exec` execs the command, so the child's pid is node's.
+    process.kill(child.pid!, 'SIGTERM');
+    expect(await exited).toBe(0);
+    expect(await nft('prx', ['list', 'tables'])).not.toContain('ice_ingress');
+
+    await t().setForwarding(false);
+    const bad = t().spawn('prx', NODE, [cli, ...PROXY_FLAGS], { label: 'cli-noforward' });
+    const err: string[] = [];
+    bad.stderr?.on('data', (d: Buffer) => err.push(d.toString()));
+    const code = await new Promise<number | null>((r) => bad.on('exit', (c) => r(c)));
+    expect(code).toBe(1);
+    expect(err.join('')).toMatch(/net\.ipv4\.ip_forward is 0/);
+    expect(await nft('prx', ['list', 'tables'])).not.toContain('ice_ingress');
+    await t().setForwarding(true);
+  });
+});
+
+function lineReader(child: ChildProcess): { next(): Promise<string> } {
+  const queue: string[] = [];
+  const waiters: Array<(l: string) => void> = [];
+  createInterface({ input: child.stdout! }).on('line', (l) => {
+    const w = waiters.shift();
+    if (w) w(l);
+    else queue.push(l);
+  });
+  return {
+    next: () =>
+      new Promise((res, rej) => {
+        const q = queue.shift();
+        if (q !== undefined) return res(q);
+        const timer = setTimeout(() => rej(new Error('no line from child in 5 s')), 5000);
+        waiters.push((l) => {
+          clearTimeout(timer);
+          res(l);
+        });
+      }),
+  };
+}

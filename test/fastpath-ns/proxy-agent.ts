@@ -1,0 +1,77 @@
+// ice-ingress itself (src/main.ts startProxy, the CLI's own configuration parser) inside the proxy
+// namespace, with a discovery source the test drives (backend removal) and a window onto its
+// state over JSON lines. Logs (pino, JSON) go to stderr, i.e. the agent's log file.
+//
+// argv: the CLI's flags. requests: {cmd:'backends', text} (a new snapshot, static syntax);
+// {cmd:'state'} -> counters, sessions, fast path; {cmd:'metrics'} -> text; {cmd:'close'}.
+import { pino } from 'pino';
+import { parseConfig } from '../../src/config.ts';
+import { parseBackends } from '../../src/discovery/static.ts';
+import type { BackendSpec, SnapshotListener } from '../../src/discovery/types.ts';
+import { startProxy } from '../../src/main.ts';
+import { CLOSE_REASONS, DROP_REASON_LABELS } from '../../src/proxy/counters.ts';
+import { emit, type Json, serve } from '../interop/jsonl.ts';
+
+const parsed = parseConfig(process.argv.slice(2), {});
+if (parsed.kind !== 'run') throw new Error('expected flags to run');
+const config = parsed.config;
+let onSnapshot: SnapshotListener = () => {};
+const snapshot = (text: string): BackendSpec[] => parseBackends(text).backends;
+const proxy = await startProxy(config, {
+  log: pino({ level: config.logLevel, base: { name: 'ice-ingress' } }, pino.destination(2)),
+  processMetrics: false,
+  discovery: {
+    kind: 'static',
+    start(l) {
+      onSnapshot = l;
+      l(snapshot(config.backends));
+    },
+    async stop() {},
+  },
+});
+
+const named = (labels: readonly string[], values: ArrayLike<number>): Json =>
+  Object.fromEntries(labels.map((l, i) => [l, values[i]]));
+
+serve(async (req: Json) => {
+  const dp = proxy.datapath;
+  switch (req['cmd']) {
+    case 'backends':
+      onSnapshot(snapshot(String(req['text'])));
+      return {};
+    case 'state': {
+      const c = dp.counters;
+      const fp = proxy.fastPath;
+      if (req['poll'] === true) await fp?.pollNow();
+      return {
+        counters: {
+          packetsFromClients: c.packetsFromClients,
+          packetsToBackends: c.packetsToBackends,
+          packetsFromBackends: c.packetsFromBackends,
+          packetsToClients: c.packetsToClients,
+          sessionsOpened: c.sessionsOpened,
+        },
+        drops: named(DROP_REASON_LABELS, c.drops),
+        closed: named(CLOSE_REASONS, c.closed),
+        sessions: [...dp.table.sessions].map((s) => ({
+          id: s.id,
+          serverUfrag: s.serverUfrag,
+          current: `${s.current.address}:${s.current.port}`,
+          upstreamPort: s.upstream.localPort,
+          packetsUp: s.packetsUp,
+          packetsDown: s.packetsDown,
+        })),
+        fastPath:
+          fp === undefined ? null : { ...fp.stats, kernelSessions: fp.kernelSessions, totals: fp.totals },
+      };
+    }
+    case 'metrics':
+      return { text: await proxy.registry.metrics() };
+    case 'close':
+      await proxy.close();
+      return {};
+    default:
+      throw new Error(`unknown cmd ${String(req['cmd'])}`);
+  }
+});
+emit({ event: 'ready', listen: proxy.listen });
