@@ -4,6 +4,7 @@ import type { BackendSpec } from '../discovery/types.ts';
 import type { Backend, BackendTable } from '../routing/backends.ts';
 import { TokenBucket } from '../routing/token-bucket.ts';
 import { createLearnedUfrags, createNegativeUfrags } from '../routing/ufrag-caches.ts';
+import type { FlowListener } from '../session/events.ts';
 import type { PortPool } from '../session/port-pool.ts';
 import {
   ClientEndpoint,
@@ -78,6 +79,30 @@ export interface DatapathDeps {
   readonly options: DatapathOptions;
   /** Called once per session whose owner was found: routing time and outcome (a metrics hook). */
   readonly onRouted?: (ms: number, outcome: string) => void;
+  /** TEMP: worker-thread hooks for this round-1 data path (docs/workers.md, "Porting"). */
+  readonly workerHooks?: WorkerHooks;
+}
+
+/**
+ * TEMP: what the worker layer (src/workers) plugs into this round-1 data path. Each hook is
+ * optional and absent in a single process. To be ported onto the session registry (flow events),
+ * admission (shared Budget / SessionSlots / per-source shares) and router (directory, hand-off).
+ */
+export interface WorkerHooks {
+  /** Replaces the per-process probe budget. */
+  readonly budget?: { take(now: number, n: number): boolean };
+  /** Replaces the `table.size >= maxSessions` check: one slot per session, released on close. */
+  readonly slots?: { tryAcquire(): boolean; release(): void };
+  /** Replaces the per-process pending-per-source Map. */
+  readonly sources?: { tryAcquire(source: string): boolean; release(source: string): void };
+  /** An unknown 5-tuple already handed to another worker: true = consumed (handed off again). */
+  readonly divert?: (buf: Buffer, address: string, port: number) => boolean;
+  /** Owner of a ufrag pair if it is another worker, else -1; asked before routing a first check. */
+  readonly directory?: { ownerOf(username: string): number };
+  /** Hands a first check to the owner found by `directory`. */
+  readonly handoff?: (buf: Buffer, address: string, port: number, owner: number) => void;
+  /** Told `established` and `closed` (the round-1 data path announces nothing else). */
+  readonly listener?: FlowListener;
 }
 
 const NO_PORT = -1;
@@ -93,7 +118,8 @@ export class Datapath {
   readonly #clock: () => number;
   readonly #log: Logger;
   readonly #opt: DatapathOptions;
-  readonly #budget: TokenBucket;
+  readonly #budget: { take(now: number, n: number): boolean };
+  readonly #hooks: WorkerHooks;
   readonly #pendingBySource = new Map<string, number>();
   readonly #view = newUsernameView();
   readonly #debug: boolean;
@@ -108,7 +134,9 @@ export class Datapath {
     this.#clock = deps.clock;
     this.#log = deps.log;
     this.#opt = deps.options;
-    this.#budget = new TokenBucket(deps.options.probeRate, deps.options.probeRate, deps.clock());
+    this.#hooks = deps.workerHooks ?? {};
+    this.#budget =
+      this.#hooks.budget ?? new TokenBucket(deps.options.probeRate, deps.options.probeRate, deps.clock());
     this.learned = createLearnedUfrags(deps.options.learnedMax);
     this.negative = createNegativeUfrags(100_000, deps.options.negativeTtlMs);
     this.#debug = deps.log.isLevelEnabled('debug');
@@ -210,6 +238,8 @@ export class Datapath {
   }
 
   #newFlow(buf: Buffer, address: string, port: number): void {
+    const h = this.#hooks;
+    if (h.divert?.(buf, address, port)) return;
     if (buf.length === 0 || buf[0]! > 3) {
       const cls = buf.length === 0 ? PacketClass.Other : classifyFirstByte(buf[0]!);
       this.#drop(
@@ -225,6 +255,14 @@ export class Datapath {
     if (r !== ParseResult.Ok) {
       this.#drop(PARSE_DROP[r]!);
       return;
+    }
+    if (h.directory !== undefined) {
+      const v = this.#view;
+      const owner = h.directory.ownerOf(buf.toString('latin1', v.start, v.end));
+      if (owner >= 0) {
+        h.handoff!(buf, address, port, owner);
+        return;
+      }
     }
     this.#route(buf, address, port, undefined);
   }
@@ -264,9 +302,14 @@ export class Datapath {
     if (this.negative.has(serverUfrag)) return this.#dropU(DropReason.UnknownUfrag);
     const candidates = this.#backends.probeCandidates();
     if (candidates.length === 0) return this.#dropU(DropReason.NoBackends);
-    if (this.table.size >= this.#opt.maxSessions) return this.#dropU(DropReason.SessionLimit);
+    const { slots, sources } = this.#hooks;
+    if (slots !== undefined ? !slots.tryAcquire() : this.table.size >= this.#opt.maxSessions)
+      return this.#dropU(DropReason.SessionLimit);
     const pending = this.#pendingBySource.get(address) ?? 0;
-    if (pending >= this.#opt.maxPendingPerSource) return this.#dropU(DropReason.SourceLimit);
+    if (sources !== undefined ? !sources.tryAcquire(address) : pending >= this.#opt.maxPendingPerSource) {
+      slots?.release();
+      return this.#dropU(DropReason.SourceLimit);
+    }
 
     let directed: Backend | undefined = this.#backends.byUfragPrefix(serverUfrag);
     let outcome: RouteOutcome = 'prefix';
@@ -283,13 +326,17 @@ export class Datapath {
     if (directed === undefined) outcome = 'probe';
     // Budget before a socket is opened: a flood must cost us as little as possible.
     if (!this.#budget.take(now, directed !== undefined ? 1 : candidates.length)) {
+      this.#unreserve(address);
       return this.#dropU(DropReason.ProbeBudget);
     }
 
     let localPort = 0;
     if (this.#ports !== undefined) {
       localPort = this.#ports.acquire(now);
-      if (localPort === NO_PORT) return this.#dropU(DropReason.PortsExhausted);
+      if (localPort === NO_PORT) {
+        this.#unreserve(address);
+        return this.#dropU(DropReason.PortsExhausted);
+      }
     }
     const family = (directed ?? candidates[0]!).address.includes(':') ? 6 : 4;
     const id = this.#nextId++;
@@ -310,7 +357,7 @@ export class Datapath {
     session.routedBy = restartOf !== undefined ? 'restart' : outcome;
     session.directed = directed !== undefined;
     session.candidates = directed !== undefined ? [directed] : candidates.slice();
-    this.#pendingBySource.set(address, pending + 1);
+    if (sources === undefined) this.#pendingBySource.set(address, pending + 1);
     this.table.sessions.add(session);
     if (restartOf === undefined) this.#joinEndpoint(session, session.current);
     else session.current = restartOf; // Same object: it moves when the restart is won.
@@ -454,6 +501,7 @@ export class Datapath {
     s.upstream.connect(owner.port, owner.address);
     this.learned.set(s.serverUfrag, owner.name);
     this.table.indexUsername(s);
+    this.#hooks.listener?.established?.(s);
     c.sessionsOpened++;
     const route =
       s.routedBy === 'prefix'
@@ -567,6 +615,8 @@ export class Datapath {
     const now = this.#clock();
     if (this.#ports !== undefined && s.upstream.localPort > 0) this.#ports.release(s.upstream.localPort, now);
     this.counters.closed[CLOSE_REASONS.indexOf(reason)]!++;
+    this.#hooks.slots?.release();
+    this.#hooks.listener?.closed?.(s, reason, wasEstablished);
     if (wasEstablished) {
       this.#log.info(
         {
@@ -586,8 +636,18 @@ export class Datapath {
     }
   }
 
+  /** TEMP (worker hooks): gives back the shared slot and share taken by a flow that was refused. */
+  #unreserve(address: string): void {
+    this.#hooks.slots?.release();
+    this.#hooks.sources?.release(address);
+  }
+
   #decPending(s: Session): void {
     const addr = s.current.address;
+    if (this.#hooks.sources !== undefined) {
+      this.#hooks.sources.release(addr);
+      return;
+    }
     const n = (this.#pendingBySource.get(addr) ?? 1) - 1;
     if (n <= 0) this.#pendingBySource.delete(addr);
     else this.#pendingBySource.set(addr, n);
