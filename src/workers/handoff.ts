@@ -165,13 +165,15 @@ export class HandoffNode implements FlowListener {
     const bell = this.#o.bells[this.id]!;
     while (!this.#closed) {
       const seen = bell.arm();
-      let n = 0;
-      for (const ring of this.#o.in) n += ring.drain(this.#onRecord, DRAIN_BATCH);
-      if (n > 0) {
+      let full = false;
+      for (const ring of this.#o.in) if (ring.drain(this.#onRecord, DRAIN_BATCH) === DRAIN_BATCH) full = true;
+      if (full) {
         // More may be queued: let socket I/O run between batches.
         await new Promise<void>((r) => setImmediate(r));
         continue;
       }
+      // Anything that arrived after the drain above rang the bell (armed before it): the wait
+      // then returns at once.
       const wait = bell.wait(seen);
       if (wait !== undefined) await wait;
     }

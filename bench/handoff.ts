@@ -1,0 +1,319 @@
+/**
+ * The per-datagram cost of a hand-off between workers (docs/workers.md, "Hand-off"), measured on
+ * the real CLI with `--workers 2`: sessions whose media arrives on the owner's socket ("local")
+ * against sessions whose media arrives on the other worker's socket and is handed to the owner
+ * ("handed off"), with the same load, in one run. Relay CPU comes from /proc (all its threads).
+ *
+ * How the arrangement is made without choosing the kernel's SO_REUSEPORT hash: every client socket
+ * first opens a session of its own; the echo backend (in this process) sees the upstream port of
+ * each, and the port slice (`--upstream-ports` is split per worker) tells which worker owns it,
+ * i.e. which worker the kernel hashes that socket to. Those sessions then idle out; a socket of
+ * worker 1 (or 0) then joins, as a NAT rebinding, the session of a socket of worker 0 that kept
+ * it alive, and carries the media. Two backends: the sorting sessions go (by prefix token) to a
+ * Node echo in this process that reports ports, the measured ones to the C echo of
+ * bench/udpbench.c. The generator is Node, in this process, and shares the two cores with the
+ * relay: it limits the rate equally in both runs; the relay's CPU per datagram is the figure.
+ *
+ * Run alone: `node bench/handoff.ts` (BENCH_SECONDS, BENCH_SESSIONS, BENCH_SIZES), or as part of
+ * `npm run bench`.
+ */
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import dgram from 'node:dgram';
+import { mkdirSync, readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { tokenFor } from '../src/routing/token.ts';
+import { buildBindingRequest } from '../test/fixtures/stun-bytes.ts';
+
+const root = fileURLToPath(new URL('..', import.meta.url));
+const SLICE_SPLIT = 25000; // --upstream-ports 20000-29999 over 2 workers: 20000-24999 | 25000-29999
+
+export interface HandoffResult {
+  mode: 'local' | 'handed-off';
+  size: number;
+  roundTrips: number;
+  seconds: number;
+  cpuSeconds: number;
+  usPerDatagram: number;
+  reprimed: number;
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** Kills a detached child's whole process group (TESTBED: never leave relays behind). */
+function killGroup(c: ChildProcess): void {
+  try {
+    process.kill(-c.pid!, 'SIGKILL');
+  } catch {
+    // Already gone.
+  }
+}
+
+function cpuSeconds(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(f[11]) + Number(f[12])) / 100;
+}
+
+async function bound(): Promise<dgram.Socket> {
+  const s = dgram.createSocket('udp4');
+  await new Promise<void>((r) => s.bind(0, '127.0.0.1', () => r()));
+  return s;
+}
+
+/** Echo backend: answers a Binding Request with a success (same bytes, type 0x0101), echoes media. */
+async function startEcho(): Promise<{ sock: dgram.Socket; portOf: Map<string, number> }> {
+  const sock = await bound();
+  const portOf = new Map<string, number>();
+  sock.on('message', (m, r) => {
+    if (m.length >= 20 && m[0] === 0x00 && m[1] === 0x01) {
+      // USERNAME is the first attribute in buildBindingRequest's output.
+      const len = m.readUInt16BE(22);
+      portOf.set(m.toString('latin1', 24, 24 + len), r.port);
+      m[0] = 0x01;
+    }
+    sock.send(m, r.port, r.address);
+  });
+  return { sock, portOf };
+}
+
+function startRelay(
+  port: number,
+  sorterPort: number,
+  echoPort: number,
+  cores: string,
+): Promise<ChildProcess> {
+  const args = [
+    '-c',
+    cores,
+    process.execPath,
+    `${root}src/cli.ts`,
+    '--workers',
+    '2',
+    '--listen',
+    `127.0.0.1:${port}`,
+    '--backends',
+    `sorter=127.0.0.1:${sorterPort},echo=127.0.0.1:${echoPort}`,
+    '--admin',
+    'off',
+    '--upstream-ports',
+    '20000-29999',
+    '--port-quarantine',
+    '0s',
+    '--idle-timeout',
+    '1s',
+    '--probe-rate',
+    '1000000',
+    '--max-pending-per-source',
+    '100000',
+  ];
+  const child = spawn('taskset', args, { stdio: ['ignore', 'pipe', 'inherit'], detached: true });
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('relay did not start')), 15_000);
+    let out = '';
+    let started = false;
+    // Session logs keep coming at info: read and discard them so the pipe never fills.
+    child.stdout!.on('data', (d: Buffer) => {
+      if (started) return;
+      out += d.toString();
+      if (out.includes('"ice-ingress started"')) {
+        started = true;
+        clearTimeout(timer);
+        resolve(child);
+      }
+    });
+    child.once('exit', (code) => reject(new Error(`relay exited ${code}: ${out}`)));
+  });
+}
+
+async function check(s: dgram.Socket, port: number, username: string): Promise<void> {
+  const req = buildBindingRequest({ username, password: 'x'.repeat(22) });
+  for (let i = 0; i < 20; i++) {
+    const answered = new Promise<boolean>((resolve) => {
+      const t = setTimeout(() => {
+        s.off('message', on);
+        resolve(false);
+      }, 100);
+      const on = (m: Buffer): void => {
+        if (m[0] === 0x01 && m[1] === 0x01 && m.subarray(8, 20).equals(req.subarray(8, 20))) {
+          clearTimeout(t);
+          s.off('message', on);
+          resolve(true);
+        }
+      };
+      s.on('message', on);
+    });
+    s.send(req, port, '127.0.0.1');
+    if (await answered) return;
+  }
+  throw new Error(`no answer to the check of ${username}`);
+}
+
+/**
+ * Closed-loop load: `window` datagrams in flight per socket for `seconds`. A socket that heard
+ * nothing for 100 ms lost its window (a drop) and is re-primed, as bench/udpbench.c does.
+ */
+async function load(socks: dgram.Socket[], port: number, size: number, seconds: number, window: number) {
+  const payload = Buffer.alloc(size, 0x80);
+  let roundTrips = 0;
+  let reprimed = 0;
+  let running = true;
+  const heard = new Map<dgram.Socket, number>();
+  for (const s of socks) {
+    s.removeAllListeners('message');
+    heard.set(s, 0);
+    s.on('message', () => {
+      roundTrips++;
+      heard.set(s, heard.get(s)! + 1);
+      if (running) s.send(payload, port, '127.0.0.1');
+    });
+  }
+  for (const s of socks) for (let i = 0; i < window; i++) s.send(payload, port, '127.0.0.1');
+  const start = performance.now();
+  let last = new Map(heard);
+  const reprime = setInterval(() => {
+    for (const s of socks) {
+      if (heard.get(s) === last.get(s)) {
+        reprimed++;
+        for (let i = 0; i < window; i++) s.send(payload, port, '127.0.0.1');
+      }
+    }
+    last = new Map(heard);
+  }, 100);
+  await sleep(seconds * 1000);
+  running = false;
+  clearInterval(reprime);
+  const elapsed = (performance.now() - start) / 1000;
+  await sleep(100);
+  return { roundTrips, seconds: elapsed, reprimed };
+}
+
+export async function measureHandoff(opts: {
+  /** UDP port of a running `udpbench echo` on 127.0.0.1. */
+  echoPort: number;
+  sessions: number;
+  seconds: number;
+  sizes: number[];
+  cores: string;
+}): Promise<HandoffResult[]> {
+  const results: HandoffResult[] = [];
+  const echo = await startEcho();
+  const sorterPort = echo.sock.address().port;
+  const toSorter = tokenFor('sorter');
+  const toEcho = tokenFor('echo');
+  const children: ChildProcess[] = [];
+  try {
+    for (const mode of ['local', 'handed-off'] as const) {
+      for (const size of opts.sizes) {
+        const port = await (async () => {
+          const s = await bound();
+          const p = s.address().port;
+          s.close();
+          return p;
+        })();
+        const relay = await startRelay(port, sorterPort, opts.echoPort, opts.cores);
+        children.push(relay);
+        // 1. Sort client sockets by worker: each opens its own session; the echo sees its port.
+        const owners: dgram.Socket[] = [];
+        const partners: dgram.Socket[] = [];
+        const all: dgram.Socket[] = [];
+        const wantPartnerOn = mode === 'local' ? 0 : 1;
+        for (
+          let i = 0;
+          (owners.length < opts.sessions || partners.length < opts.sessions) && i < 20 * opts.sessions;
+          i++
+        ) {
+          const s = await bound();
+          all.push(s);
+          const u = `${toSorter}sort${size}${mode}${i}:c`;
+          await check(s, port, u);
+          const worker = echo.portOf.get(u)! >= SLICE_SPLIT ? 1 : 0;
+          if (worker === 0 && owners.length < opts.sessions) owners.push(s);
+          else if (worker === wantPartnerOn && partners.length < opts.sessions) partners.push(s);
+        }
+        if (owners.length < opts.sessions || partners.length < opts.sessions)
+          throw new Error('could not sort sockets');
+        // 2. Owners open the measured sessions and keep them alive; everything else idles out.
+        const names = owners.map((_, i) => `${toEcho}own${size}${mode}${i}:c`);
+        await Promise.all(owners.map((s, i) => check(s, port, names[i]!)));
+        const keepalive = setInterval(() => {
+          owners.forEach((s, i) => {
+            s.send(buildBindingRequest({ username: names[i]!, password: 'x'.repeat(22) }), port, '127.0.0.1');
+          });
+        }, 200);
+        await sleep(2000); // idle timeout 1 s, swept every 250 ms: the sorting sessions are gone
+        // 3. Partners join the owners' sessions (a rebinding) and carry the media.
+        await Promise.all(partners.map((s, i) => check(s, port, names[i]!)));
+        clearInterval(keepalive);
+        const cpu0 = cpuSeconds(relay.pid!);
+        const r = await load(partners, port, size, opts.seconds, 4);
+        const cpu = cpuSeconds(relay.pid!) - cpu0;
+        results.push({
+          mode,
+          size,
+          roundTrips: r.roundTrips,
+          seconds: r.seconds,
+          cpuSeconds: cpu,
+          usPerDatagram: (cpu * 1e6) / (2 * r.roundTrips),
+          reprimed: r.reprimed,
+        });
+        for (const s of all) s.close();
+        const gone = new Promise((res) => relay.once('exit', res));
+        killGroup(relay);
+        await gone;
+      }
+    }
+  } finally {
+    for (const c of children) killGroup(c);
+    echo.sock.close();
+  }
+  return results;
+}
+
+export function printHandoff(rows: HandoffResult[]): void {
+  console.log('\nhand-off (2 workers; Node generator + echo in the bench process; relay CPU from /proc)');
+  console.log('size   media arrives on    round trips/s   relay µs CPU / datagram   lost windows');
+  for (const r of rows) {
+    console.log(
+      `${String(r.size).padEnd(6)} ${(r.mode === 'local' ? "owner's socket" : "other worker's").padEnd(18)} ${Math.round(
+        r.roundTrips / r.seconds,
+      )
+        .toLocaleString('en-US')
+        .padStart(13)}   ${r.usPerDatagram.toFixed(2).padStart(8)}${String(r.reprimed).padStart(29)}`,
+    );
+  }
+  for (const size of new Set(rows.map((r) => r.size))) {
+    const l = rows.find((r) => r.size === size && r.mode === 'local')!;
+    const h = rows.find((r) => r.size === size && r.mode === 'handed-off')!;
+    // One handed-off datagram per round trip (client → owner); replies leave the owner directly.
+    const extra = ((h.cpuSeconds / h.roundTrips - l.cpuSeconds / l.roundTrips) * 1e6).toFixed(2);
+    console.log(`${size} B: a handed-off datagram costs ${extra} µs more relay CPU than a local one`);
+  }
+}
+
+if (import.meta.url === `file://${process.argv[1]}`) {
+  const binary = `${root}.bench/udpbench`;
+  mkdirSync(`${root}.bench`, { recursive: true });
+  execFileSync('cc', ['-O2', '-Wall', '-o', binary, `${root}bench/udpbench.c`], { stdio: 'inherit' });
+  const probe = await bound();
+  const echoPort = probe.address().port;
+  probe.close();
+  const echoChild = spawn(
+    'taskset',
+    ['-c', process.env.BENCH_CORES ?? '0,1', binary, 'echo', '127.0.0.1', String(echoPort)],
+    {
+      stdio: ['ignore', 'ignore', 'inherit'],
+      detached: true,
+    },
+  );
+  await sleep(200);
+  process.on('exit', () => killGroup(echoChild));
+  const rows = await measureHandoff({
+    echoPort,
+    sessions: Number(process.env.BENCH_SESSIONS ?? 50),
+    seconds: Number(process.env.BENCH_SECONDS ?? 3),
+    sizes: (process.env.BENCH_SIZES ?? '1200').split(',').map(Number),
+    cores: process.env.BENCH_CORES ?? '0,1',
+  });
+  printHandoff(rows);
+  process.exit(0);
+}
