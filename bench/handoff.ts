@@ -21,7 +21,9 @@ import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import dgram from 'node:dgram';
 import { mkdirSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import { Worker } from 'node:worker_threads';
 import { tokenFor } from '../src/routing/token.ts';
+import { Doorbell, HandoffRing } from '../src/workers/ring.ts';
 import { buildBindingRequest } from '../test/fixtures/stun-bytes.ts';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
@@ -269,6 +271,93 @@ export async function measureHandoff(opts: {
   return results;
 }
 
+export interface RingResult {
+  mode: 'stream' | 'ping-pong';
+  datagrams: number;
+  usCpuPerDatagram: number;
+  perSecond: number;
+}
+
+/**
+ * The hand-off mechanism alone, without sockets: 1200-byte datagrams from this thread to a worker
+ * thread through HandoffRing + Doorbell. "stream": as fast as the ring takes them (the consumer
+ * drains batches, producers rarely notify); "ping-pong": one at a time, each answered through a
+ * reverse ring (every datagram wakes a sleeping thread: the unloaded case). CPU is the whole
+ * process's (getrusage: both threads).
+ */
+export async function measureRing(count = 200_000): Promise<RingResult[]> {
+  const out: RingResult[] = [];
+  for (const pingPong of [false, true]) {
+    const n = pingPong ? count / 4 : count;
+    const ring = HandoffRing.create();
+    const bell = Doorbell.create();
+    const back = HandoffRing.create();
+    const backBell = Doorbell.create();
+    const w = new Worker(new URL('./ring-peer.ts', import.meta.url), {
+      workerData: {
+        ring: ring.buffer,
+        bell: bell.buffer,
+        back: back.buffer,
+        backBell: backBell.buffer,
+        count: n,
+        pingPong,
+      },
+    });
+    const done = new Promise<number>((resolve, reject) => {
+      w.once('message', resolve);
+      w.once('error', reject);
+    });
+    await new Promise((r) => setTimeout(r, 200)); // the worker is up and asleep
+    const data = Buffer.alloc(1200, 0x80);
+    const alive = setInterval(() => {}, 1000); // a pending waitAsync alone does not keep us running
+    const cpu0 = process.cpuUsage();
+    const t0 = performance.now();
+    if (!pingPong) {
+      for (let i = 0; i < n; i++) {
+        while (!ring.push(data, '203.0.113.9', 40000)) await new Promise((r) => setImmediate(r));
+        bell.ring();
+      }
+    } else {
+      let got = 0;
+      const deliver = (): void => {
+        got++;
+      };
+      for (let i = 0; i < n; i++) {
+        ring.push(data, '203.0.113.9', 40000);
+        bell.ring();
+        while (got <= i) {
+          const seen = backBell.arm();
+          if (back.drain(deliver, 16) > 0) continue;
+          const wait = backBell.wait(seen);
+          if (wait !== undefined) await wait;
+        }
+      }
+    }
+    await done;
+    const wall = (performance.now() - t0) / 1000;
+    const cpu = process.cpuUsage(cpu0);
+    clearInterval(alive);
+    await w.terminate();
+    const handoffs = pingPong ? 2 * n : n;
+    out.push({
+      mode: pingPong ? 'ping-pong' : 'stream',
+      datagrams: handoffs,
+      usCpuPerDatagram: (cpu.user + cpu.system) / handoffs,
+      perSecond: handoffs / wall,
+    });
+  }
+  return out;
+}
+
+export function printRing(rows: RingResult[]): void {
+  console.log('\nhand-off ring alone (1200 B, this thread → a worker thread; CPU of both threads)');
+  for (const r of rows) {
+    console.log(
+      `${r.mode.padEnd(10)} ${Math.round(r.perSecond).toLocaleString('en-US').padStart(11)} datagrams/s   ${r.usCpuPerDatagram.toFixed(2).padStart(6)} µs CPU per datagram`,
+    );
+  }
+}
+
 export function printHandoff(rows: HandoffResult[]): void {
   console.log('\nhand-off (2 workers; Node generator + echo in the bench process; relay CPU from /proc)');
   console.log('size   media arrives on    round trips/s   relay µs CPU / datagram   lost windows');
@@ -315,5 +404,6 @@ if (import.meta.url === `file://${process.argv[1]}`) {
     cores: process.env.BENCH_CORES ?? '0,1',
   });
   printHandoff(rows);
+  printRing(await measureRing());
   process.exit(0);
 }

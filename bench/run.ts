@@ -261,7 +261,7 @@ for (const size of SIZES) {
   }
 }
 
-const { measureHandoff, printHandoff } = await import('./handoff.ts');
+const { measureHandoff, measureRing, printHandoff, printRing } = await import('./handoff.ts');
 const handoffRows = await measureHandoff({
   echoPort: echo2Port,
   sessions: Math.min(SESSIONS, 50),
@@ -327,5 +327,6 @@ for (const size of SIZES) {
   );
 }
 printHandoff(handoffRows);
+printRing(await measureRing());
 cleanup();
 process.exit(0);

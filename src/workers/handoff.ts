@@ -55,11 +55,14 @@ export class HandoffNode implements FlowListener {
   #lastHi = 0;
   #lastLo = 0;
   #closed = false;
+  #flushQueued = false;
+  readonly #toRing: boolean[];
   #deliver: ((buf: Buffer, address: string, port: number) => void) | undefined;
 
   constructor(o: HandoffNodeOptions) {
     this.id = o.id;
     this.#o = o;
+    this.#toRing = o.bells.map(() => false);
   }
 
   get routes(): number {
@@ -122,11 +125,28 @@ export class HandoffNode implements FlowListener {
   #push(buf: Buffer, address: string, port: number, owner: number): void {
     if (this.#o.out[owner]!.push(buf, address, port)) {
       this.handedOut++;
-      this.#o.bells[owner]!.ring();
+      // One doorbell per owner per turn of the event loop: libuv reads a burst of datagrams per
+      // poll, and waking another thread costs far more than the record (docs/workers.md).
+      this.#toRing[owner] = true;
+      if (!this.#flushQueued) {
+        this.#flushQueued = true;
+        setImmediate(this.#flush);
+      }
     } else {
       this.dropped++;
     }
   }
+
+  readonly #flush = (): void => {
+    this.#flushQueued = false;
+    const pending = this.#toRing;
+    for (let w = 0; w < pending.length; w++) {
+      if (pending[w]) {
+        pending[w] = false;
+        this.#o.bells[w]!.ring();
+      }
+    }
+  };
 
   /** Forgets 5-tuples idle for `idleMs`, or whose owner no longer holds their ufrag pair. */
   sweep(): void {
