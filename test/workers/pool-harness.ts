@@ -52,15 +52,17 @@ export async function startPool(
   serverOpts: Partial<FakeMediaServerOptions>[] = [{}, {}],
   flags: string[] = [],
   workers = 2,
+  host = '127.0.0.1',
 ): Promise<PoolRig> {
   const servers = await Promise.all(
-    serverOpts.map((o, i) => FakeMediaServer.start({ name: `jvb-${i}`, ...o })),
+    serverOpts.map((o, i) => FakeMediaServer.start({ name: `jvb-${i}`, host, ...o })),
   );
-  const backends = servers.map((s) => `${s.name}=${s.address}:${s.port}`).join(',');
+  const hostPort = (h: string, p: number): string => (h.includes(':') ? `[${h}]:${p}` : `${h}:${p}`);
+  const backends = servers.map((s) => `${s.name}=${hostPort(s.address, s.port)}`).join(',');
   const parsed = parseConfig(
     [
       '--listen',
-      '127.0.0.1:0',
+      hostPort(host, 0),
       '--admin',
       '127.0.0.1:0',
       '--backends',
@@ -85,7 +87,7 @@ export async function startPool(
     if (performance.now() > deadline) throw new Error('pool not ready');
     await sleep(10);
   }
-  const target = { address: '127.0.0.1', port: proxy.listen.port };
+  const target = { address: host, port: proxy.listen.port };
   const metrics = async (): Promise<Metrics> =>
     parseMetrics(await (await fetch(`http://127.0.0.1:${proxy.adminPort}/metrics`)).text());
   const clientIn = async (): Promise<number[]> => {

@@ -175,6 +175,33 @@ describe('workers: a session belongs to one worker wherever its datagrams land',
   });
 });
 
+describe('workers over IPv6', () => {
+  it('hands a rebinding on ::1 to the owner; the ring carries the IPv6 source', async () => {
+    rig = await startPool([{ lockAfterMs: 0, host: '::1' }], [], 2, '::1');
+    const a = rig.servers[0]!;
+    const c1 = track(await FakeIceClient.open({ host: '::1' }));
+    await rig.steer(c1, 0);
+    const s1 = a.addSession({ remote: { ufrag: c1.ufrag, password: c1.password } });
+    const first = await c1.check(rig.target, s1);
+    expect(first.mappedAddress.family).toBe('IPv6');
+    await c1.rebind();
+    await rig.steer(c1, 1);
+    const second = await c1.check(rig.target, s1);
+    expect(second.from).toEqual(rig.target);
+    expect(second.mappedAddress).toEqual(first.mappedAddress);
+    expect(a.stats.errors403 ?? 0).toBe(0);
+    await c1.sendMedia(rig.target, rtp('v6'));
+    const echo = await c1.nextMedia(1000);
+    expect(echo.data.subarray(2).toString()).toBe('v6');
+    expect(echo.from).toEqual(rig.target);
+    await eventually(
+      async () =>
+        (await rig!.metrics())('ice_ingress_worker_handoffs_total', { worker: '0', direction: 'in' }) === 2,
+      'check and media handed in',
+    );
+  });
+});
+
 describe('workers: shared state and limits', () => {
   it('a ufrag learned by one worker routes directly in the other', async () => {
     rig = await startPool([{}, {}, {}]);
