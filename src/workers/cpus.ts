@@ -57,8 +57,11 @@ export function autoWorkers(read: ReadFile, availableParallelism: number, paths?
   return Math.max(1, Math.min(cpus, MAX_WORKERS));
 }
 
-/** Upper bound of `--workers` (keeps the `worker` label and the per-pair rings bounded). */
-export const MAX_WORKERS = 64;
+/**
+ * Upper bound of `--workers`: keeps the `worker` label bounded and the hand-off rings, one per
+ * ordered pair of workers, within ~64 MiB (pool.ts sizes them by N).
+ */
+export const MAX_WORKERS = 32;
 
 /** `--workers` as configured → a count (`auto` reads this machine's cgroup files). */
 export function resolveWorkers(workers: number | 'auto'): number {

@@ -50,8 +50,11 @@ export async function startWorkerPool(
   const sources = SharedSourceShares.create(config.maxPendingPerSource);
   const statsBuffer = createStatsBuffer(n);
   const stats = new WorkerStats(statsBuffer);
+  // N × (N − 1) rings: 256 KiB each up to 8 workers (≈ 170 datagrams of 1500 B in flight per
+  // pair), 64 KiB beyond (32 workers: 62 MiB in all).
+  const ringBytes = n <= 8 ? 256 * 1024 : 64 * 1024;
   const rings = Array.from({ length: n }, (_, i) =>
-    Array.from({ length: n }, (_, j) => (i === j ? undefined : HandoffRing.create().buffer)),
+    Array.from({ length: n }, (_, j) => (i === j ? undefined : HandoffRing.create(ringBytes).buffer)),
   );
   const bells = Array.from({ length: n }, () => Doorbell.create().buffer);
   const portSlices =

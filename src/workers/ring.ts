@@ -42,7 +42,11 @@ export class HandoffRing {
     this.#view = new DataView(buffer, HEADER_INTS * 4, this.capacity);
   }
 
-  /** Producer: copies one datagram in. False (and counted) if it does not fit now. */
+  /**
+   * Producer: copies one datagram in. False (and counted) if it does not fit now, or ever (a
+   * record may take at most a quarter of the ring: 16 KiB of a 64 KiB ring; media datagrams are
+   * ≤ 1500 B).
+   */
   push(buf: Uint8Array, address: string, port: number): boolean {
     const h = this.#h;
     const alen = address.length;
