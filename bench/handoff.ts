@@ -196,6 +196,8 @@ export async function measureHandoff(opts: {
   seconds: number;
   sizes: number[];
   cores: string;
+  /** Local and handed-off runs alternate this many times (default 1); print takes medians. */
+  repeats?: number;
 }): Promise<HandoffResult[]> {
   const results: HandoffResult[] = [];
   const echo = await startEcho();
@@ -204,8 +206,9 @@ export async function measureHandoff(opts: {
   const toEcho = tokenFor('echo');
   const children: ChildProcess[] = [];
   try {
-    for (const mode of ['local', 'handed-off'] as const) {
-      for (const size of opts.sizes) {
+    const order = Array.from({ length: opts.repeats ?? 1 }, () => ['local', 'handed-off'] as const).flat();
+    for (const size of opts.sizes) {
+      for (const [rep, mode] of order.entries()) {
         const port = await (async () => {
           const s = await bound();
           const p = s.address().port;
@@ -226,7 +229,7 @@ export async function measureHandoff(opts: {
         ) {
           const s = await bound();
           all.push(s);
-          const u = `${toSorter}sort${size}${mode}${i}:c`;
+          const u = `${toSorter}sort${size}r${rep}${i}:c`;
           await check(s, port, u);
           const worker = echo.portOf.get(u)! >= SLICE_SPLIT ? 1 : 0;
           if (worker === 0 && owners.length < opts.sessions) owners.push(s);
@@ -235,7 +238,7 @@ export async function measureHandoff(opts: {
         if (owners.length < opts.sessions || partners.length < opts.sessions)
           throw new Error('could not sort sockets');
         // 2. Owners open the measured sessions and keep them alive; everything else idles out.
-        const names = owners.map((_, i) => `${toEcho}own${size}${mode}${i}:c`);
+        const names = owners.map((_, i) => `${toEcho}own${size}r${rep}${i}:c`);
         await Promise.all(owners.map((s, i) => check(s, port, names[i]!)));
         const keepalive = setInterval(() => {
           owners.forEach((s, i) => {
@@ -358,24 +361,34 @@ export function printRing(rows: RingResult[]): void {
   }
 }
 
-export function printHandoff(rows: HandoffResult[]): void {
-  console.log('\nhand-off (2 workers; Node generator + echo in the bench process; relay CPU from /proc)');
+export function printHandoff(all: HandoffResult[]): void {
+  const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+  const runs = all.filter((r) => r.mode === 'local' && r.size === all[0]!.size).length;
+  console.log(
+    `\nhand-off (2 workers; Node generator in the bench process shares the cores; relay CPU from /proc; median of ${runs})`,
+  );
   console.log('size   media arrives on    round trips/s   relay µs CPU / datagram   lost windows');
-  for (const r of rows) {
-    console.log(
-      `${String(r.size).padEnd(6)} ${(r.mode === 'local' ? "owner's socket" : "other worker's").padEnd(18)} ${Math.round(
-        r.roundTrips / r.seconds,
-      )
-        .toLocaleString('en-US')
-        .padStart(13)}   ${r.usPerDatagram.toFixed(2).padStart(8)}${String(r.reprimed).padStart(29)}`,
-    );
-  }
-  for (const size of new Set(rows.map((r) => r.size))) {
-    const l = rows.find((r) => r.size === size && r.mode === 'local')!;
-    const h = rows.find((r) => r.size === size && r.mode === 'handed-off')!;
+  const cpuPerRt = new Map<string, number>();
+  for (const size of new Set(all.map((r) => r.size))) {
+    for (const mode of ['local', 'handed-off'] as const) {
+      const rs = all.filter((r) => r.size === size && r.mode === mode);
+      const rtps = median(rs.map((r) => r.roundTrips / r.seconds));
+      const us = median(rs.map((r) => r.usPerDatagram));
+      cpuPerRt.set(`${size}${mode}`, median(rs.map((r) => r.cpuSeconds / r.roundTrips)));
+      const lost = rs.reduce((n, r) => n + r.reprimed, 0);
+      console.log(
+        `${String(size).padEnd(6)} ${(mode === 'local' ? "owner's socket" : "other worker's").padEnd(18)} ${Math.round(
+          rtps,
+        )
+          .toLocaleString('en-US')
+          .padStart(13)}   ${us.toFixed(2).padStart(8)}${String(lost).padStart(29)}`,
+      );
+    }
     // One handed-off datagram per round trip (client → owner); replies leave the owner directly.
-    const extra = ((h.cpuSeconds / h.roundTrips - l.cpuSeconds / l.roundTrips) * 1e6).toFixed(2);
-    console.log(`${size} B: a handed-off datagram costs ${extra} µs more relay CPU than a local one`);
+    const extra = (cpuPerRt.get(`${size}handed-off`)! - cpuPerRt.get(`${size}local`)!) * 1e6;
+    console.log(
+      `${size} B: a handed-off datagram costs ${extra.toFixed(2)} µs more relay CPU than a local one`,
+    );
   }
 }
 
@@ -402,6 +415,7 @@ if (import.meta.url === `file://${process.argv[1]}`) {
     seconds: Number(process.env.BENCH_SECONDS ?? 3),
     sizes: (process.env.BENCH_SIZES ?? '1200').split(',').map(Number),
     cores: process.env.BENCH_CORES ?? '0,1',
+    repeats: Number(process.env.BENCH_REPEATS ?? 3),
   });
   printHandoff(rows);
   printRing(await measureRing());

@@ -13,7 +13,7 @@
  * workers (bench/handoff.ts).
  *
  * Environment: BENCH_SECONDS (default 3), BENCH_SESSIONS (default 100), BENCH_WINDOW (default 4),
- * BENCH_SIZES (default "1200,100"). Needs a C compiler (cc) and taskset (util-linux).
+ * BENCH_SIZES (default "1200,100"), BENCH_REPEATS (workers section, default 3). Needs a C compiler (cc) and taskset (util-linux).
  */
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import dgram from 'node:dgram';
@@ -213,50 +213,63 @@ interface WorkerRow {
   reprimed: number;
 }
 const workerRows: WorkerRow[] = [];
+const REPEATS = Number(process.env.BENCH_REPEATS ?? 3);
+const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+async function workerRun(workers: number, size: number, placement: 'pinned' | 'shared') {
+  const port = await freePort();
+  const relayCores = placement === 'pinned' ? '0' : ALL;
+  const loadCores = placement === 'pinned' ? '1' : ALL;
+  const relay = await startPinned(
+    relayCores,
+    node,
+    [
+      `${root}src/cli.ts`,
+      '--workers',
+      String(workers),
+      '--listen',
+      `127.0.0.1:${port}`,
+      '--backends',
+      `echo=127.0.0.1:${placement === 'pinned' ? echoPort : echo2Port}`,
+      '--admin',
+      'off',
+      '--upstream-ports',
+      '0',
+      '--probe-rate',
+      '1000000',
+      '--max-pending-per-source',
+      '100000',
+      '--log-level',
+      'info',
+    ],
+    'ice-ingress started',
+  );
+  load(port, 4, size, 1, 1, loadCores); // warm-up
+  const cpu0 = cpuSeconds(relay.pid!);
+  const thr = load(port, SESSIONS, size, SECONDS, WINDOW, loadCores);
+  const cpu = cpuSeconds(relay.pid!) - cpu0;
+  relay.kill('SIGKILL');
+  await new Promise((r) => relay.once('exit', r));
+  return { rtps: thr.roundTripsPerSec, fwdPerCpuSec: (thr.roundTrips * 2) / cpu, reprimed: thr.reprimed };
+}
 for (const size of SIZES) {
   for (const placement of ['pinned', 'shared'] as const) {
-    for (const workers of [1, 2]) {
-      const port = await freePort();
-      const relayCores = placement === 'pinned' ? '0' : ALL;
-      const loadCores = placement === 'pinned' ? '1' : ALL;
-      const relay = await startPinned(
-        relayCores,
-        node,
-        [
-          `${root}src/cli.ts`,
-          '--workers',
-          String(workers),
-          '--listen',
-          `127.0.0.1:${port}`,
-          '--backends',
-          `echo=127.0.0.1:${placement === 'pinned' ? echoPort : echo2Port}`,
-          '--admin',
-          'off',
-          '--upstream-ports',
-          '0',
-          '--probe-rate',
-          '1000000',
-          '--max-pending-per-source',
-          '100000',
-          '--log-level',
-          'info',
-        ],
-        'ice-ingress started',
-      );
-      load(port, 4, size, 1, 1, loadCores); // warm-up
-      const cpu0 = cpuSeconds(relay.pid!);
-      const thr = load(port, SESSIONS, size, SECONDS, WINDOW, loadCores);
-      const cpu = cpuSeconds(relay.pid!) - cpu0;
+    // 1 and 2 workers alternate, REPEATS times; each row is the median of its runs.
+    const runs = new Map<number, Array<Awaited<ReturnType<typeof workerRun>>>>([
+      [1, []],
+      [2, []],
+    ]);
+    for (let i = 0; i < REPEATS; i++) {
+      for (const workers of [1, 2]) runs.get(workers)!.push(await workerRun(workers, size, placement));
+    }
+    for (const [workers, rs] of runs) {
       workerRows.push({
         workers,
         size,
         placement,
-        rtps: thr.roundTripsPerSec,
-        fwdPerCpuSec: (thr.roundTrips * 2) / cpu,
-        reprimed: thr.reprimed,
+        rtps: median(rs.map((r) => r.rtps)),
+        fwdPerCpuSec: median(rs.map((r) => r.fwdPerCpuSec)),
+        reprimed: rs.reduce((n, r) => n + r.reprimed, 0),
       });
-      relay.kill('SIGKILL');
-      await new Promise((r) => relay.once('exit', r));
     }
   }
 }
@@ -268,6 +281,7 @@ const handoffRows = await measureHandoff({
   seconds: SECONDS,
   sizes: SIZES,
   cores: ALL,
+  repeats: REPEATS,
 });
 console.log(
   `\nice-ingress bench — ${SESSIONS} sessions × window ${WINDOW}, ${SECONDS}s per run, Node ${process.version}; relay on core 0, C generator + C echo share core 1\n`,
@@ -301,7 +315,7 @@ for (const size of SIZES) {
   );
 }
 console.log(
-  '\nworkers — pinned: relay (all threads) on core 0, generator + echo on core 1; shared: relay threads, C generator and C echo all share both cores of this 2-core machine\n',
+  `\nworkers — median of ${REPEATS} alternating runs; pinned: relay (all threads) on core 0, generator + echo on core 1; shared: relay threads, C generator and C echo all share both cores of this 2-core machine\n`,
 );
 console.log(
   'size   placement  workers   round trips/s   datagrams fwd/s   fwd per relay CPU-s   lost windows',
