@@ -29,6 +29,12 @@ export interface PoolOptions extends StartOptions {
   readonly workerEntry?: URL;
 }
 
+/** The worker module next to this one: worker.ts from source, worker.js in the built image (dist/). */
+const WORKER_ENTRY = new URL(
+  import.meta.url.endsWith('.ts') ? './worker.ts' : './worker.js',
+  import.meta.url,
+);
+
 interface Slot {
   readonly id: number;
   readonly worker: Worker;
@@ -126,7 +132,7 @@ export async function startWorkerPool(
         stats: statsBuffer,
       },
     };
-    const worker = new Worker(opts.workerEntry ?? new URL('./worker.ts', import.meta.url), {
+    const worker = new Worker(opts.workerEntry ?? WORKER_ENTRY, {
       workerData: init,
       name: `ice-ingress-worker-${id}`,
     });
