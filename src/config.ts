@@ -1,6 +1,7 @@
 import { isIP } from 'node:net';
 import { parseBackends } from './discovery/static.ts';
 import type { DatapathOptions } from './proxy/datapath.ts';
+import { MAX_WORKERS } from './workers/cpus.ts';
 
 /**
  * Command-line and environment configuration. Every option is one row of {@link OPTIONS}: its flag,
@@ -41,6 +42,8 @@ export interface Config extends DatapathOptions {
   readonly socketBufferBytes: number;
   readonly drainTimeoutMs: number;
   readonly logLevel: string;
+  /** Data-path worker threads; `auto` = the CPUs the pod may use (src/workers/cpus.ts). */
+  readonly workers: number | 'auto';
 }
 
 interface OptionSpec {
@@ -166,6 +169,12 @@ export const OPTIONS: readonly OptionSpec[] = [
     help: 'on SIGTERM: keep relaying this long, then exit',
   },
   { flag: 'log-level', arg: 'LEVEL', def: 'info', help: 'fatal|error|warn|info|debug|trace|silent' },
+  {
+    flag: 'workers',
+    arg: 'N|auto',
+    def: '1',
+    help: 'data-path threads sharing the listening port (SO_REUSEPORT); auto = CPUs of the cgroup quota',
+  },
 ];
 
 export function envName(flag: string): string {
@@ -293,6 +302,13 @@ export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Pa
     if (v !== 'true' && v !== 'false') bad(flag, 'expected true or false');
     return v === 'true';
   };
+  let workers: number | 'auto' = 'auto';
+  if (raw('workers').value !== 'auto') {
+    workers = int('workers', 1, MAX_WORKERS);
+    if (upstreamPorts !== undefined && upstreamPorts[1] - upstreamPorts[0] + 1 < workers) {
+      bad('upstream-ports', `needs at least one port per worker (${workers})`);
+    }
+  }
   const logLevel = raw('log-level').value;
   if (!LOG_LEVELS.has(logLevel)) bad('log-level', `expected one of ${[...LOG_LEVELS].join(', ')}`);
 
@@ -326,6 +342,7 @@ export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Pa
     socketBufferBytes: int('socket-buffer', 0, 1 << 30),
     drainTimeoutMs: duration('drain-timeout', 0),
     logLevel,
+    workers,
   };
   if (problems.length > 0) throw new ConfigError(problems);
   return { kind: 'run', config: Object.freeze(config) };
