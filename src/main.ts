@@ -7,7 +7,7 @@ import type { Config } from './config.ts';
 import { createDiscovery, type DiscoveryOptions } from './discovery/index.ts';
 import type { DiscoverySource } from './discovery/types.ts';
 import { createLogger } from './log.ts';
-import { Datapath, type WorkerHooks } from './proxy/datapath.ts';
+import { Datapath, type DatapathDeps } from './proxy/datapath.ts';
 import { UdpTransport } from './proxy/udp.ts';
 import { BackendTable } from './routing/backends.ts';
 import { PortPool } from './session/port-pool.ts';
@@ -20,6 +20,8 @@ import { PortPool } from './session/port-pool.ts';
 export interface ProxyHandle {
   readonly datapath: Datapath;
   readonly transport: UdpTransport;
+  /** The upstream port range, when one is configured. */
+  readonly ports: PortPool | undefined;
   readonly registry: Registry;
   readonly log: Logger;
   /** Where clients send (the bound listening address; port 0 resolved). */
@@ -46,8 +48,11 @@ export interface StartOptions {
   readonly clock?: () => number;
   /** Also told each routing time and outcome (workers forward them to the main thread). */
   readonly onRouted?: (ms: number, outcome: string) => void;
-  /** TEMP: the worker layer's hooks into the round-1 data path. */
-  readonly workerHooks?: WorkerHooks;
+  /**
+   * Set inside a worker thread: the shared budgets and session cap, the worker's own fair shares
+   * and the hand-off to the other workers (src/workers/worker.ts, docs/workers.md).
+   */
+  readonly shared?: Pick<DatapathDeps, 'budgets' | 'slots' | 'shares' | 'handoff'>;
 }
 
 /** What the CLI needs from a running proxy, one process or a pool of worker threads. */
@@ -133,7 +138,7 @@ export async function startProxy(config: Config, opts: StartOptions = {}): Promi
       routing.observe({ outcome }, ms / 1000);
       opts.onRouted?.(ms, outcome);
     },
-    ...(opts.workerHooks === undefined ? {} : { workerHooks: opts.workerHooks }),
+    ...opts.shared,
   });
   const registry = createRegistry(
     {
@@ -200,6 +205,7 @@ export async function startProxy(config: Config, opts: StartOptions = {}): Promi
   return {
     datapath,
     transport,
+    ports,
     registry,
     log,
     listen,

@@ -1,6 +1,8 @@
 import type { CloseReason } from '../proxy/counters.ts';
+import type { FlowHandoff } from '../proxy/io.ts';
 import type { FlowListener } from '../session/events.ts';
 import type { Session } from '../session/session.ts';
+import type { UsernameView } from '../stun/parse.ts';
 import type { SharedDirectory } from './directory.ts';
 import { hashHi, hashLo } from './hash.ts';
 import type { Doorbell, HandoffRing } from './ring.ts';
@@ -31,15 +33,18 @@ export interface HandoffNodeOptions {
   /** A handed-off 5-tuple with no datagram for this long is forgotten. */
   readonly idleMs: number;
   readonly clock: () => number;
-  /** Called when another worker's learned or negative ufrag should be shared (established/failed). */
-  readonly onLearned?: (serverUfrag: string, backend: string) => void;
-  readonly onNegative?: (serverUfrag: string) => void;
+  /**
+   * Called when this worker's learned or negative server ufrag should be shared with the others
+   * (established / probe failed), by its 32-bit hash: the key admission keeps them by.
+   */
+  readonly onLearned?: (serverUfragHash: number, backend: string) => void;
+  readonly onNegative?: (serverUfragHash: number) => void;
 }
 
 /** Records delivered per turn of the consumer loop before it yields to socket I/O. */
 const DRAIN_BATCH = 256;
 
-export class HandoffNode implements FlowListener {
+export class HandoffNode implements FlowListener, FlowHandoff {
   readonly id: number;
   handedOut = 0;
   handedIn = 0;
@@ -72,15 +77,17 @@ export class HandoffNode implements FlowListener {
   // --- Directory side: flow events of the sessions this worker owns -----------------------------
 
   established(s: Session): void {
-    if (!this.#o.directory.insert(hashHi(s.username), hashLo(s.username), this.id)) {
-      if (this.#o.directory.lookup(hashHi(s.username), hashLo(s.username)) < 0) this.directoryFull++;
+    const hi = hashHi(s.usernameBytes);
+    const lo = hashLo(s.usernameBytes);
+    if (!this.#o.directory.insert(hi, lo, this.id)) {
+      if (this.#o.directory.lookup(hi, lo) < 0) this.directoryFull++;
     }
-    if (s.backend !== undefined) this.#o.onLearned?.(s.serverUfrag, s.backend.name);
+    if (s.backend !== undefined) this.#o.onLearned?.(s.serverUfragHash, s.backend.name);
   }
 
   closed(s: Session, reason: CloseReason, established: boolean): void {
-    if (established) this.#o.directory.remove(hashHi(s.username), hashLo(s.username), this.id);
-    if (reason === 'probe_failed') this.#o.onNegative?.(s.serverUfrag);
+    if (established) this.#o.directory.remove(hashHi(s.usernameBytes), hashLo(s.usernameBytes), this.id);
+    if (reason === 'probe_failed') this.#o.onNegative?.(s.serverUfragHash);
   }
 
   // --- Router side ------------------------------------------------------------------------------
@@ -89,10 +96,10 @@ export class HandoffNode implements FlowListener {
    * The worker that owns this ufrag pair if it is another one, else -1. Never another worker while
    * delivering a handed-in datagram: the owner routes it itself (a false positive ends here).
    */
-  ownerOf(username: string): number {
+  ownerOf(buf: Buffer, view: UsernameView): number {
     if (this.#handingIn) return -1;
-    const hi = hashHi(username);
-    const lo = hashLo(username);
+    const hi = hashHi(buf, view.start, view.end);
+    const lo = hashLo(buf, view.start, view.end);
     const w = this.#o.directory.lookup(hi, lo);
     if (w === this.id || w < 0 || this.#o.out[w] === undefined) return -1;
     this.#lastHi = hi;

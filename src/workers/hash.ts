@@ -1,14 +1,15 @@
 /**
- * Two independent 32-bit hashes of a short ASCII/latin1 string (an ICE ufrag pair or a client IP),
- * together a 64-bit key for the shared tables in this folder. FNV-1a (two offset bases) finished
- * with the murmur3 fmix32 avalanche, so nearby strings spread over the whole table. Not
- * cryptographic: a collision only ever costs a wrong first guess (docs/workers.md, "Directory").
- * Called once per new flow, never per datagram.
+ * Two independent 32-bit hashes of a short latin1 byte string (an ICE ufrag pair), together a
+ * 64-bit key for the shared directory (directory.ts). FNV-1a (two offset bases) finished with the
+ * murmur3 fmix32 avalanche, so nearby strings spread over the whole table. Read from the
+ * datagram's bytes in place (no string is made for a first check) or from a session's USERNAME
+ * bytes: the same bytes give the same key. Not cryptographic: a collision only ever costs a wrong
+ * first guess (docs/workers.md, "Directory"). Called once per new flow, never per datagram.
  */
-function fnv(s: string, basis: number): number {
+function fnv(b: Uint8Array, start: number, end: number, basis: number): number {
   let h = basis;
-  for (let i = 0; i < s.length; i++) {
-    h ^= s.charCodeAt(i);
+  for (let i = start; i < end; i++) {
+    h ^= b[i]!;
     h = Math.imul(h, 0x01000193);
   }
   h ^= h >>> 16;
@@ -19,10 +20,16 @@ function fnv(s: string, basis: number): number {
   return h | 0;
 }
 
-export function hashHi(s: string): number {
-  return fnv(s, 0x811c9dc5);
+export function hashHi(b: Uint8Array, start = 0, end = b.length): number {
+  return fnv(b, start, end, 0x811c9dc5);
 }
 
-export function hashLo(s: string): number {
-  return fnv(s, 0x2545f491);
+export function hashLo(b: Uint8Array, start = 0, end = b.length): number {
+  return fnv(b, start, end, 0x2545f491);
+}
+
+/** The key of a USERNAME given as text (tests, tools): the same as for its latin1 bytes. */
+export function usernameKey(username: string): [number, number] {
+  const b = Buffer.from(username, 'latin1');
+  return [hashHi(b), hashLo(b)];
 }

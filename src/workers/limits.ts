@@ -1,31 +1,16 @@
-import { hashHi } from './hash.ts';
+import type { Budget } from '../routing/token-bucket.ts';
+import type { SessionSlots } from '../session/registry.ts';
 
 /**
  * Admission limits shared by every worker thread, in SharedArrayBuffers (docs/workers.md, "Shared
- * limits"): N workers must not multiply the probe budget, the session cap or a source's share.
- * Each class implements the small interface the admission code takes, so the single-process
- * implementations (TokenBucket, a counter, a Map) and these can be swapped.
+ * limits"): N workers must not multiply the probe budgets or the session cap.
+ * Each class implements the interface the data path takes (routing/token-bucket.ts Budget,
+ * session/registry.ts SessionSlots), so the single-process implementations and these can be
+ * swapped.
  *
  * Time: `now` must be comparable across threads. Each thread's `performance.now()` counts from its
  * own start, so workers pass `performance.timeOrigin + performance.now()` (see worker.ts).
  */
-
-/** A probe budget: `n` datagrams to backends, now or never. TokenBucket has the same shape. */
-export interface Budget {
-  take(now: number, n: number): boolean;
-}
-
-/** The global session cap. */
-export interface SessionSlots {
-  tryAcquire(): boolean;
-  release(): void;
-}
-
-/** Flows being routed at once per client IP. */
-export interface SourceShares {
-  tryAcquire(source: string): boolean;
-  release(source: string): void;
-}
 
 /**
  * A token bucket (routing/token-bucket.ts semantics) whose state lives in shared memory. Two
@@ -106,46 +91,23 @@ export class SharedSessionSlots implements SessionSlots {
 }
 
 /**
- * Per-source shares in a fixed-size table: a source IP hashes to one of `slots` counters, each
- * capped at `max`. Memory is fixed whatever a flood forges; two sources that share a slot share
- * its cap (with 4096 slots, rare, and never worse than a cap on both).
+ * What one of `n` workers takes of the per-source limits (docs/workers.md, "Shared limits"): the
+ * budgets and the session cap are shared, but a source's fair share and its flows being routed at
+ * once are kept by each worker, each at 1/N. The kernel spreads 5-tuples over the workers, so a
+ * source's flows (and a flood's sources) spread too; a source's total stays about what one process
+ * would allow it, and the sum of all shares stays the global rate (so share-abiding traffic does
+ * not empty the shared bucket for the other workers).
  */
-export class SharedSourceShares implements SourceShares {
-  readonly buffer: SharedArrayBuffer;
-  readonly #a: Int32Array;
-  readonly #mask: number;
-
-  static create(maxPerSource: number, slots = 4096): SharedSourceShares {
-    let n = 16;
-    while (n < slots) n *= 2;
-    const s = new SharedSourceShares(new SharedArrayBuffer((n + 1) * 4));
-    s.#a[0] = maxPerSource;
-    return s;
-  }
-
-  constructor(buffer: SharedArrayBuffer) {
-    this.buffer = buffer;
-    this.#a = new Int32Array(buffer);
-    this.#mask = this.#a.length - 2;
-  }
-
-  #slot(source: string): number {
-    return 1 + (hashHi(source) & this.#mask);
-  }
-
-  tryAcquire(source: string): boolean {
-    const i = this.#slot(source);
-    if (Atomics.add(this.#a, i, 1) < this.#a[0]!) return true;
-    Atomics.sub(this.#a, i, 1);
-    return false;
-  }
-
-  release(source: string): void {
-    const i = this.#slot(source);
-    if (Atomics.sub(this.#a, i, 1) <= 0) Atomics.store(this.#a, i, 0);
-  }
-
-  pending(source: string): number {
-    return Atomics.load(this.#a, this.#slot(source));
-  }
+export function perWorkerLimits(
+  config: {
+    readonly probeRate: number;
+    readonly directedProbeRate: number;
+    readonly maxPendingPerSource: number;
+  },
+  n: number,
+): { maxPendingPerSource: number; shareRates: [number, number] } {
+  return {
+    maxPendingPerSource: Math.max(1, Math.ceil(config.maxPendingPerSource / n)),
+    shareRates: [config.probeRate / n, config.directedProbeRate / n],
+  };
 }

@@ -14,17 +14,30 @@ export interface WorkerInit {
     /** `rings[i][j]`: from worker i to worker j (undefined on the diagonal). */
     readonly rings: ReadonlyArray<ReadonlyArray<SharedArrayBuffer | undefined>>;
     readonly bells: readonly SharedArrayBuffer[];
-    readonly budget: SharedArrayBuffer;
+    /** The shared [fan-out, directed] probe budgets (SharedTokenBucket). */
+    readonly budgets: readonly [SharedArrayBuffer, SharedArrayBuffer];
     readonly slots: SharedArrayBuffer;
-    readonly sources: SharedArrayBuffer;
     readonly stats: SharedArrayBuffer;
   };
 }
 
+/** A won probe: the server ufrag's 32-bit hash (stun/hash.ts, as admission keys it) → backend name. */
+export interface Learned {
+  readonly type: 'learned';
+  readonly hash: number;
+  readonly backend: string;
+}
+
+/** No backend claimed the server ufrag with this hash (admission's negative cache). */
+export interface Negative {
+  readonly type: 'negative';
+  readonly hash: number;
+}
+
 export type ToWorker =
   | { readonly type: 'backends'; readonly specs: readonly BackendSpec[] }
-  | { readonly type: 'learned'; readonly serverUfrag: string; readonly backend: string }
-  | { readonly type: 'negative'; readonly serverUfrag: string }
+  | Learned
+  | Negative
   | { readonly type: 'drain' }
   | { readonly type: 'close' };
 
@@ -32,6 +45,6 @@ export type FromWorker =
   | { readonly type: 'listening'; readonly address: string; readonly port: number }
   | { readonly type: 'applied' }
   | { readonly type: 'routed'; readonly ms: number; readonly outcome: string }
-  | { readonly type: 'learned'; readonly serverUfrag: string; readonly backend: string }
-  | { readonly type: 'negative'; readonly serverUfrag: string }
+  | Learned
+  | Negative
   | { readonly type: 'closed' };

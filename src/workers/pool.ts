@@ -9,7 +9,7 @@ import type { BackendSpec } from '../discovery/types.ts';
 import { createLogger } from '../log.ts';
 import { discoveryOptions, type IngressHandle, type StartOptions } from '../main.ts';
 import { SharedDirectory } from './directory.ts';
-import { SharedSessionSlots, SharedSourceShares, SharedTokenBucket } from './limits.ts';
+import { perWorkerLimits, SharedSessionSlots, SharedTokenBucket } from './limits.ts';
 import type { FromWorker, ToWorker, WorkerInit } from './messages.ts';
 import { registerWorkerMetrics } from './metrics.ts';
 import { splitPortRange } from './port-split.ts';
@@ -51,9 +51,14 @@ export async function startWorkerPool(
   const log: Logger = opts.log ?? createLogger(config.logLevel);
   const now = performance.timeOrigin + performance.now();
   const directory = SharedDirectory.create(4 * Math.min(config.maxSessions, 1 << 20));
-  const budget = SharedTokenBucket.create(config.probeRate, config.probeRate, now);
+  // Shared by all workers: the two probe budgets (fan-out, directed) and the session cap.
+  const budgets = [
+    SharedTokenBucket.create(config.probeRate, config.probeRate, now),
+    SharedTokenBucket.create(config.directedProbeRate, config.directedProbeRate, now),
+  ] as const;
   const slotsCap = SharedSessionSlots.create(config.maxSessions);
-  const sources = SharedSourceShares.create(config.maxPendingPerSource);
+  // Kept by each worker, at 1/N: flows being routed per source (the shares: worker.ts).
+  const { maxPendingPerSource } = perWorkerLimits(config, n);
   const statsBuffer = createStatsBuffer(n);
   const stats = new WorkerStats(statsBuffer);
   // N × (N − 1) rings: 256 KiB each up to 8 workers (≈ 170 datagrams of 1500 B in flight per
@@ -80,6 +85,8 @@ export async function startWorkerPool(
           return stats.sum(Stat.endpoints);
         },
       },
+      activeSources: () => stats.sum(Stat.activeSources),
+      freePorts: config.upstreamPorts === undefined ? undefined : () => stats.sum(Stat.freePorts),
       openUpstreams: () => stats.sum(Stat.upstreams),
       routing,
     },
@@ -118,6 +125,7 @@ export async function startWorkerPool(
         listen: { host: config.listen.host, port },
         admin: undefined,
         upstreamPorts: portSlices?.[id],
+        maxPendingPerSource,
         workers: 1,
         // Workers log at the main thread's level (a test's silent logger included).
         logLevel: log.level,
@@ -126,9 +134,8 @@ export async function startWorkerPool(
         directory: directory.buffer,
         rings,
         bells,
-        budget: budget.buffer,
+        budgets: [budgets[0].buffer, budgets[1].buffer],
         slots: slotsCap.buffer,
-        sources: sources.buffer,
         stats: statsBuffer,
       },
     };
@@ -153,10 +160,10 @@ export async function startWorkerPool(
             routing.observe({ outcome: m.outcome }, m.ms / 1000);
             break;
           case 'learned':
-            broadcast({ type: 'learned', serverUfrag: m.serverUfrag, backend: m.backend }, id);
+            broadcast(m, id);
             break;
           case 'negative':
-            broadcast({ type: 'negative', serverUfrag: m.serverUfrag }, id);
+            broadcast(m, id);
             break;
           case 'closed':
             slot.closed = true;

@@ -19,6 +19,7 @@ const SCALARS = [
   'packetsToClients',
   'bytesToClients',
   'probesSent',
+  'directedProbesSent',
   'sessionsOpened',
 ] as const;
 type Scalar = (typeof SCALARS)[number];
@@ -35,8 +36,12 @@ export const Stat = {
   handoffsIn: CLOSED + CLOSE_REASONS.length + 4,
   handoffDrops: CLOSED + CLOSE_REASONS.length + 5,
   handoffRoutes: CLOSED + CLOSE_REASONS.length + 6,
+  /** Each worker's own count: a source the kernel put on two workers counts in both. */
+  activeSources: CLOSED + CLOSE_REASONS.length + 7,
+  /** −1 when no upstream port range is configured. */
+  freePorts: CLOSED + CLOSE_REASONS.length + 8,
 } as const;
-export const ROW = CLOSED + CLOSE_REASONS.length + 7;
+export const ROW = CLOSED + CLOSE_REASONS.length + 9;
 
 export interface Gauges {
   sessions: number;
@@ -46,6 +51,8 @@ export interface Gauges {
   handoffsIn: number;
   handoffDrops: number;
   handoffRoutes: number;
+  activeSources: number;
+  freePorts: number;
 }
 
 export function createStatsBuffer(workers: number): SharedArrayBuffer {
@@ -66,6 +73,8 @@ export function publish(buffer: SharedArrayBuffer, worker: number, c: Counters, 
   row[Stat.handoffsIn] = g.handoffsIn;
   row[Stat.handoffDrops] = g.handoffDrops;
   row[Stat.handoffRoutes] = g.handoffRoutes;
+  row[Stat.activeSources] = g.activeSources;
+  row[Stat.freePorts] = g.freePorts;
 }
 
 /** Main-thread side: reads the rows. */

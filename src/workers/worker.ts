@@ -3,9 +3,11 @@ import { parentPort, workerData } from 'node:worker_threads';
 import type { BackendSpec, DiscoverySource, SnapshotListener } from '../discovery/types.ts';
 import { createLogger } from '../log.ts';
 import { startProxy } from '../main.ts';
+import { SOURCE_SLOTS } from '../routing/admission.ts';
+import { SourceShares } from '../routing/source-shares.ts';
 import { SharedDirectory } from './directory.ts';
 import { HandoffNode } from './handoff.ts';
-import { SharedSessionSlots, SharedSourceShares, SharedTokenBucket } from './limits.ts';
+import { perWorkerLimits, SharedSessionSlots, SharedTokenBucket } from './limits.ts';
 import type { FromWorker, ToWorker, WorkerInit } from './messages.ts';
 import { Doorbell, HandoffRing } from './ring.ts';
 import { PUBLISH_MS, publish } from './stats.ts';
@@ -52,8 +54,8 @@ const node = new HandoffNode({
   bells,
   idleMs: config.idleTimeoutMs,
   clock,
-  onLearned: (serverUfrag, backend) => post({ type: 'learned', serverUfrag, backend }),
-  onNegative: (serverUfrag) => post({ type: 'negative', serverUfrag }),
+  onLearned: (hash, backend) => post({ type: 'learned', hash, backend }),
+  onNegative: (hash) => post({ type: 'negative', hash }),
 });
 const discovery = new MainThreadDiscovery();
 
@@ -65,17 +67,17 @@ const proxy = await startProxy(config, {
   reusePort: true,
   clock,
   onRouted: (ms, outcome) => post({ type: 'routed', ms, outcome }),
-  workerHooks: {
-    budget: new SharedTokenBucket(shared.budget),
+  shared: {
+    budgets: [new SharedTokenBucket(shared.budgets[0]), new SharedTokenBucket(shared.budgets[1])],
     slots: new SharedSessionSlots(shared.slots),
-    sources: new SharedSourceShares(shared.sources),
-    divert: (buf, address, p) => node.divert(buf, address, p),
-    directory: node,
-    handoff: (buf, address, p, owner) => node.handoff(buf, address, p, owner),
-    listener: node,
+    // This worker's fair shares, of 1/N of the shared budgets (limits.ts, perWorkerLimits).
+    shares: new SourceShares(SOURCE_SLOTS, perWorkerLimits(config, init.workers).shareRates),
+    handoff: node,
   },
 });
-const { datapath, transport } = proxy;
+const { datapath, transport, ports } = proxy;
+// No backends (so no sessions) before the main thread's first snapshot: nothing is missed.
+datapath.addListener(node);
 node.start((buf, address, p) => datapath.onClientDatagram(buf, address, p));
 
 const publishNow = (): void =>
@@ -87,6 +89,8 @@ const publishNow = (): void =>
     handoffsIn: node.handedIn,
     handoffDrops: node.dropped,
     handoffRoutes: node.routes,
+    activeSources: datapath.admission.shares.active,
+    freePorts: ports === undefined ? -1 : ports.available,
   });
 const publisher = setInterval(() => {
   node.sweep();
@@ -102,10 +106,10 @@ port.on('message', (m: ToWorker) => {
       post({ type: 'applied' });
       break;
     case 'learned':
-      datapath.learned.set(m.serverUfrag, m.backend);
+      datapath.admission.learn(m.hash, m.backend);
       break;
     case 'negative':
-      datapath.negative.set(m.serverUfrag, true);
+      datapath.admission.reject(m.hash, clock());
       break;
     case 'drain':
       datapath.stopAccepting();

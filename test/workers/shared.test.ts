@@ -3,11 +3,11 @@ import { describe, expect, it } from 'vitest';
 import { parseConfig } from '../../src/config.ts';
 import { TokenBucket } from '../../src/routing/token-bucket.ts';
 import { SharedDirectory } from '../../src/workers/directory.ts';
-import { hashHi, hashLo } from '../../src/workers/hash.ts';
-import { SharedSessionSlots, SharedSourceShares, SharedTokenBucket } from '../../src/workers/limits.ts';
+import { usernameKey } from '../../src/workers/hash.ts';
+import { perWorkerLimits, SharedSessionSlots, SharedTokenBucket } from '../../src/workers/limits.ts';
 import { Doorbell, HandoffRing } from '../../src/workers/ring.ts';
 
-const key = (u: string): [number, number] => [hashHi(u), hashLo(u)];
+const key = usernameKey;
 
 describe('SharedDirectory', () => {
   it('maps a ufrag pair to its owner; the first owner keeps it; only the owner deletes it', () => {
@@ -173,23 +173,22 @@ describe('shared limits', () => {
     expect(taken.reduce((x, y) => x + y, 0)).toBe(1000);
   });
 
-  it('SharedSessionSlots caps the total; SharedSourceShares caps each source', () => {
+  it('SharedSessionSlots caps the total', () => {
     const s = SharedSessionSlots.create(2);
     const t = new SharedSessionSlots(s.buffer);
     expect([s.tryAcquire(), t.tryAcquire(), s.tryAcquire()]).toEqual([true, true, false]);
     t.release();
     expect(s.tryAcquire()).toBe(true);
     expect(s.used).toBe(2);
-    const shares = SharedSourceShares.create(2);
-    const other = new SharedSourceShares(shares.buffer);
-    expect([
-      shares.tryAcquire('192.0.2.1'),
-      other.tryAcquire('192.0.2.1'),
-      shares.tryAcquire('192.0.2.1'),
-    ]).toEqual([true, true, false]);
-    expect(other.tryAcquire('198.51.100.9')).toBe(true);
-    other.release('192.0.2.1');
-    expect(shares.pending('192.0.2.1')).toBe(1);
+  });
+
+  it('per-source limits: 1/N per worker, so their sum is what one process allows', () => {
+    const cfg = { probeRate: 500, directedProbeRate: 2000, maxPendingPerSource: 256 };
+    expect(perWorkerLimits(cfg, 1)).toEqual({ maxPendingPerSource: 256, shareRates: [500, 2000] });
+    expect(perWorkerLimits(cfg, 2)).toEqual({ maxPendingPerSource: 128, shareRates: [250, 1000] });
+    // Rounded up, never below one flow: a source is never locked out of a worker.
+    expect(perWorkerLimits({ ...cfg, maxPendingPerSource: 5 }, 4).maxPendingPerSource).toBe(2);
+    expect(perWorkerLimits({ ...cfg, maxPendingPerSource: 1 }, 4).maxPendingPerSource).toBe(1);
   });
 });
 
