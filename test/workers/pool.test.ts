@@ -222,6 +222,28 @@ describe('workers: shared state and limits', () => {
     expect(m('ice_ingress_worker_sessions', { worker: '1' })).toBe(1);
   });
 
+  it('a ufrag no backend claimed in one worker is refused in the other without probing', async () => {
+    rig = await startPool([{ unknownUfrag: '401' }, { unknownUfrag: '401' }]);
+    const nobody = { ufrag: 'nobodysufrag7q', password: 'p'.repeat(24) };
+    const c1 = await client();
+    await rig.steer(c1, 0);
+    await expect(c1.check(rig.target, nobody, { timeoutMs: 300 })).rejects.toThrow();
+    await eventually(
+      async () => (await rig!.metrics())('ice_ingress_routes_total', { outcome: 'probe_failed' }) === 1,
+      'probe failed in worker 0',
+    );
+    const seen = rig.servers.map((s) => s.stats.datagrams);
+    const c2 = await client();
+    await rig.steer(c2, 1);
+    await new Promise((r) => setTimeout(r, 50)); // the negative entry travels via the main thread
+    await expect(c2.check(rig.target, nobody, { timeoutMs: 300 })).rejects.toThrow();
+    expect(rig.servers.map((s) => s.stats.datagrams)).toEqual(seen);
+    await eventually(
+      async () => (await rig!.metrics())('ice_ingress_drops_total', { reason: 'unknown_ufrag' }) > 0,
+      'unknown_ufrag drop in worker 1',
+    );
+  });
+
   it('the session cap is one for the pod, not one per worker', async () => {
     rig = await startPool([{}], ['--max-sessions', '1']);
     const s = rig.servers[0]!;
