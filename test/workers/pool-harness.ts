@@ -96,8 +96,21 @@ export async function startPool(
       m('ice_ingress_worker_packets_total', { worker: String(w), direction: 'client_in' }),
     );
   };
+  // Worker rows are published every 100 ms (src/workers/stats.ts): a count read right after other
+  // traffic (the check a test just sent) may still grow from it, and would then be taken for the
+  // probe's worker. Read until two reads more than one period apart agree.
+  const settled = async (): Promise<number[]> => {
+    let a = await clientIn();
+    for (let i = 0; i < 20; i++) {
+      await sleep(130);
+      const b = await clientIn();
+      if (b.every((n, w) => n === a[w])) return b;
+      a = b;
+    }
+    throw new Error('per-worker counters never settled');
+  };
   const workerOf = async (c: FakeIceClient): Promise<number> => {
-    const before = await clientIn();
+    const before = await settled();
     const probe = Buffer.from([0x80, 0x60, 0x70, 0x72, 0x6f, 0x62, 0x65]);
     await c.sendMedia(target, probe);
     const until = performance.now() + 2000;

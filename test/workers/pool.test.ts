@@ -213,7 +213,9 @@ describe('workers: shared state and limits', () => {
     const others = [rig.servers[0]!.stats.datagrams, rig.servers[2]!.stats.datagrams];
     const c2 = await client();
     await rig.steer(c2, 1);
-    await new Promise((r) => setTimeout(r, 50)); // the learned ufrag travels via the main thread
+    // The learned ufrag travels via the main thread (two postMessage hops); nothing shows when it
+    // has arrived, so allow a loaded machine time for it.
+    await new Promise((r) => setTimeout(r, 250));
     await c2.check(rig.target, s1); // another client ufrag, same server ufrag: not a rebinding
     expect([rig.servers[0]!.stats.datagrams, rig.servers[2]!.stats.datagrams]).toEqual(others);
     await eventually(async () => (await rig!.metrics())('ice_ingress_sessions') === 2, 'sessions');
@@ -235,7 +237,7 @@ describe('workers: shared state and limits', () => {
     const seen = rig.servers.map((s) => s.stats.datagrams);
     const c2 = await client();
     await rig.steer(c2, 1);
-    await new Promise((r) => setTimeout(r, 50)); // the negative entry travels via the main thread
+    await new Promise((r) => setTimeout(r, 250)); // the negative entry travels via the main thread
     await expect(c2.check(rig.target, nobody, { timeoutMs: 300 })).rejects.toThrow();
     expect(rig.servers.map((s) => s.stats.datagrams)).toEqual(seen);
     await eventually(
