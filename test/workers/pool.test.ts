@@ -216,7 +216,9 @@ describe('workers: shared state and limits', () => {
     // The learned ufrag travels via the main thread (two postMessage hops); nothing shows when it
     // has arrived, so allow a loaded machine time for it.
     await new Promise((r) => setTimeout(r, 250));
-    await c2.check(rig.target, s1); // another client ufrag, same server ufrag: not a rebinding
+    // Another client ufrag, same server ufrag: not a rebinding. A long first RTO: a retransmit
+    // before the owner's answer (a loaded machine) would rightly fan out (router.ts, round()).
+    await c2.check(rig.target, s1, { rtoMs: 1000 });
     expect([rig.servers[0]!.stats.datagrams, rig.servers[2]!.stats.datagrams]).toEqual(others);
     await eventually(async () => (await rig!.metrics())('ice_ingress_sessions') === 2, 'sessions');
     const m = await rig.metrics();
