@@ -8,8 +8,12 @@
  * that generator; read the relay figures as ratios measured in this one run. Relay CPU time comes
  * from /proc, so "datagrams per CPU-second" is the per-core capacity figure.
  *
+ * Then the workers section: `--workers 1` against `--workers 2` under the same load with nothing
+ * pinned (relay threads, generator and echo share both cores), and the cost of a hand-off between
+ * workers (bench/handoff.ts).
+ *
  * Environment: BENCH_SECONDS (default 3), BENCH_SESSIONS (default 100), BENCH_WINDOW (default 4),
- * BENCH_SIZES (default "1200,100"). Needs a C compiler (cc) and taskset (util-linux).
+ * BENCH_SIZES (default "1200,100"), BENCH_REPEATS (workers section, default 3). Needs a C compiler (cc) and taskset (util-linux).
  */
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import dgram from 'node:dgram';
@@ -42,7 +46,12 @@ async function freePort(): Promise<number> {
 }
 
 /** Spawns a pinned child and resolves when it prints a line containing `marker`. */
-function startPinned(core: number, cmd: string, args: string[], marker: string): Promise<ChildProcess> {
+function startPinned(
+  core: number | string,
+  cmd: string,
+  args: string[],
+  marker: string,
+): Promise<ChildProcess> {
   const child = spawn('taskset', ['-c', String(core), cmd, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   children.push(child);
   return new Promise((resolve, reject) => {
@@ -78,12 +87,19 @@ interface LoadResult {
   error?: string;
 }
 
-function load(port: number, sessions: number, size: number, seconds: number, window: number): LoadResult {
+function load(
+  port: number,
+  sessions: number,
+  size: number,
+  seconds: number,
+  window: number,
+  cores = '1',
+): LoadResult {
   const out = execFileSync(
     'taskset',
     [
       '-c',
-      '1',
+      cores,
       binary,
       'load',
       '127.0.0.1',
@@ -177,6 +193,96 @@ for (const size of SIZES) {
 }
 
 const fmt = (n: number): string => Math.round(n).toLocaleString('en-US');
+
+// Workers: `--workers 1` against `--workers 2`, twice each.
+// - pinned: the relay process (all its threads) on core 0, generator + echo on core 1, as above:
+//   "fwd per relay CPU-s" says whether the worker machinery costs anything per datagram (two
+//   workers then share one core).
+// - shared: nothing pinned apart: relay threads, the C generator and a second C echo share both
+//   cores, so a second worker competes with the generator for the second core: "round trips/s" is
+//   what this 2-core machine reaches, not what a pod with dedicated cores would.
+const ALL = '0,1';
+const echo2Port = await freePort();
+await startPinned(ALL, binary, ['echo', '127.0.0.1', String(echo2Port)], 'ready');
+interface WorkerRow {
+  workers: number;
+  size: number;
+  placement: 'pinned' | 'shared';
+  rtps: number;
+  fwdPerCpuSec: number;
+  reprimed: number;
+}
+const workerRows: WorkerRow[] = [];
+const REPEATS = Number(process.env.BENCH_REPEATS ?? 3);
+const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+async function workerRun(workers: number, size: number, placement: 'pinned' | 'shared') {
+  const port = await freePort();
+  const relayCores = placement === 'pinned' ? '0' : ALL;
+  const loadCores = placement === 'pinned' ? '1' : ALL;
+  const relay = await startPinned(
+    relayCores,
+    node,
+    [
+      `${root}src/cli.ts`,
+      '--workers',
+      String(workers),
+      '--listen',
+      `127.0.0.1:${port}`,
+      '--backends',
+      `echo=127.0.0.1:${placement === 'pinned' ? echoPort : echo2Port}`,
+      '--admin',
+      'off',
+      '--upstream-ports',
+      '0',
+      '--probe-rate',
+      '1000000',
+      '--max-pending-per-source',
+      '100000',
+      '--log-level',
+      'info',
+    ],
+    'ice-ingress started',
+  );
+  load(port, 4, size, 1, 1, loadCores); // warm-up
+  const cpu0 = cpuSeconds(relay.pid!);
+  const thr = load(port, SESSIONS, size, SECONDS, WINDOW, loadCores);
+  const cpu = cpuSeconds(relay.pid!) - cpu0;
+  relay.kill('SIGKILL');
+  await new Promise((r) => relay.once('exit', r));
+  return { rtps: thr.roundTripsPerSec, fwdPerCpuSec: (thr.roundTrips * 2) / cpu, reprimed: thr.reprimed };
+}
+for (const size of SIZES) {
+  for (const placement of ['pinned', 'shared'] as const) {
+    // 1 and 2 workers alternate, REPEATS times; each row is the median of its runs.
+    const runs = new Map<number, Array<Awaited<ReturnType<typeof workerRun>>>>([
+      [1, []],
+      [2, []],
+    ]);
+    for (let i = 0; i < REPEATS; i++) {
+      for (const workers of [1, 2]) runs.get(workers)!.push(await workerRun(workers, size, placement));
+    }
+    for (const [workers, rs] of runs) {
+      workerRows.push({
+        workers,
+        size,
+        placement,
+        rtps: median(rs.map((r) => r.rtps)),
+        fwdPerCpuSec: median(rs.map((r) => r.fwdPerCpuSec)),
+        reprimed: rs.reduce((n, r) => n + r.reprimed, 0),
+      });
+    }
+  }
+}
+
+const { measureHandoff, measureRing, printHandoff, printRing } = await import('./handoff.ts');
+const handoffRows = await measureHandoff({
+  echoPort: echo2Port,
+  sessions: Math.min(SESSIONS, 50),
+  seconds: SECONDS,
+  sizes: SIZES,
+  cores: ALL,
+  repeats: REPEATS,
+});
 console.log(
   `\nice-ingress bench — ${SESSIONS} sessions × window ${WINDOW}, ${SECONDS}s per run, Node ${process.version}; relay on core 0, C generator + C echo share core 1\n`,
 );
@@ -208,5 +314,33 @@ for (const size of SIZES) {
     } (per CPU-second)`,
   );
 }
+console.log(
+  `\nworkers — median of ${REPEATS} alternating runs; pinned: relay (all threads) on core 0, generator + echo on core 1; shared: relay threads, C generator and C echo all share both cores of this 2-core machine\n`,
+);
+console.log(
+  'size   placement  workers   round trips/s   datagrams fwd/s   fwd per relay CPU-s   lost windows',
+);
+for (const r of workerRows) {
+  console.log(
+    [
+      String(r.size).padEnd(6),
+      r.placement.padEnd(9),
+      String(r.workers).padStart(8),
+      fmt(r.rtps).padStart(15),
+      fmt(r.rtps * 2).padStart(17),
+      fmt(r.fwdPerCpuSec).padStart(21),
+      String(r.reprimed).padStart(14),
+    ].join(' '),
+  );
+}
+for (const size of SIZES) {
+  const w = (placement: string, workers: number): WorkerRow =>
+    workerRows.find((r) => r.size === size && r.placement === placement && r.workers === workers)!;
+  console.log(
+    `${size} B: 2 workers / 1 worker = ${(w('pinned', 2).fwdPerCpuSec / w('pinned', 1).fwdPerCpuSec).toFixed(2)} (per CPU-second, pinned), ${(w('shared', 2).fwdPerCpuSec / w('shared', 1).fwdPerCpuSec).toFixed(2)} (per CPU-second, shared), ${(w('shared', 2).rtps / w('shared', 1).rtps).toFixed(2)} (round trips/s, shared)`,
+  );
+}
+printHandoff(handoffRows);
+printRing(await measureRing());
 cleanup();
 process.exit(0);

@@ -2,11 +2,12 @@
 import { readFileSync } from 'node:fs';
 import { ConfigError, helpText, parseConfig } from './config.ts';
 import { runJvbConfigCommand, runTokenCommand } from './jvb-config.ts';
-import { startProxy } from './main.ts';
+import { startIngress } from './main.ts';
 
 /**
  * `ice-ingress` entry point: sub-commands, flags, signals and exit codes.
- * Exit codes: 0 clean exit (including after a drain), 1 failed at run time (e.g. port in use),
+ * Exit codes: 0 clean exit (including after a drain), 1 failed at run time (e.g. port in use, a
+ * worker thread crashed),
  * 2 bad command line or configuration.
  */
 
@@ -48,9 +49,9 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
   const config = parsed.config;
-  let proxy: Awaited<ReturnType<typeof startProxy>>;
+  let proxy: Awaited<ReturnType<typeof startIngress>>;
   try {
-    proxy = await startProxy(config);
+    proxy = await startIngress(config);
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
     if (e.code === 'ICE_INGRESS_DISCOVERY_CONFIG') {
@@ -75,6 +76,8 @@ async function main(argv: string[]): Promise<number> {
     };
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGINT', () => stop('SIGINT'));
+    // A data-path worker died (already logged): stop the rest and exit 1 so the pod restarts.
+    void proxy.failed.then(() => proxy.close().then(() => resolve(1)));
   });
 }
 

@@ -1,6 +1,7 @@
 import { isIP } from 'node:net';
 import { parseBackends } from './discovery/static.ts';
 import type { DatapathOptions } from './proxy/datapath.ts';
+import { MAX_WORKERS } from './workers/cpus.ts';
 
 /**
  * Command-line and environment configuration. Every option is one row of {@link OPTIONS}: its flag,
@@ -44,6 +45,8 @@ export interface Config extends DatapathOptions {
   /** Kernel forwarding of established media (docs/fast-path.md). */
   readonly fastPath: FastPathKind;
   readonly logLevel: string;
+  /** Data-path worker threads; `auto` = the CPUs the pod may use (src/workers/cpus.ts). */
+  readonly workers: number | 'auto';
 }
 
 interface OptionSpec {
@@ -175,6 +178,12 @@ export const OPTIONS: readonly OptionSpec[] = [
     help: 'forward established media in the kernel (needs NET_ADMIN, nft, ip_forward; --listen with a specific IPv4 address)',
   },
   { flag: 'log-level', arg: 'LEVEL', def: 'info', help: 'fatal|error|warn|info|debug|trace|silent' },
+  {
+    flag: 'workers',
+    arg: 'N|auto',
+    def: '1',
+    help: 'data-path threads sharing the listening port (SO_REUSEPORT); auto = CPUs of the cgroup quota',
+  },
 ];
 
 export function envName(flag: string): string {
@@ -313,6 +322,18 @@ export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Pa
       '--fast-path nftables: needs --listen with the specific address clients send to (e.g. the pod IP), not 0.0.0.0: the kernel rewrites replies to come from it',
     );
   }
+  let workers: number | 'auto' = 'auto';
+  if (raw('workers').value !== 'auto') {
+    workers = int('workers', 1, MAX_WORKERS);
+    if (upstreamPorts !== undefined && upstreamPorts[1] - upstreamPorts[0] + 1 < workers) {
+      bad('upstream-ports', `needs at least one port per worker (${workers})`);
+    }
+    // One nftables table per network namespace, driven by one process's flow events; with the
+    // kernel forwarding the media, Node only handles STUN and one event loop suffices.
+    if (fastPath === 'nftables' && workers > 1) {
+      bad('workers', 'the nftables fast path runs with one worker (--workers 1 or auto)');
+    }
+  }
   const logLevel = raw('log-level').value;
   if (!LOG_LEVELS.has(logLevel)) bad('log-level', `expected one of ${[...LOG_LEVELS].join(', ')}`);
 
@@ -347,6 +368,7 @@ export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Pa
     drainTimeoutMs: duration('drain-timeout', 0),
     fastPath,
     logLevel,
+    workers,
   };
   if (problems.length > 0) throw new ConfigError(problems);
   return { kind: 'run', config: Object.freeze(config) };

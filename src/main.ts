@@ -9,14 +9,14 @@ import {
 } from './admin/metrics.ts';
 import { startAdminServer } from './admin/server.ts';
 import type { Config } from './config.ts';
-import { createDiscovery } from './discovery/index.ts';
+import { createDiscovery, type DiscoveryOptions } from './discovery/index.ts';
 import type { DiscoverySource } from './discovery/types.ts';
 import { NftFastPath } from './fastpath/fast-path.ts';
 import { NftCommand } from './fastpath/nft-runner.ts';
 import { checkFastPath, FastPathUnavailable, systemProbes } from './fastpath/preflight.ts';
 import { SourceAddresses } from './fastpath/source-address.ts';
 import { createLogger } from './log.ts';
-import { Datapath } from './proxy/datapath.ts';
+import { Datapath, type DatapathDeps } from './proxy/datapath.ts';
 import { UdpTransport } from './proxy/udp.ts';
 import { BackendTable } from './routing/backends.ts';
 import { PortPool } from './session/port-pool.ts';
@@ -29,6 +29,8 @@ import { PortPool } from './session/port-pool.ts';
 export interface ProxyHandle {
   readonly datapath: Datapath;
   readonly transport: UdpTransport;
+  /** The upstream port range, when one is configured. */
+  readonly ports: PortPool | undefined;
   readonly registry: Registry;
   readonly log: Logger;
   /** The kernel fast path, when `--fast-path nftables`. */
@@ -49,6 +51,67 @@ export interface StartOptions {
   /** Replaces the source chosen by `config.discovery` (tests). */
   readonly discovery?: DiscoverySource;
   readonly processMetrics?: boolean;
+  /** Set inside a worker thread (src/workers/worker.ts): its id, logged instead of "started". */
+  readonly worker?: number;
+  /** Bind the listening socket with SO_REUSEPORT (worker threads share the address). */
+  readonly reusePort?: boolean;
+  /** Replaces `performance.now()` (workers need a clock comparable across threads). */
+  readonly clock?: () => number;
+  /** Also told each routing time and outcome (workers forward them to the main thread). */
+  readonly onRouted?: (ms: number, outcome: string) => void;
+  /**
+   * Set inside a worker thread: the shared budgets and session cap, the worker's own fair shares
+   * and the hand-off to the other workers (src/workers/worker.ts, docs/workers.md).
+   */
+  readonly shared?: Pick<DatapathDeps, 'budgets' | 'slots' | 'shares' | 'handoff'>;
+}
+
+/** What the CLI needs from a running proxy, one process or a pool of worker threads. */
+export interface IngressHandle {
+  readonly registry: Registry;
+  readonly log: Logger;
+  readonly listen: { address: string; port: number };
+  readonly adminPort: number | undefined;
+  /** Data-path threads (1 = this thread, no workers). */
+  readonly workers: number;
+  ready(): boolean;
+  drain(ms: number): Promise<void>;
+  close(): Promise<void>;
+  /** Settles if a worker thread dies: the pod must restart rather than run with a hole. */
+  readonly failed: Promise<Error>;
+}
+
+/**
+ * Starts the proxy with `config.workers` data-path threads: 1 (the default) is this thread alone,
+ * exactly as {@link startProxy}; more start worker threads that share the listening address
+ * (src/workers, docs/workers.md).
+ */
+export async function startIngress(config: Config, opts: StartOptions = {}): Promise<IngressHandle> {
+  const { resolveWorkers } = await import('./workers/cpus.ts');
+  // The nftables fast path runs in one process (config.ts refuses --workers N > 1 with it).
+  const n = config.fastPath === 'nftables' ? 1 : resolveWorkers(config.workers);
+  if (n <= 1) {
+    const p = await startProxy(config, opts);
+    return Object.assign(p, { workers: 1, failed: new Promise<Error>(() => {}) });
+  }
+  const { startWorkerPool } = await import('./workers/pool.ts');
+  return startWorkerPool(config, n, opts);
+}
+
+/** The discovery options of a config (one mapping for the single process and the worker pool). */
+export function discoveryOptions(config: Config): DiscoveryOptions {
+  return {
+    kind: config.discovery,
+    backends: config.backends,
+    service: config.service,
+    namespace: config.namespace,
+    portName: config.portName,
+    kubeconfig: config.kubeconfig,
+    dnsName: config.dnsName,
+    backendPort: config.backendPort,
+    dnsInterval: config.dnsIntervalMs,
+    dnsGrace: config.dnsGraceMs,
+  };
 }
 
 /** Sweep period: probe timeouts and idle expiry are checked this often. */
@@ -68,7 +131,7 @@ export async function startProxy(config: Config, opts: StartOptions = {}): Promi
     const problems = await checkFastPath(systemProbes());
     if (problems.length > 0) throw new FastPathUnavailable(problems);
   }
-  const clock = (): number => performance.now();
+  const clock = opts.clock ?? ((): number => performance.now());
   const backends = new BackendTable();
   const ports =
     config.upstreamPorts === undefined
@@ -81,6 +144,7 @@ export async function startProxy(config: Config, opts: StartOptions = {}): Promi
     upstreamBind4: config.upstreamBind,
     upstreamBind6: config.upstreamBind6,
     socketBufferBytes: config.socketBufferBytes,
+    reusePort: opts.reusePort ?? false,
     onClientDatagram: (buf, address, port) => datapath.onClientDatagram(buf, address, port),
     onListenError: (err) => log.error({ err: err.message }, 'listening socket error'),
   });
@@ -109,7 +173,11 @@ export async function startProxy(config: Config, opts: StartOptions = {}): Promi
     clock,
     log,
     options: config,
-    onRouted: (ms, outcome) => routing.observe({ outcome }, ms / 1000),
+    onRouted: (ms, outcome) => {
+      routing.observe({ outcome }, ms / 1000);
+      opts.onRouted?.(ms, outcome);
+    },
+    ...opts.shared,
   });
   const registry = createRegistry(
     {
@@ -124,23 +192,7 @@ export async function startProxy(config: Config, opts: StartOptions = {}): Promi
     opts.processMetrics ?? true,
   );
 
-  const discovery =
-    opts.discovery ??
-    (await createDiscovery(
-      {
-        kind: config.discovery,
-        backends: config.backends,
-        service: config.service,
-        namespace: config.namespace,
-        portName: config.portName,
-        kubeconfig: config.kubeconfig,
-        dnsName: config.dnsName,
-        backendPort: config.backendPort,
-        dnsInterval: config.dnsIntervalMs,
-        dnsGrace: config.dnsGraceMs,
-      },
-      { log, registry },
-    ));
+  const discovery = opts.discovery ?? (await createDiscovery(discoveryOptions(config), { log, registry }));
   let bound = false;
   let draining = false;
   const ready = (): boolean => bound && backends.synced && !draining;
@@ -199,15 +251,18 @@ export async function startProxy(config: Config, opts: StartOptions = {}): Promi
       throw err;
     }
   }
-  log.info(
-    {
-      listen,
-      admin: admin ? `${config.admin!.host}:${admin.port}` : 'off',
-      discovery: discovery.kind,
-      fastPath: config.fastPath,
-    },
-    'ice-ingress started',
-  );
+  if (opts.worker !== undefined) log.info({ listen }, 'worker started');
+  else {
+    log.info(
+      {
+        listen,
+        admin: admin ? `${config.admin!.host}:${admin.port}` : 'off',
+        discovery: discovery.kind,
+        fastPath: config.fastPath,
+      },
+      'ice-ingress started',
+    );
+  }
 
   let closed = false;
   const close = async (): Promise<void> => {
@@ -235,6 +290,7 @@ export async function startProxy(config: Config, opts: StartOptions = {}): Promi
   return {
     datapath,
     transport,
+    ports,
     registry,
     log,
     fastPath,

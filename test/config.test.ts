@@ -119,3 +119,37 @@ describe('parseDuration', () => {
     expect(parseDuration('1d')).toBeUndefined();
   });
 });
+
+describe('--fast-path with --workers', () => {
+  it('refuses more than one worker with the nftables fast path, naming the flag', () => {
+    expect(() =>
+      parseConfig(
+        [
+          '--backends',
+          'a=10.0.0.1:10000',
+          '--listen',
+          '10.0.0.9:10000',
+          '--fast-path',
+          'nftables',
+          '--workers',
+          '2',
+        ],
+        {},
+      ),
+    ).toThrow(/--workers: the nftables fast path runs with one worker/);
+    const one = parseConfig(
+      [
+        '--backends',
+        'a=10.0.0.1:10000',
+        '--listen',
+        '10.0.0.9:10000',
+        '--fast-path',
+        'nftables',
+        '--workers',
+        'auto',
+      ],
+      {},
+    );
+    expect(one.kind).toBe('run');
+  });
+});

@@ -8,7 +8,8 @@ import type { SessionRegistry } from '../session/registry.ts';
  * Labels come only from fixed sets (direction, reason, outcome, state): never client addresses.
  */
 export interface MetricSources {
-  readonly counters: Counters;
+  /** The data path's counters, or a function that returns them at scrape time (summed workers). */
+  readonly counters: Counters | (() => Counters);
   readonly sessions: Pick<SessionRegistry, 'size' | 'endpointCount'>;
   /** Sources active in the last second (admission's fair-share table). */
   readonly activeSources?: () => number;
@@ -61,7 +62,8 @@ const DIRECTIONS = ['client_in', 'backend_out', 'backend_in', 'client_out'] as c
 export function createRegistry(src: MetricSources, withProcessMetrics = true): Registry {
   const registry = new Registry();
   if (withProcessMetrics) collectDefaultMetrics({ register: registry });
-  const c = src.counters;
+  const source = src.counters;
+  const counters = typeof source === 'function' ? source : (): Counters => source;
   if (src.routing !== undefined) registry.registerMetric(src.routing);
 
   // prom-client counters only go up; ours are the source of truth, so each scrape starts from a
@@ -106,13 +108,19 @@ export function createRegistry(src: MetricSources, withProcessMetrics = true): R
   byPath(
     'ice_ingress_packets_total',
     'Datagrams relayed, by direction (client_in, backend_out, backend_in, client_out) and path (userspace, kernel).',
-    () => [c.packetsFromClients, c.packetsToBackends, c.packetsFromBackends, c.packetsToClients],
+    () => {
+      const c = counters();
+      return [c.packetsFromClients, c.packetsToBackends, c.packetsFromBackends, c.packetsToClients];
+    },
     () => [k!.totals.packetsUp, k!.totals.packetsUp, k!.totals.packetsDown, k!.totals.packetsDown],
   );
   byPath(
     'ice_ingress_bytes_total',
     'UDP payload bytes relayed, by direction and path.',
-    () => [c.bytesFromClients, c.bytesToBackends, c.bytesFromBackends, c.bytesToClients],
+    () => {
+      const c = counters();
+      return [c.bytesFromClients, c.bytesToBackends, c.bytesFromBackends, c.bytesToClients];
+    },
     () => [k!.totals.bytesUp, k!.totals.bytesUp, k!.totals.bytesDown, k!.totals.bytesDown],
   );
   if (k !== undefined) {
@@ -136,31 +144,31 @@ export function createRegistry(src: MetricSources, withProcessMetrics = true): R
     });
   }
   mirror('ice_ingress_drops_total', 'Datagrams dropped, by reason (fixed set; see README).', 'reason', () =>
-    byIndex(DROP_REASON_LABELS, c.drops),
+    byIndex(DROP_REASON_LABELS, counters().drops),
   );
   mirror(
     'ice_ingress_routes_total',
     'How new client flows were routed: rebind, prefix, learned, probe_won, probe_failed, restart, rebind_refused.',
     'outcome',
-    () => byIndex(ROUTE_LABELS, c.routes),
+    () => byIndex(ROUTE_LABELS, counters().routes),
   );
   mirror(
     'ice_ingress_probes_total',
     'Probe datagrams sent to backends, by kind: fanout (one per candidate) or directed (prefix token, learned ufrag).',
     'kind',
     () => [
-      ['fanout', c.probesSent - c.directedProbesSent],
-      ['directed', c.directedProbesSent],
+      ['fanout', counters().probesSent - counters().directedProbesSent],
+      ['directed', counters().directedProbesSent],
     ],
   );
   mirror('ice_ingress_sessions_opened_total', 'Sessions whose owner was found.', undefined, () => [
-    ['', c.sessionsOpened],
+    ['', counters().sessionsOpened],
   ]);
   mirror(
     'ice_ingress_sessions_closed_total',
     'Sessions ended, by reason (idle, probe_failed, backend_gone, restart, superseded, shutdown, upstream_error).',
     'reason',
-    () => byIndex(CLOSE_REASONS, c.closed),
+    () => byIndex(CLOSE_REASONS, counters().closed),
   );
   new Gauge({
     name: 'ice_ingress_sessions',

@@ -2,6 +2,7 @@ import type { Logger } from 'pino';
 import type { BackendSpec } from '../discovery/types.ts';
 import { Admission, type AdmissionOptions } from '../routing/admission.ts';
 import type { BackendTable } from '../routing/backends.ts';
+import type { Shares } from '../routing/source-shares.ts';
 import { type Budget, TokenBucket } from '../routing/token-bucket.ts';
 import type { FlowListener } from '../session/events.ts';
 import type { PortPool } from '../session/port-pool.ts';
@@ -9,7 +10,7 @@ import { LocalSessionSlots, SessionRegistry, type SessionSlots } from '../sessio
 import { type Session, SessionState } from '../session/session.ts';
 import { type CloseReason, Counters } from './counters.ts';
 import { Forwarder } from './forwarder.ts';
-import type { Transport } from './io.ts';
+import type { FlowHandoff, Transport } from './io.ts';
 import { Router } from './router.ts';
 
 /**
@@ -40,9 +41,15 @@ export interface DatapathDeps {
   readonly options: DatapathOptions;
   /** Called once per session whose owner was found: routing time and outcome (a metrics hook). */
   readonly onRouted?: (ms: number, outcome: string) => void;
-  /** Shared limits for a pod's workers; by default, this process's own. */
+  /**
+   * A pod's workers (docs/workers.md): the shared [fan-out, directed] budgets and session cap, this
+   * worker's fair-share table, and the hand-off to the other workers. By default (one process):
+   * this process's own limits and no hand-off.
+   */
   readonly budgets?: readonly [Budget, Budget];
   readonly slots?: SessionSlots;
+  readonly shares?: Shares;
+  readonly handoff?: FlowHandoff;
 }
 
 export class Datapath {
@@ -88,6 +95,7 @@ export class Datapath {
       ],
       pending: (source, budget) => registry.pending(source, budget),
       sessions: () => registry.size,
+      shares: deps.shares,
       options,
     });
     this.router = new Router({
@@ -102,7 +110,15 @@ export class Datapath {
       strictPrefix: options.strictPrefix,
       onRouted: deps.onRouted,
     });
-    forwarder = new Forwarder({ registry, router: this.router, backends, transport, counters, clock });
+    forwarder = new Forwarder({
+      registry,
+      router: this.router,
+      backends,
+      transport,
+      counters,
+      clock,
+      handoff: deps.handoff,
+    });
     this.forwarder = forwarder;
   }
 

@@ -11,7 +11,7 @@ import {
   usernameEquals,
 } from '../stun/parse.ts';
 import { type Counters, DropReason, RouteCounter } from './counters.ts';
-import type { Transport } from './io.ts';
+import type { FlowHandoff, Transport } from './io.ts';
 import type { Router } from './router.ts';
 
 /**
@@ -31,6 +31,8 @@ export interface ForwarderDeps {
   readonly transport: Transport;
   readonly counters: Counters;
   readonly clock: () => number;
+  /** A pod's other workers (docs/workers.md); undefined in a single process. */
+  readonly handoff?: FlowHandoff | undefined;
 }
 
 export class Forwarder {
@@ -112,6 +114,10 @@ export class Forwarder {
   }
 
   #newFlow(buf: Buffer, address: string, port: number): void {
+    const h = this.#d.handoff;
+    // Before the not-STUN drop: media on a 5-tuple whose first check went to another worker
+    // follows it there (docs/workers.md, "Hand-off").
+    if (h?.divert(buf, address, port)) return;
     if (buf.length === 0 || buf[0]! > 3) {
       const cls = buf.length === 0 ? PacketClass.Other : classifyFirstByte(buf[0]!);
       this.#drop(
@@ -123,7 +129,17 @@ export class Forwarder {
       );
       return;
     }
-    if (this.#parsed(buf)) this.#d.router.route(buf, this.#view, address, port, undefined);
+    if (!this.#parsed(buf)) return;
+    if (h !== undefined) {
+      // Another worker holds a live session of this ufrag pair (NAT rebinding, another candidate
+      // whose 5-tuple the kernel hashed here): it routes the check, through its own session.
+      const owner = h.ownerOf(buf, this.#view);
+      if (owner >= 0) {
+        h.handoff(buf, address, port, owner);
+        return;
+      }
+    }
+    this.#d.router.route(buf, this.#view, address, port, undefined);
   }
 
   /** Parses a check a flow may start or continue with into the view; drops it by reason if unfit. */

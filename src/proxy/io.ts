@@ -1,7 +1,9 @@
+import type { UsernameView } from '../stun/parse.ts';
+
 /**
  * Every interface between the I/O-free data path and the outside world, in one module: the socket
- * layer (implemented by `udp.ts` with `node:dgram`, and by fakes in tests) and the listeners that
- * hear about flows (metrics, a kernel fast path, a cross-worker directory).
+ * layer (implemented by `udp.ts` with `node:dgram`, and by fakes in tests), a pod's other workers
+ * (hand-off of flows they own) and the listeners that hear about flows.
  *
  * See docs/architecture.md, "Data path".
  */
@@ -35,4 +37,24 @@ export interface Transport {
   sendToClient(buf: Uint8Array, port: number, address: string): void;
   /** Opens an upstream socket bound to `localPort` (0 = any) for backends of this address family. */
   openUpstream(family: 4 | 6, localPort: number, handler: UpstreamHandler): Upstream;
+}
+
+/**
+ * A pod's other workers, as the forwarder sees them (docs/workers.md): absent in a single process,
+ * and then not even looked at. Asked only for datagrams on 5-tuples that no session of this worker
+ * holds, so the established-flow path never reaches it.
+ */
+export interface FlowHandoff {
+  /**
+   * Any datagram on an unknown 5-tuple, before it is classified: true if the 5-tuple's first check
+   * was handed to another worker (the datagram followed it there; consumed).
+   */
+  divert(buf: Buffer, address: string, port: number): boolean;
+  /**
+   * A parsed first check (`view`) on an unknown 5-tuple: the worker that owns a live session of
+   * its ufrag pair, if that is another worker, else -1.
+   */
+  ownerOf(buf: Buffer, view: UsernameView): number;
+  /** Hands the first check to `owner` (just returned by {@link FlowHandoff.ownerOf}). */
+  handoff(buf: Buffer, address: string, port: number, owner: number): void;
 }

@@ -37,6 +37,8 @@ export interface UdpTransportOptions {
   readonly upstreamBind6: string;
   /** SO_RCVBUF / SO_SNDBUF of the listening socket, bytes; 0 = kernel default. */
   readonly socketBufferBytes: number;
+  /** SO_REUSEPORT on the listening socket: worker threads share one address (docs/workers.md). */
+  readonly reusePort?: boolean;
   readonly onClientDatagram: (buf: Buffer, address: string, port: number) => void;
   readonly onListenError: (err: Error) => void;
 }
@@ -60,7 +62,11 @@ export class UdpTransport implements Transport {
   /** Binds the listening socket; resolves with the bound address (port 0 → the kernel's pick). */
   start(): Promise<{ address: string; port: number }> {
     const { host, port } = this.#opt.listen;
-    const sock = dgram.createSocket({ type: host.includes(':') ? 'udp6' : 'udp4', lookup: ipLiteralLookup });
+    const sock = dgram.createSocket({
+      type: host.includes(':') ? 'udp6' : 'udp4',
+      lookup: ipLiteralLookup,
+      reusePort: this.#opt.reusePort === true,
+    });
     this.#listen = sock;
     return new Promise((resolve, reject) => {
       const onStartError = (err: Error): void => reject(err);

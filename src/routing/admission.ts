@@ -4,7 +4,7 @@ import type { RouteOutcome } from '../session/session.ts';
 import { hashBytes } from '../stun/hash.ts';
 import type { UsernameView } from '../stun/parse.ts';
 import type { Backend, BackendTable } from './backends.ts';
-import { BudgetClass, SourceShares } from './source-shares.ts';
+import { BudgetClass, type Shares, SourceShares } from './source-shares.ts';
 import { ufragTokenBits } from './token.ts';
 import type { Budget } from './token-bucket.ts';
 import { createLearnedUfrags, NegativeUfrags } from './ufrag-caches.ts';
@@ -49,6 +49,11 @@ export interface AdmissionDeps {
   /** Flows from a source being routed now, per class; and the sessions open now. */
   readonly pending: (source: string, budget: BudgetClass) => number;
   readonly sessions: () => number;
+  /**
+   * The per-source fair shares; by default a {@link SourceShares} of the global rates. A pod's
+   * workers pass one at 1/N of the shared budgets each (docs/workers.md, "Shared limits").
+   */
+  readonly shares?: Shares;
   readonly options: AdmissionOptions;
 }
 
@@ -82,7 +87,7 @@ export const NEGATIVE_SLOTS = 1 << 16;
 export class Admission {
   readonly learned: LRUCache<number, string>;
   readonly negative: NegativeUfrags;
-  readonly shares: SourceShares;
+  readonly shares: Shares;
   readonly #d: AdmissionDeps;
   readonly options: AdmissionOptions;
 
@@ -91,7 +96,8 @@ export class Admission {
     this.options = deps.options;
     this.learned = createLearnedUfrags(deps.options.learnedMax);
     this.negative = new NegativeUfrags(NEGATIVE_SLOTS, deps.options.negativeTtlMs);
-    this.shares = new SourceShares(SOURCE_SLOTS, [deps.options.probeRate, deps.options.directedProbeRate]);
+    this.shares =
+      deps.shares ?? new SourceShares(SOURCE_SLOTS, [deps.options.probeRate, deps.options.directedProbeRate]);
   }
 
   /**

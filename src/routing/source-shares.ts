@@ -38,7 +38,20 @@ export const PROBE = 8;
 /** Probe rounds a source may make at once when it (re)activates, per class. */
 export const ACTIVATION_ROUNDS = 8;
 
-export class SourceShares {
+/**
+ * What admission needs from a fair-share table: {@link SourceShares} in one process; a pod's
+ * workers each pass their own, at 1/N of the shared budgets (docs/workers.md, "Shared limits").
+ */
+export interface Shares {
+  /** Sources active in the last second. */
+  readonly active: number;
+  slotOf(address: string, now: number): number;
+  take(slot: number, cls: BudgetClass, n: number, now: number): boolean;
+  refund(slot: number, cls: BudgetClass, n: number): void;
+  sweep(now: number): void;
+}
+
+export class SourceShares implements Shares {
   readonly slots: number;
   readonly #mask: number;
   readonly #rates: readonly [number, number];

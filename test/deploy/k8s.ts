@@ -165,6 +165,32 @@ export function checkProxyArgs(args: string[]): Map<string, string> {
   return flags;
 }
 
+/** Kubernetes CPU quantity ("2", "1500m", "0.5") → CPUs. */
+function cpus(q: string | number): number {
+  const t = String(q);
+  return t.endsWith('m') ? Number(t.slice(0, -1)) / 1000 : Number(t);
+}
+
+/**
+ * `--workers` and the container's CPU resources must agree (src/workers/cpus.ts): `auto` follows
+ * the CPU limit, so a limit must exist, be whole CPUs (a fraction is rounded down: paid for,
+ * unused) and equal the request; a fixed N needs at least N CPUs requested.
+ */
+export function checkWorkersAgreeWithCpu(
+  workers: string,
+  resources: { requests?: { cpu?: string }; limits?: { cpu?: string } },
+): void {
+  const request = cpus(resources.requests?.cpu ?? '0');
+  if (workers === 'auto') {
+    expect(resources.limits?.cpu, '--workers=auto needs a CPU limit').toBeDefined();
+    const limit = cpus(resources.limits!.cpu!);
+    expect(Number.isInteger(limit), 'CPU limit in whole CPUs').toBe(true);
+    expect(limit).toBe(request);
+  } else {
+    expect(request).toBeGreaterThanOrEqual(Number(workers));
+  }
+}
+
 export function checkProxy(objs: Obj[]): void {
   const dep = one(objs, 'Deployment', 'ice-ingress');
   const pod = dep.spec.template.spec;
@@ -187,6 +213,7 @@ export function checkProxy(objs: Obj[]): void {
   expect(c.livenessProbe.httpGet).toEqual({ path: '/healthz', port: 'admin' });
   expect(c.readinessProbe.httpGet).toEqual({ path: '/readyz', port: 'admin' });
   expect(c.resources.requests.cpu).toBeDefined(); // the HPA measures against it
+  checkWorkersAgreeWithCpu(checkProxyArgs(c.args).get('workers') ?? '1', c.resources);
   expect(c.ports).toEqual([
     { name: 'media', containerPort: 10000, protocol: 'UDP' },
     { name: 'admin', containerPort: 9090, protocol: 'TCP' },

@@ -1,5 +1,12 @@
 import { describe, expect, it } from 'vitest';
-import { checkProxy, checkRbac, type Obj, rawObjects, schemaProblems } from './k8s.ts';
+import {
+  checkProxy,
+  checkRbac,
+  checkWorkersAgreeWithCpu,
+  type Obj,
+  rawObjects,
+  schemaProblems,
+} from './k8s.ts';
 
 // The raw files of deploy/, without a renderer (npm test). What kustomize renders from them:
 // render.test.ts (npm run test:deploy).
@@ -45,5 +52,18 @@ describe('deploy/ raw manifests', () => {
       },
     ];
     expect(() => checkRbac([role], undefined)).toThrow();
+  });
+
+  it('the --workers/CPU check can fail', () => {
+    checkWorkersAgreeWithCpu('auto', { requests: { cpu: '2' }, limits: { cpu: '2' } });
+    checkWorkersAgreeWithCpu('2', { requests: { cpu: '2000m' } });
+    expect(() => checkWorkersAgreeWithCpu('auto', { requests: { cpu: '2' } })).toThrow(/CPU limit/);
+    expect(() =>
+      checkWorkersAgreeWithCpu('auto', { requests: { cpu: '1500m' }, limits: { cpu: '1500m' } }),
+    ).toThrow(/whole CPUs/);
+    expect(() =>
+      checkWorkersAgreeWithCpu('auto', { requests: { cpu: '1' }, limits: { cpu: '2' } }),
+    ).toThrow();
+    expect(() => checkWorkersAgreeWithCpu('4', { requests: { cpu: '2' } })).toThrow();
   });
 });

@@ -1,0 +1,50 @@
+import type { Config } from '../config.ts';
+import type { BackendSpec } from '../discovery/types.ts';
+
+/** What the main thread and the data-path workers tell each other (docs/workers.md). */
+
+/** `workerData` of one worker thread: its identity, its share of the config, the shared memory. */
+export interface WorkerInit {
+  readonly id: number;
+  readonly workers: number;
+  /** The pod's config with this worker's listen port and upstream port slice filled in. */
+  readonly config: Config;
+  readonly shared: {
+    readonly directory: SharedArrayBuffer;
+    /** `rings[i][j]`: from worker i to worker j (undefined on the diagonal). */
+    readonly rings: ReadonlyArray<ReadonlyArray<SharedArrayBuffer | undefined>>;
+    readonly bells: readonly SharedArrayBuffer[];
+    /** The shared [fan-out, directed] probe budgets (SharedTokenBucket). */
+    readonly budgets: readonly [SharedArrayBuffer, SharedArrayBuffer];
+    readonly slots: SharedArrayBuffer;
+    readonly stats: SharedArrayBuffer;
+  };
+}
+
+/** A won probe: the server ufrag's 32-bit hash (stun/hash.ts, as admission keys it) → backend name. */
+export interface Learned {
+  readonly type: 'learned';
+  readonly hash: number;
+  readonly backend: string;
+}
+
+/** No backend claimed the server ufrag with this hash (admission's negative cache). */
+export interface Negative {
+  readonly type: 'negative';
+  readonly hash: number;
+}
+
+export type ToWorker =
+  | { readonly type: 'backends'; readonly specs: readonly BackendSpec[] }
+  | Learned
+  | Negative
+  | { readonly type: 'drain' }
+  | { readonly type: 'close' };
+
+export type FromWorker =
+  | { readonly type: 'listening'; readonly address: string; readonly port: number }
+  | { readonly type: 'applied' }
+  | { readonly type: 'routed'; readonly ms: number; readonly outcome: string }
+  | Learned
+  | Negative
+  | { readonly type: 'closed' };
