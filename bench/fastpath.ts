@@ -19,8 +19,9 @@
  * - hand-over (fast path only): 100 sessions arriving within one second, each streaming media
  *   through its hand-over; the proxy's per-session hand-over times (its debug log) and datagrams lost.
  *
- * Environment: BENCH_SECONDS (3), BENCH_SESSIONS (100), BENCH_WINDOW (4), BENCH_REPS (3),
- * BENCH_SIZES ("1200,100"). Needs root and the packages of `sh test/fastpath-ns/prereqs.sh --bench`. Wrap it in
+ * Environment: BENCH_SECONDS (3), BENCH_SESSIONS (100), BENCH_WINDOW (4), BENCH_REPS (5),
+ * BENCH_SIZES ("1200,100"), BENCH_ONEWAY_ONLY (1: only the one-way runs), BENCH_VARIANTS (a
+ * comma-separated subset, e.g. "routing,kernel"; the ratios need routing). Needs root and the packages of `sh test/fastpath-ns/prereqs.sh --bench`. Wrap it in
  * `flock /tmp/ice-bench.lock` on a shared machine. Everything it starts is in its namespaces and
  * is killed with them.
  */
@@ -35,6 +36,8 @@ const SESSIONS = Number(process.env.BENCH_SESSIONS ?? 100);
 const WINDOW = Number(process.env.BENCH_WINDOW ?? 4);
 const REPS = Number(process.env.BENCH_REPS ?? 5);
 const SIZES = (process.env.BENCH_SIZES ?? '1200,100').split(',').map(Number);
+/** BENCH_ONEWAY_ONLY=1: only the one-way runs (no round trips, no hand-over), for iterating on rules. */
+const ONEWAY_ONLY = process.env.BENCH_ONEWAY_ONLY === '1';
 const NODE = process.execPath;
 
 const CLI = '10.78.1.2';
@@ -152,7 +155,14 @@ function spawnWaiting(role: Role, cmd: string, args: string[], label: string, ma
 }
 
 type Variant = 'routing' | 'kernel' | 'userspace' | 'nginx';
-const VARIANTS: Variant[] = ['routing', 'kernel', 'userspace', 'nginx'];
+const ALL_VARIANTS: Variant[] = ['routing', 'kernel', 'userspace', 'nginx'];
+/** BENCH_VARIANTS=routing,kernel: a subset, in this order (the ratios need routing; the round-trip table nginx). */
+const VARIANTS: Variant[] = process.env.BENCH_VARIANTS
+  ? process.env.BENCH_VARIANTS.split(',').map((v) => {
+      if (!ALL_VARIANTS.includes(v as Variant)) throw new Error(`BENCH_VARIANTS: unknown variant ${v}`);
+      return v as Variant;
+    })
+  : ALL_VARIANTS;
 
 const NGINX_CONF = `${topo.logDir}/nginx.conf`;
 writeFileSync(
@@ -336,6 +346,45 @@ async function oneWay(target: string): Promise<{ dps: number; busyShare: number;
   };
 }
 
+/** Hand-over: 100 sessions within 1 s, media every 5 ms each through the switch. */
+async function handOver(): Promise<{
+  sessions: number;
+  established: number;
+  sent: number;
+  lost: number;
+  handovers: number[];
+}> {
+  const pod = await spawnWaiting(
+    'pod',
+    'nice',
+    ['-n', '-20', 'taskset', '-c', '1', binary, 'echo', POD, String(PORT)],
+    'echo',
+    'ready',
+  );
+
+  const relay = await startRelay('kernel', 'debug');
+  const out = await topo.exec(
+    'cli',
+    NODE,
+    [`${root}bench/handover-client.ts`, PRX_C, String(PORT), '100', '1000', '5', '1500'],
+    30_000,
+  );
+  await new Promise((r) => setTimeout(r, 300));
+  const r = JSON.parse(out.trim().split('\n').at(-1)!) as {
+    sessions: number;
+    established: number;
+    sent: number;
+    lost: number;
+  };
+  const handovers = relay.lines
+    .filter((l) => l.includes('"handoverMs"'))
+    .map((l) => (JSON.parse(l) as { handoverMs: number }).handoverMs)
+    .sort((a, b) => a - b);
+  await relay.stop();
+  topo.kill(pod);
+  return { ...r, handovers };
+}
+
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 const fmt = (x: number): string => Math.round(x).toLocaleString('en-US');
 
@@ -354,7 +403,7 @@ try {
   // Variants interleaved within each repetition, so a neighbour's burst on a shared machine hits
   // them alike; each run starts its relay afresh.
   const rt = new Map<string, { rtps: number[]; us: number[]; reprimed: number }>();
-  for (let i = 0; i < REPS; i++) {
+  for (let i = 0; i < (ONEWAY_ONLY ? 0 : REPS); i++) {
     for (const size of SIZES) {
       for (const v of VARIANTS) {
         const relay = await startRelay(v);
@@ -401,36 +450,7 @@ try {
   execFileSync('ip', ['netns', 'exec', n('pod'), 'nft', 'delete', 'table', 'ip', 'bench_sink']);
   await sh('pod', 'echo 2 > /sys/class/net/eth0/queues/rx-0/rps_cpus');
   topo.kill(pod);
-  pod = await spawnWaiting(
-    'pod',
-    'nice',
-    ['-n', '-20', 'taskset', '-c', '1', binary, 'echo', POD, String(PORT)],
-    'echo',
-    'ready',
-  );
-
-  // Hand-over: 100 sessions within 1 s, media every 5 ms each through the switch.
-  const relay = await startRelay('kernel', 'debug');
-  const out = await topo.exec(
-    'cli',
-    NODE,
-    [`${root}bench/handover-client.ts`, PRX_C, String(PORT), '100', '1000', '5', '1500'],
-    30_000,
-  );
-  await new Promise((r) => setTimeout(r, 300));
-  const ho = JSON.parse(out.trim().split('\n').at(-1)!) as {
-    sessions: number;
-    established: number;
-    sent: number;
-    lost: number;
-  };
-  const handovers = relay.lines
-    .filter((l) => l.includes('"handoverMs"'))
-    .map((l) => (JSON.parse(l) as { handoverMs: number }).handoverMs)
-    .sort((a, b) => a - b);
-  await relay.stop();
-  topo.kill(pod);
-
+  const ho = ONEWAY_ONLY ? undefined : await handOver();
   console.log(
     `\nice-ingress fast-path bench — ${SESSIONS} sessions × window ${WINDOW}, ${SECONDS}s per run, ${REPS} runs each, interleaved; proxy namespace on core 0 (RPS + pinned relay), generator/echo on core 1; Node ${process.version}, ${execFileSync('nft', ['--version']).toString().trim()}, kernel ${execFileSync('uname', ['-r']).toString().trim()}\n`,
   );
@@ -440,7 +460,7 @@ try {
   console.log(
     'path in the proxy namespace   size   round trips/s (median)   µs core-0 CPU per fwd datagram, min / median   ÷ nginx per core (min)   lost windows',
   );
-  for (const size of SIZES) {
+  for (const size of ONEWAY_ONLY || !VARIANTS.includes('nginx') ? [] : SIZES) {
     const ng = Math.min(...rt.get(`nginx/${size}`)!.us);
     for (const v of VARIANTS) {
       const r = rt.get(`${v}/${size}`)!;
@@ -473,11 +493,13 @@ try {
       ].join(' '),
     );
   }
-  const p = (q: number): number =>
-    handovers[Math.min(handovers.length - 1, Math.floor(q * handovers.length))] ?? Number.NaN;
-  console.log(
-    `\nhand-over: ${ho.established}/${ho.sessions} sessions within 1 s, ${handovers.length} handed to the kernel; established → in the kernel p50 ${p(0.5).toFixed(1)} ms, p90 ${p(0.9).toFixed(1)} ms, p99 ${p(0.99).toFixed(1)} ms, max ${(handovers.at(-1) ?? Number.NaN).toFixed(1)} ms; media datagrams sent ${ho.sent}, lost ${ho.lost}`,
-  );
+  if (ho !== undefined) {
+    const h = ho.handovers;
+    const p = (q: number): number => h[Math.min(h.length - 1, Math.floor(q * h.length))] ?? Number.NaN;
+    console.log(
+      `\nhand-over: ${ho.established}/${ho.sessions} sessions within 1 s, ${h.length} handed to the kernel; established → in the kernel p50 ${p(0.5).toFixed(1)} ms, p90 ${p(0.9).toFixed(1)} ms, p99 ${p(0.99).toFixed(1)} ms, max ${(h.at(-1) ?? Number.NaN).toFixed(1)} ms; media datagrams sent ${ho.sent}, lost ${ho.lost}`,
+    );
+  }
 } finally {
   topo.destroySync();
 }
