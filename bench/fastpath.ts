@@ -313,7 +313,9 @@ async function roundTrips(
   return { rtps: m.r.roundTripsPerSec, usPerDgram: (m.busyS * 1e6) / m.dgrams, reprimed: m.r.reprimed };
 }
 
-async function oneWay(target: string): Promise<{ dps: number; busyShare: number; usPerDgram: number }> {
+async function oneWay(
+  target: string,
+): Promise<{ dps: number; sentPerSec: number; busyShare: number; usPerDgram: number }> {
   const pod0 = await rxPackets('pod', 'eth0');
   const m = await measure(async () => {
     const out = await topo.exec(
@@ -341,6 +343,7 @@ async function oneWay(target: string): Promise<{ dps: number; busyShare: number;
   const delivered = (await rxPackets('pod', 'eth0')) - pod0;
   return {
     dps: delivered / m.r.seconds,
+    sentPerSec: m.r.sent / m.r.seconds,
     busyShare: m.busyS / m.wallS,
     usPerDgram: (m.busyS * 1e6) / m.dgrams,
   };
@@ -436,14 +439,19 @@ try {
     input:
       'table ip bench_sink {\n  chain pre {\n    type filter hook prerouting priority raw; policy accept;\n    udp dport 10000 @th,64,8 > 3 drop\n  }\n}\n',
   });
-  const ow = new Map<Variant, Array<{ dps: number; busyShare: number; usPerDgram: number }>>();
+  const ow = new Map<
+    Variant,
+    Array<{ dps: number; sentPerSec: number; busyShare: number; usPerDgram: number }>
+  >();
   for (let i = 0; i < REPS; i++) {
     for (const v of VARIANTS) {
       const relay = await startRelay(v);
       const r = await oneWay(relay.target);
       await relay.stop();
       ow.set(v, [...(ow.get(v) ?? []), r]);
-      console.error(`one-way ${v}: ${fmt(r.dps)} dgram/s, core 0 ${(r.busyShare * 100).toFixed(0)} %`);
+      console.error(
+        `one-way ${v}: ${fmt(r.dps)} dgram/s delivered of ${fmt(r.sentPerSec)} sent, core 0 ${(r.busyShare * 100).toFixed(0)} %`,
+      );
       await new Promise((res) => setTimeout(res, 300));
     }
   }
