@@ -68,7 +68,21 @@ export class SourceShares implements Shares {
   #active = 0;
 
   /** `rates`: the global budgets in datagrams per second, [fan-out, directed]. */
-  constructor(slots: number, rates: readonly [number, number], seed = (Math.random() * 0x100000000) >>> 0) {
+  /** Probe rounds an activating source may make at once, per class (see {@link ACTIVATION_ROUNDS}). */
+  readonly #activationRounds: number;
+
+  /**
+   * `activationRounds`: a pod's N workers each keep a table, and the kernel spreads a source's
+   * 5-tuples over them, so each gives ACTIVATION_ROUNDS / N: the credits a flood's first second
+   * collects then add up as in one process, within the global budget's burst.
+   */
+  constructor(
+    slots: number,
+    rates: readonly [number, number],
+    seed = (Math.random() * 0x100000000) >>> 0,
+    activationRounds = ACTIVATION_ROUNDS,
+  ) {
+    this.#activationRounds = activationRounds;
     const size = 1 << Math.ceil(Math.log2(Math.max(2, slots)));
     this.slots = size;
     this.#mask = size - 1;
@@ -124,7 +138,7 @@ export class SourceShares implements Shares {
       // would then take many times the global budget between them, the global bucket would run
       // dry, and it would refuse fair sources too.
       this.#creditedAt[i] = now;
-      this.#tokens[i] = ACTIVATION_ROUNDS * n;
+      this.#tokens[i] = this.#activationRounds * n;
       this.#refilledAt[i] = now;
     } else if (now > this.#refilledAt[i]!) {
       const share = this.#rates[cls]! / Math.max(1, this.#active);

@@ -4,7 +4,7 @@ import type { BackendSpec, DiscoverySource, SnapshotListener } from '../discover
 import { createLogger } from '../log.ts';
 import { startProxy } from '../main.ts';
 import { SOURCE_SLOTS } from '../routing/admission.ts';
-import { SourceShares } from '../routing/source-shares.ts';
+import { ACTIVATION_ROUNDS, SourceShares } from '../routing/source-shares.ts';
 import { SharedDirectory } from './directory.ts';
 import { HandoffNode } from './handoff.ts';
 import { perWorkerLimits, SharedSessionSlots, SharedTokenBucket } from './limits.ts';
@@ -71,7 +71,12 @@ const proxy = await startProxy(config, {
     budgets: [new SharedTokenBucket(shared.budgets[0]), new SharedTokenBucket(shared.budgets[1])],
     slots: new SharedSessionSlots(shared.slots),
     // This worker's fair shares, of 1/N of the shared budgets (limits.ts, perWorkerLimits).
-    shares: new SourceShares(SOURCE_SLOTS, perWorkerLimits(config, init.workers).shareRates),
+    shares: new SourceShares(
+      SOURCE_SLOTS,
+      perWorkerLimits(config, init.workers).shareRates,
+      undefined,
+      Math.max(1, Math.ceil(ACTIVATION_ROUNDS / init.workers)),
+    ),
     handoff: node,
   },
 });
