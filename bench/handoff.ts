@@ -23,6 +23,7 @@ import { mkdirSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { tokenFor } from '../src/routing/token.ts';
+import { NODE_FLAGS } from '../src/runtime.ts';
 import { Doorbell, HandoffRing } from '../src/workers/ring.ts';
 import { buildBindingRequest } from '../test/fixtures/stun-bytes.ts';
 
@@ -88,6 +89,7 @@ function startRelay(
     '-c',
     cores,
     process.execPath,
+    ...NODE_FLAGS,
     `${root}src/cli.ts`,
     '--workers',
     '2',

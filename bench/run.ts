@@ -19,6 +19,7 @@ import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import dgram from 'node:dgram';
 import { mkdirSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import { NODE_FLAGS } from '../src/runtime.ts';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 3);
@@ -143,13 +144,14 @@ for (const size of SIZES) {
           ? await startPinned(
               0,
               node,
-              [`${root}bench/plain-relay.ts`, String(port), String(echoPort)],
+              [...NODE_FLAGS, `${root}bench/plain-relay.ts`, String(port), String(echoPort)],
               'ready',
             )
           : await startPinned(
               0,
               node,
               [
+                ...NODE_FLAGS,
                 `${root}src/cli.ts`,
                 '--listen',
                 `127.0.0.1:${port}`,
@@ -223,6 +225,7 @@ async function workerRun(workers: number, size: number, placement: 'pinned' | 's
     relayCores,
     node,
     [
+      ...NODE_FLAGS,
       `${root}src/cli.ts`,
       '--workers',
       String(workers),
