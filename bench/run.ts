@@ -38,6 +38,32 @@ const cleanup = (): void => {
 process.on('exit', cleanup);
 process.on('SIGINT', () => process.exit(130));
 
+/**
+ * The CLI as the image runs it (V8 flags), in front of one echo backend, with limits out of the
+ * way of a load test; `extra` flags come first.
+ */
+function proxyArgs(port: number, echoPort: number, extra: readonly string[] = []): string[] {
+  return [
+    ...NODE_FLAGS,
+    `${root}src/cli.ts`,
+    ...extra,
+    '--listen',
+    `127.0.0.1:${port}`,
+    '--backends',
+    `echo=127.0.0.1:${echoPort}`,
+    '--admin',
+    'off',
+    '--upstream-ports',
+    '0',
+    '--probe-rate',
+    '1000000',
+    '--max-pending-per-source',
+    '100000',
+    '--log-level',
+    'info',
+  ];
+}
+
 async function freePort(): Promise<number> {
   const s = dgram.createSocket('udp4');
   await new Promise<void>((r) => s.bind(0, '127.0.0.1', () => r()));
@@ -147,29 +173,7 @@ for (const size of SIZES) {
               [...NODE_FLAGS, `${root}bench/plain-relay.ts`, String(port), String(echoPort)],
               'ready',
             )
-          : await startPinned(
-              0,
-              node,
-              [
-                ...NODE_FLAGS,
-                `${root}src/cli.ts`,
-                '--listen',
-                `127.0.0.1:${port}`,
-                '--backends',
-                `echo=127.0.0.1:${echoPort}`,
-                '--admin',
-                'off',
-                '--upstream-ports',
-                '0',
-                '--probe-rate',
-                '1000000',
-                '--max-pending-per-source',
-                '100000',
-                '--log-level',
-                'info',
-              ],
-              'ice-ingress started',
-            );
+          : await startPinned(0, node, proxyArgs(port, echoPort), 'ice-ingress started');
     }
     // Latency first, unloaded: one session, one datagram in flight.
     const lat = load(port, 1, size, 1, 1);
@@ -224,26 +228,7 @@ async function workerRun(workers: number, size: number, placement: 'pinned' | 's
   const relay = await startPinned(
     relayCores,
     node,
-    [
-      ...NODE_FLAGS,
-      `${root}src/cli.ts`,
-      '--workers',
-      String(workers),
-      '--listen',
-      `127.0.0.1:${port}`,
-      '--backends',
-      `echo=127.0.0.1:${placement === 'pinned' ? echoPort : echo2Port}`,
-      '--admin',
-      'off',
-      '--upstream-ports',
-      '0',
-      '--probe-rate',
-      '1000000',
-      '--max-pending-per-source',
-      '100000',
-      '--log-level',
-      'info',
-    ],
+    proxyArgs(port, placement === 'pinned' ? echoPort : echo2Port, ['--workers', String(workers)]),
     'ice-ingress started',
   );
   load(port, 4, size, 1, 1, loadCores); // warm-up
