@@ -9,29 +9,48 @@ import dgram from 'node:dgram';
 export class SourceAddresses {
   readonly #bind: string;
   readonly #known = new Map<string, string>();
+  /** Backend address → when its lookup failed; asked again after {@link RETRY_MS}. */
+  readonly #failed = new Map<string, number>();
+  readonly #now: () => number;
+
+  static readonly RETRY_MS = 10_000;
 
   /** `bind`: the upstream sockets' bind address (`--upstream-bind`). */
-  constructor(bind: string) {
+  constructor(bind: string, now: () => number = Date.now) {
     this.#bind = bind;
+    this.#now = now;
   }
 
-  get(backendAddress: string): string | undefined {
+  /** The source address; undefined = not looked up yet; null = the lookup failed recently. */
+  get(backendAddress: string): string | null | undefined {
     if (this.#bind !== '0.0.0.0') return this.#bind;
-    return this.#known.get(backendAddress);
+    const known = this.#known.get(backendAddress);
+    if (known !== undefined) return known;
+    const failedAt = this.#failed.get(backendAddress);
+    if (failedAt === undefined) return undefined;
+    if (this.#now() - failedAt < SourceAddresses.RETRY_MS) return null;
+    this.#failed.delete(backendAddress);
+    return undefined;
   }
 
   async resolve(backendAddress: string): Promise<string> {
     const known = this.get(backendAddress);
-    if (known !== undefined) return known;
+    if (typeof known === 'string') return known;
     const sock = dgram.createSocket('udp4');
     try {
       const source = await new Promise<string>((resolve, reject) => {
         sock.once('error', reject);
-        // The port does not matter for the route; nothing is sent.
-        sock.connect(9, backendAddress, () => resolve(sock.address().address));
+        // The port does not matter for the route; nothing is sent. dgram hands a failed connect
+        // (no route, an address of the other family) to this callback, not to 'error'.
+        sock.connect(9, backendAddress, (err?: Error) =>
+          err ? reject(err) : resolve(sock.address().address),
+        );
       });
       this.#known.set(backendAddress, source);
       return source;
+    } catch (err) {
+      this.#failed.set(backendAddress, this.#now());
+      throw err;
     } finally {
       sock.close();
     }
