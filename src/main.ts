@@ -14,6 +14,7 @@ import type { DiscoverySource } from './discovery/types.ts';
 import { NftFastPath } from './fastpath/fast-path.ts';
 import { NftCommand } from './fastpath/nft-runner.ts';
 import { checkFastPath, FastPathUnavailable, systemProbes } from './fastpath/preflight.ts';
+import { ingressDevices, NextHops } from './fastpath/routes.ts';
 import { SourceAddresses } from './fastpath/source-address.ts';
 import { createLogger } from './log.ts';
 import { Datapath, type DatapathDeps } from './proxy/datapath.ts';
@@ -204,7 +205,7 @@ export async function startProxy(config: Config, opts: StartOptions = {}): Promi
         {
           listenAddress: listen.address,
           listenPort: listen.port,
-          upstreamPorts: config.upstreamPorts,
+          devices: ingressDevices(),
           batchWindowMs: 5,
           pollIntervalMs: pollInterval(config),
         },
@@ -216,6 +217,7 @@ export async function startProxy(config: Config, opts: StartOptions = {}): Promi
               datapath.registry.noteKernel(s, c.packetsUp, c.bytesUp, c.packetsDown, c.bytesDown),
           },
           sources: new SourceAddresses(config.upstreamBind),
+          nextHops: new NextHops(),
           clock,
           log,
           onHandover: (ms) => handover.observe(ms / 1000),

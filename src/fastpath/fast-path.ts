@@ -2,15 +2,14 @@ import type { Logger } from 'pino';
 import type { CloseReason } from '../proxy/counters.ts';
 import type { FlowListener } from '../session/events.ts';
 import type { ClientEndpoint, Session } from '../session/session.ts';
-import { FlowPlan } from './flow-plan.ts';
+import { type FlowLookup, FlowPlan } from './flow-plan.ts';
 import { type ElementCount, parseElementCounters } from './kernel-counters.ts';
 import type { Nft } from './nft-runner.ts';
 import {
-  COUNTED_DOWN,
-  COUNTED_UP,
   deleteTableScript,
   downKey,
   FAMILY,
+  FLOWS,
   TABLE,
   type TableParams,
   tableScript,
@@ -18,9 +17,10 @@ import {
 } from './nft-script.ts';
 
 /**
- * The kernel fast path (docs/fast-path.md): hears flow events, keeps the `ip ice_ingress` table's
- * maps in step with the established sessions in batched transactions, and reads the per-element
- * counters back into the sessions (idle clock, packet and byte counts).
+ * The kernel fast path (docs/fast-path.md): hears flow events, keeps the `netdev ice_ingress`
+ * table's per-session chains and map elements in step with the established sessions in batched
+ * transactions, and reads the per-element counters back into the sessions (idle clock, packet and
+ * byte counts).
  *
  * It never writes a session: what it learns from the kernel goes through {@link FastPathHost}
  * (the session registry). One transaction or listing at a time (a promise chain), so counter
@@ -53,8 +53,13 @@ export interface FastPathDeps {
   readonly nft: Nft;
   readonly host: FastPathHost;
   readonly sources: {
-    get(backendAddress: string): string | undefined;
+    get(backendAddress: string): string | null | undefined;
     resolve(backendAddress: string): Promise<string>;
+  };
+  /** The namespace's routes (routes.ts), re-read before each batch. */
+  readonly nextHops: {
+    refresh(): Promise<void>;
+    get(address: string): { via: string; dev: string } | undefined;
   };
   readonly clock: () => number;
   readonly log: Logger;
@@ -70,11 +75,13 @@ export class NftFastPath implements FlowListener {
   readonly totals: KernelCounts = { packetsUp: 0, bytesUp: 0, packetsDown: 0, bytesDown: 0 };
   /** Transactions applied and failed; sessions handed over. */
   readonly stats = { transactions: 0, failures: 0, handovers: 0, polls: 0 };
-  readonly #plan = new FlowPlan();
+  readonly #plan: FlowPlan;
   readonly #d: FastPathDeps;
   readonly #opt: FastPathOptions;
   /** Last counter values seen per element (`map:key`), for deltas. */
   readonly #seen = new Map<string, ElementCount>();
+  readonly #look: FlowLookup;
+  readonly #listen: { address: string; port: number };
   #queue: Promise<void> = Promise.resolve();
   #timer: NodeJS.Timeout | undefined;
   #poller: NodeJS.Timeout | undefined;
@@ -87,6 +94,12 @@ export class NftFastPath implements FlowListener {
   private constructor(opt: FastPathOptions, deps: FastPathDeps) {
     this.#opt = opt;
     this.#d = deps;
+    this.#plan = new FlowPlan(opt);
+    this.#listen = { address: opt.listenAddress, port: opt.listenPort };
+    this.#look = {
+      sourceOf: (a) => deps.sources.get(a),
+      nextHop: (a) => deps.nextHops.get(a),
+    };
   }
 
   /** Creates the table (replacing a stale one) and starts the counter poller. */
@@ -94,7 +107,7 @@ export class NftFastPath implements FlowListener {
     const fp = new NftFastPath(opt, deps);
     await deps.nft.apply(tableScript(opt));
     deps.log.info(
-      { table: `${FAMILY} ${TABLE}`, listen: `${opt.listenAddress}:${opt.listenPort}` },
+      { table: `${FAMILY} ${TABLE}`, listen: `${opt.listenAddress}:${opt.listenPort}`, devices: opt.devices },
       'fast path: nftables table created',
     );
     fp.#poller = setInterval(() => fp.#scheduledPoll(), opt.pollIntervalMs);
@@ -107,8 +120,10 @@ export class NftFastPath implements FlowListener {
     return this.#plan.installed;
   }
 
-  // FlowListener: only marks; the batch reads the sessions when it runs.
+  // FlowListener: only marks; the batch reads the sessions when it runs. Once stopped or given
+  // up, nothing is tracked any more.
   established(s: Session): void {
+    if (this.#stopped || this.#disabled) return;
     this.#plan.established(s, this.#d.clock());
     this.#schedule();
   }
@@ -196,14 +211,20 @@ export class NftFastPath implements FlowListener {
     this.#flushing = true;
     try {
       const sources = this.#d.sources;
-      for (const a of this.#plan.missingSources((x) => sources.get(x))) {
+      try {
+        await this.#d.nextHops.refresh();
+      } catch (err) {
+        // The last table read stays in use (none yet: every flow stays in userspace).
+        this.#d.log.warn({ err: (err as Error).message }, 'fast path: cannot read the routing table');
+      }
+      for (const a of this.#plan.missingSources(this.#look)) {
         try {
           await sources.resolve(a);
         } catch (err) {
           this.#d.log.warn({ backend: a, err: (err as Error).message }, 'fast path: no route to backend');
         }
       }
-      const batch = this.#plan.take((x) => sources.get(x));
+      const batch = this.#plan.take(this.#look);
       if (batch === undefined) return;
       try {
         await this.#d.nft.apply(`${batch.lines.join('\n')}\n`);
@@ -211,7 +232,7 @@ export class NftFastPath implements FlowListener {
         this.stats.failures++;
         this.#d.log.warn(
           { err: (err as Error).message },
-          'fast path: transaction failed; rewriting the maps',
+          'fast path: transaction failed; rewriting the table',
         );
         await this.#resync();
         return;
@@ -228,8 +249,8 @@ export class NftFastPath implements FlowListener {
     for (const c of batch.changes) {
       // A removed or replaced element restarts its counter at zero.
       if (c.from !== undefined) {
-        this.#seen.delete(`${COUNTED_UP}:${upKey(c.from.client)}`);
-        this.#seen.delete(`${COUNTED_DOWN}:${downKey(c.from)}`);
+        this.#seen.delete(`${FLOWS}:${upKey(c.from.flow, this.#listen)}`);
+        this.#seen.delete(`${FLOWS}:${downKey(c.from.flow)}`);
       }
     }
     for (const h of this.#plan.commit(batch, this.#d.clock())) {
@@ -240,7 +261,7 @@ export class NftFastPath implements FlowListener {
   }
 
   async #resync(): Promise<void> {
-    const batch = this.#plan.resync((x) => this.#d.sources.get(x));
+    const batch = this.#plan.resync(this.#look);
     try {
       await this.#d.nft.apply(`${batch.lines.join('\n')}\n`);
       this.stats.transactions++;
@@ -253,7 +274,7 @@ export class NftFastPath implements FlowListener {
       this.#plan.forgetAll();
       this.#d.log.error(
         { err: (err as Error).message },
-        'fast path: cannot repair the maps; table removed, every session relayed by Node',
+        'fast path: cannot repair the table; removed, every session relayed by Node',
       );
       await this.#d.nft.apply(deleteTableScript()).catch(() => {});
     }
@@ -261,9 +282,9 @@ export class NftFastPath implements FlowListener {
 
   async #poll(): Promise<void> {
     if (this.#disabled) return;
-    const text = await this.#d.nft.listJson(['list', 'table', FAMILY, TABLE]);
+    // Only the map: listing the table would print every session's chains too.
+    const counts = parseElementCounters(await this.#d.nft.listJson(['list', 'map', FAMILY, TABLE, FLOWS]));
     this.stats.polls++;
-    const counts = parseElementCounters(text);
     const now = this.#d.clock();
     const delta = (key: string): ElementCount => {
       const c = counts.get(key);
@@ -275,8 +296,8 @@ export class NftFastPath implements FlowListener {
     };
     const t = this.totals;
     for (const [s, f] of this.#plan.installedFlows()) {
-      const up = delta(`${COUNTED_UP}:${upKey(f.client)}`);
-      const down = delta(`${COUNTED_DOWN}:${downKey(f)}`);
+      const up = delta(`${FLOWS}:${upKey(f, this.#listen)}`);
+      const down = delta(`${FLOWS}:${downKey(f)}`);
       if (up.packets === 0 && down.packets === 0) continue;
       const k: KernelCounts = {
         packetsUp: up.packets,

@@ -1,11 +1,12 @@
 import type { Session } from '../session/session.ts';
 import {
   addFlowLines,
-  addSourceLine,
   deleteFlowLines,
-  deleteSourceLine,
-  flushMapsLines,
+  type Endpoint,
   type KernelFlow,
+  type NextHop,
+  type TableParams,
+  tableScript,
 } from './nft-script.ts';
 
 /**
@@ -16,19 +17,41 @@ import {
  * leave a stale element. Pure: no I/O, no clock of its own (docs/fast-path.md, "Hand-over").
  */
 
-/** The kernel path of a session right now, or undefined if it must stay in userspace. */
-export function desiredFlow(s: Session): KernelFlow | undefined {
+/** What a flow needs from outside the session: looked up by the caller before each batch. */
+export interface FlowLookup {
+  /**
+   * The upstream socket's source address toward a backend; undefined = not resolved yet (the
+   * session waits, dirty); null = it could not be (the session stays in userspace).
+   */
+  sourceOf(backendAddress: string): string | null | undefined;
+  /** The next hop toward an address; undefined = no route (the session stays in userspace). */
+  nextHop(address: string): NextHop | undefined;
+}
+
+/** The kernel path of a session right now: a flow, 'userspace' (stays in Node) or 'pending'. */
+export function desiredFlow(s: Session, look: FlowLookup): KernelFlow | 'userspace' | 'pending' {
   const b = s.backend;
   const c = s.current;
   const port = s.upstream.localPort;
   // IPv4 only (docs/fast-path.md, "IPv6"); the upstream port is known once the socket is bound.
-  if (b === undefined || port <= 0 || b.address.includes(':') || c.address.includes(':')) return undefined;
+  if (b === undefined || port <= 0 || b.address.includes(':') || c.address.includes(':')) return 'userspace';
+  const toBackend = look.nextHop(b.address);
+  const toClient = look.nextHop(c.address);
+  if (toBackend === undefined || toClient === undefined) return 'userspace';
+  const source = look.sourceOf(b.address);
+  if (source === null) return 'userspace';
+  if (source === undefined) return 'pending';
   return {
     client: { address: c.address, port: c.port },
     backend: { address: b.address, port: b.port },
     upstreamPort: port,
+    source,
+    toBackend,
+    toClient,
   };
 }
+
+const sameHop = (a: NextHop, b: NextHop): boolean => a.via === b.via && a.dev === b.dev;
 
 function sameFlow(a: KernelFlow | undefined, b: KernelFlow | undefined): boolean {
   if (a === undefined || b === undefined) return a === b;
@@ -37,12 +60,21 @@ function sameFlow(a: KernelFlow | undefined, b: KernelFlow | undefined): boolean
     a.client.port === b.client.port &&
     a.client.address === b.client.address &&
     a.backend.port === b.backend.port &&
-    a.backend.address === b.backend.address
+    a.backend.address === b.backend.address &&
+    a.source === b.source &&
+    sameHop(a.toBackend, b.toBackend) &&
+    sameHop(a.toClient, b.toClient)
   );
 }
 
+interface Installed {
+  readonly flow: KernelFlow;
+  /** Names the flow's two chains (nft-script.ts); a new one per install, never reused. */
+  readonly id: number;
+}
+
 interface Tracked {
-  installed: KernelFlow | undefined;
+  installed: Installed | undefined;
   closed: boolean;
   /** When `established` was heard; cleared once the first install committed (hand-over time). */
   establishedAt: number | undefined;
@@ -50,31 +82,35 @@ interface Tracked {
 
 export interface Change {
   readonly s: Session;
-  readonly from: KernelFlow | undefined;
-  readonly to: KernelFlow | undefined;
+  readonly from: Installed | undefined;
+  readonly to: Installed | undefined;
 }
 
 export interface Batch {
   /** One transaction: every delete, then every add. */
   readonly lines: readonly string[];
   readonly changes: readonly Change[];
-  readonly sourcesAdded: ReadonlyMap<string, string>;
-  readonly sourcesDeleted: readonly string[];
-  /** A full rewrite of the maps (after a failed transaction) rather than a diff. */
+  /** The whole table rewritten (after a failed transaction) rather than a diff. */
   readonly resync: boolean;
 }
 
 export class FlowPlan {
   readonly #tracked = new Map<Session, Tracked>();
   readonly #dirty = new Set<Session>();
-  /** Backend address → source address installed in `bsrc`, with the number of flows using it. */
-  readonly #sources = new Map<string, { source: string; flows: number }>();
+  readonly #table: TableParams;
+  readonly #listen: Endpoint;
+  #nextId = 1;
+
+  constructor(table: TableParams) {
+    this.#table = table;
+    this.#listen = { address: table.listenAddress, port: table.listenPort };
+  }
 
   get dirty(): number {
     return this.#dirty.size;
   }
 
-  /** Sessions with elements in the kernel. */
+  /** Sessions with a flow in the kernel. */
   get installed(): number {
     let n = 0;
     for (const t of this.#tracked.values()) if (t.installed !== undefined) n++;
@@ -102,70 +138,53 @@ export class FlowPlan {
 
   /** The installed flow of `s`, if any (for counters). */
   installedFlow(s: Session): KernelFlow | undefined {
-    return this.#tracked.get(s)?.installed;
+    return this.#tracked.get(s)?.installed?.flow;
   }
 
-  /** Every session with elements in the kernel. */
+  /** Every session with a flow in the kernel. */
   *installedFlows(): IterableIterator<[Session, KernelFlow]> {
-    for (const [s, t] of this.#tracked) if (t.installed !== undefined) yield [s, t.installed];
+    for (const [s, t] of this.#tracked) if (t.installed !== undefined) yield [s, t.installed.flow];
   }
 
-  /** Backend addresses that dirty sessions need a source address for and `sourceOf` lacks. */
-  missingSources(sourceOf: (backendAddress: string) => string | undefined): string[] {
+  /** Backend addresses that dirty sessions wait for a source address of. */
+  missingSources(look: FlowLookup): string[] {
     const out = new Set<string>();
     for (const s of this.#dirty) {
-      const t = this.#tracked.get(s)!;
-      const f = t.closed ? undefined : desiredFlow(s);
-      if (
-        f !== undefined &&
-        !this.#sources.has(f.backend.address) &&
-        sourceOf(f.backend.address) === undefined
-      )
-        out.add(f.backend.address);
+      if (this.#tracked.get(s)!.closed || desiredFlow(s, look) !== 'pending') continue;
+      out.add(s.backend!.address);
     }
     return [...out];
   }
 
   /**
-   * The next transaction for everything dirty, or undefined if the kernel already matches.
-   * `sourceOf` gives the upstream source address for a backend address; a flow whose source is
-   * not known yet stays dirty (and in userspace) until it is.
+   * The next transaction for everything dirty, or undefined if the kernel already matches. A flow
+   * whose source address is not known yet stays dirty (and in userspace) until it is.
    */
-  take(sourceOf: (backendAddress: string) => string | undefined): Batch | undefined {
+  take(look: FlowLookup): Batch | undefined {
     const changes: Change[] = [];
-    const refs = new Map<string, number>();
-    for (const [a, v] of this.#sources) refs.set(a, v.flows);
-    const added = new Map<string, string>();
     for (const s of [...this.#dirty]) {
       const t = this.#tracked.get(s)!;
-      let to = t.closed ? undefined : desiredFlow(s);
-      if (to !== undefined && !refs.has(to.backend.address) && !added.has(to.backend.address)) {
-        const src = sourceOf(to.backend.address);
-        if (src === undefined) {
-          to = undefined; // Not yet: stays dirty, stays in userspace meanwhile.
-          if (t.installed === undefined) continue;
-        } else added.set(to.backend.address, src);
-      }
-      this.#dirty.delete(s);
-      if (sameFlow(t.installed, to)) {
+      const want = t.closed ? 'userspace' : desiredFlow(s, look);
+      if (want === 'pending' && t.installed === undefined) continue; // Not yet: stays dirty.
+      if (want !== 'pending') this.#dirty.delete(s);
+      const to = typeof want === 'string' ? undefined : want;
+      if (sameFlow(t.installed?.flow, to)) {
         if (t.closed && t.installed === undefined) this.#tracked.delete(s);
         continue;
       }
-      changes.push({ s, from: t.installed, to });
-      if (t.installed !== undefined)
-        refs.set(t.installed.backend.address, (refs.get(t.installed.backend.address) ?? 0) - 1);
-      if (to !== undefined) refs.set(to.backend.address, (refs.get(to.backend.address) ?? 0) + 1);
+      changes.push({
+        s,
+        from: t.installed,
+        to: to === undefined ? undefined : { flow: to, id: this.#nextId++ },
+      });
     }
     if (changes.length === 0) return undefined;
-    const deleted: string[] = [];
-    for (const [a, n] of refs) if (n <= 0 && this.#sources.has(a)) deleted.push(a);
-    for (const a of [...added.keys()]) if ((refs.get(a) ?? 0) <= 0) added.delete(a);
     const lines: string[] = [];
-    for (const c of changes) if (c.from !== undefined) lines.push(...deleteFlowLines(c.from));
-    for (const a of deleted) lines.push(deleteSourceLine(a));
-    for (const [a, src] of added) lines.push(addSourceLine(a, src));
-    for (const c of changes) if (c.to !== undefined) lines.push(...addFlowLines(c.to));
-    return { lines, changes, sourcesAdded: added, sourcesDeleted: deleted, resync: false };
+    for (const c of changes)
+      if (c.from !== undefined) lines.push(...deleteFlowLines(c.from.flow, c.from.id, this.#listen));
+    for (const c of changes)
+      if (c.to !== undefined) lines.push(...addFlowLines(c.to.flow, c.to.id, this.#listen));
+    return { lines, changes, resync: false };
   }
 
   /**
@@ -174,20 +193,9 @@ export class FlowPlan {
    */
   commit(b: Batch, now: number): Array<{ s: Session; ms: number }> {
     const handed: Array<{ s: Session; ms: number }> = [];
-    if (b.resync) this.#sources.clear();
-    for (const a of b.sourcesDeleted) this.#sources.delete(a);
-    for (const [a, source] of b.sourcesAdded) this.#sources.set(a, { source, flows: 0 });
     for (const c of b.changes) {
       const t = this.#tracked.get(c.s);
       if (t === undefined) continue;
-      if (c.from !== undefined && !b.resync) {
-        const v = this.#sources.get(c.from.backend.address);
-        if (v !== undefined) v.flows--;
-      }
-      if (c.to !== undefined) {
-        const v = this.#sources.get(c.to.backend.address);
-        if (v !== undefined) v.flows++;
-      }
       t.installed = c.to;
       if (c.to !== undefined && t.establishedAt !== undefined) {
         handed.push({ s: c.s, ms: now - t.establishedAt });
@@ -199,35 +207,27 @@ export class FlowPlan {
   }
 
   /**
-   * A transaction failed (the kernel's state is unknown): one that empties every map and writes
+   * A transaction failed (the kernel's state is unknown): one that recreates the table and writes
    * every session's flow again, from the sessions as they are now.
    */
-  resync(sourceOf: (backendAddress: string) => string | undefined): Batch {
+  resync(look: FlowLookup): Batch {
     const changes: Change[] = [];
-    const added = new Map<string, string>();
-    const lines = flushMapsLines();
+    const lines = [tableScript(this.#table).trimEnd()];
     for (const [s, t] of this.#tracked) {
       this.#dirty.delete(s);
-      let to = t.closed ? undefined : desiredFlow(s);
-      if (to !== undefined) {
-        const src = added.get(to.backend.address) ?? sourceOf(to.backend.address);
-        if (src === undefined) {
-          to = undefined;
-          this.#dirty.add(s);
-        } else added.set(to.backend.address, src);
-      }
+      const want = t.closed ? 'userspace' : desiredFlow(s, look);
+      if (want === 'pending') this.#dirty.add(s);
+      const to = typeof want === 'string' ? undefined : { flow: want, id: this.#nextId++ };
+      if (to !== undefined) lines.push(...addFlowLines(to.flow, to.id, this.#listen));
       changes.push({ s, from: t.installed, to });
     }
-    for (const [a, src] of added) lines.push(addSourceLine(a, src));
-    for (const c of changes) if (c.to !== undefined) lines.push(...addFlowLines(c.to));
-    return { lines, changes, sourcesAdded: added, sourcesDeleted: [], resync: true };
+    return { lines, changes, resync: true };
   }
 
   /** The table is gone (shutdown or giving up): nothing is installed any more. */
   forgetAll(): void {
     this.#tracked.clear();
     this.#dirty.clear();
-    this.#sources.clear();
   }
 
   #track(s: Session): Tracked {

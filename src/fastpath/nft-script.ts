@@ -1,34 +1,40 @@
 /**
  * The text of every nftables transaction the fast path sends (`nft -f -`): the table with its
- * chains and maps, and the per-session map elements. Pure functions of their arguments, so the
- * exact rules are unit-tested without root. Design and rule-by-rule reasons: docs/fast-path.md.
+ * ingress chain and verdict map, and each session's two chains and two elements. Pure functions
+ * of their arguments, so the exact rules are unit-tested without root. Design and rule-by-rule
+ * reasons: docs/fast-path.md.
  *
- * Only one table is ever named: `ip ice_ingress`. IPv4 only (docs/fast-path.md, "IPv6").
+ * Only one table is ever created or changed: `netdev ice_ingress`. Start-up also removes
+ * `ip ice_ingress`, the table of earlier versions of this fast path (same owner, same name).
+ * IPv4 only (docs/fast-path.md, "IPv6").
  */
 
 export const TABLE = 'ice_ingress';
-export const FAMILY = 'ip';
+export const FAMILY = 'netdev';
 const T = `${FAMILY} ${TABLE}`;
+/** The table earlier versions created (ip family, prerouting/postrouting); removed at start. */
+const LEGACY = `ip ${TABLE}`;
 
-/** Marks set in prerouting so postrouting knows which direction to rewrite the source of. */
-export const MARK_UP = 0x1ce10001;
-export const MARK_DOWN = 0x1ce10002;
-
-/** Per-element counters live on these two maps (one lookup per packet and direction). */
-export const COUNTED_UP = 'c2b_addr';
-export const COUNTED_DOWN = 'b2c_addr';
+/** The verdict map: an element per session and direction, each with its counter. */
+export const FLOWS = 'flows';
 
 export interface TableParams {
   /** The address and port clients send to (the listening socket's, a specific IPv4 address). */
   readonly listenAddress: string;
   readonly listenPort: number;
-  /** Local ports of upstream sockets; the reply rule only looks at these. undefined = any port. */
-  readonly upstreamPorts: readonly [number, number] | undefined;
+  /** Interfaces whose ingress the chain hooks (those with an IPv4 address, routes.ts). */
+  readonly devices: readonly string[];
 }
 
 export interface Endpoint {
   readonly address: string;
   readonly port: number;
+}
+
+/** Where a rewritten datagram is handed to: the next hop's address and the outgoing interface. */
+export interface NextHop {
+  readonly via: string;
+  readonly dev: string;
 }
 
 /** One session's kernel path: its current client 5-tuple, its backend, its upstream socket. */
@@ -37,49 +43,43 @@ export interface KernelFlow {
   readonly backend: Endpoint;
   /** The upstream socket's local port: the source port the backend sees. */
   readonly upstreamPort: number;
+  /** The upstream socket's source address toward this backend (source-address.ts). */
+  readonly source: string;
+  readonly toBackend: NextHop;
+  readonly toClient: NextHop;
 }
 
-const hex = (n: number): string => `0x${n.toString(16)}`;
-
 /**
- * Creates the table, replacing a stale one from a crashed run in the same transaction
- * (`add` makes `delete` safe when there is none). Nothing outside the table is named.
+ * Creates the table, replacing a stale one from a crashed run (and an earlier version's `ip`
+ * table) in the same transaction (`add` makes `delete` safe when there is none). Nothing outside
+ * these names is touched. Also the whole of a resynchronisation (flow-plan.ts), followed there by
+ * every live flow.
  *
- * - Raw priority (-300) runs before conntrack, so `notrack` keeps forwarded media out of the
- *   connection table (stateless, and no clash with entries made while Node relayed).
+ * - A netdev ingress chain runs as the interface receives, before the IP stack: a datagram that
+ *   takes the kernel path is rewritten and handed to the next hop by `fwd`, with no routing
+ *   decision, no forwarding, no prerouting/postrouting hooks and no conntrack. So the namespace
+ *   needs no `ip_forward`, and a source address of our own is no martian.
  * - `@th,64,8 > 3`: the first UDP payload byte. RFC 7983: 0-3 is STUN, which always goes to Node
  *   (consent checks, rebinding, ICE restart); DTLS, SRTP/SRTCP (and SCTP over DTLS) take the
  *   kernel path.
- * - A map miss ends the rule (no statement after a failed lookup runs): the datagram reaches
- *   Node's socket untouched.
- * - Lookups come before the statements that rewrite a field of their key; `accept` ends this
- *   chain only (other tables' chains still see the packet), so a rewritten datagram costs no
- *   second lookup here.
- * - The source is rewritten in postrouting: a local source address in prerouting makes the
- *   packet a martian, which the kernel drops.
+ * - One verdict-map lookup per datagram, keyed by its whole UDP 4-tuple, so one map serves both
+ *   directions (client → listening address; backend → upstream socket) and matches nothing not
+ *   addressed to us: its element jumps (`goto`) to the session's own chain of constant rewrites.
+ *   No prefilter rule: measured cheaper without (docs/fast-path.md, "Performance"). A miss falls
+ *   through to `policy accept`: the datagram reaches Node's socket untouched.
  */
 export function tableScript(p: TableParams): string {
-  const ports = p.upstreamPorts === undefined ? '' : ` udp dport ${p.upstreamPorts[0]}-${p.upstreamPorts[1]}`;
-  const upKey = 'ip saddr . udp sport';
-  const downKey = 'ip saddr . udp sport . udp dport';
-  return `add table ${T}
+  if (p.devices.length === 0) throw new Error('fast path: no interface to hook');
+  const devices = p.devices.map((d) => `"${d}"`).join(', ');
+  return `add table ${LEGACY}
+delete table ${LEGACY}
+add table ${T}
 delete table ${T}
 table ${T} {
-  map c2b_addr { type ipv4_addr . inet_service : ipv4_addr; counter; }
-  map c2b_port { type ipv4_addr . inet_service : inet_service; }
-  map c2b_sport { type ipv4_addr . inet_service : inet_service; }
-  map b2c_addr { type ipv4_addr . inet_service . inet_service : ipv4_addr; counter; }
-  map b2c_port { type ipv4_addr . inet_service . inet_service : inet_service; }
-  map bsrc { type ipv4_addr : ipv4_addr; }
-  chain pre {
-    type filter hook prerouting priority raw; policy accept;
-    ip daddr ${p.listenAddress} udp dport ${p.listenPort} @th,64,8 > 3 ip daddr set ${upKey} map @c2b_addr udp dport set ${upKey} map @c2b_port udp sport set ${upKey} map @c2b_sport meta mark set ${hex(MARK_UP)} notrack accept
-    meta l4proto udp${ports} @th,64,8 > 3 ip daddr set ${downKey} map @b2c_addr udp dport set ${downKey} map @b2c_port udp sport set ${p.listenPort} meta mark set ${hex(MARK_DOWN)} notrack accept
-  }
-  chain post {
-    type filter hook postrouting priority srcnat; policy accept;
-    meta mark ${hex(MARK_UP)} ip saddr set ip daddr map @bsrc
-    meta mark ${hex(MARK_DOWN)} ip saddr set ${p.listenAddress}
+  map ${FLOWS} { type ipv4_addr . inet_service . ipv4_addr . inet_service : verdict; counter; }
+  chain ingress {
+    type filter hook ingress devices = { ${devices} } priority 0; policy accept;
+    meta l4proto udp @th,64,8 > 3 ip saddr . udp sport . ip daddr . udp dport vmap @${FLOWS}
   }
 }
 `;
@@ -91,54 +91,55 @@ export function deleteTableScript(): string {
 }
 
 const ep = (e: Endpoint): string => `${e.address} . ${e.port}`;
-const downKeyOf = (f: KernelFlow): string => `${ep(f.backend)} . ${f.upstreamPort}`;
+const upKeyOf = (f: KernelFlow, listen: Endpoint): string => `${ep(f.client)} . ${ep(listen)}`;
+const downKeyOf = (f: KernelFlow): string => `${ep(f.backend)} . ${f.source} . ${f.upstreamPort}`;
+const upChain = (id: number): string => `u${id}`;
+const downChain = (id: number): string => `d${id}`;
 
-/** The five elements of one flow. */
-export function addFlowLines(f: KernelFlow): string[] {
-  const up = ep(f.client);
-  const down = downKeyOf(f);
+/**
+ * One flow: a chain per direction with the rewrites as constants, and the element that jumps to
+ * it. A rewrite the rule's own match makes an identity (the listening port when the backend's port
+ * is the same, as with JVB's 10000) is left out: each payload write with its checksum updates is
+ * the largest per-datagram cost (docs/fast-path.md, "Performance").
+ */
+export function addFlowLines(f: KernelFlow, id: number, listen: Endpoint): string[] {
+  const up = [
+    `ip daddr set ${f.backend.address}`,
+    ...(f.backend.port === listen.port ? [] : [`udp dport set ${f.backend.port}`]),
+    `udp sport set ${f.upstreamPort}`,
+    `ip saddr set ${f.source}`,
+    `fwd ip to ${f.toBackend.via} device "${f.toBackend.dev}"`,
+  ];
+  const down = [
+    `ip daddr set ${f.client.address}`,
+    `udp dport set ${f.client.port}`,
+    ...(f.backend.port === listen.port ? [] : [`udp sport set ${listen.port}`]),
+    `ip saddr set ${listen.address}`,
+    `fwd ip to ${f.toClient.via} device "${f.toClient.dev}"`,
+  ];
   return [
-    `add element ${T} c2b_addr { ${up} : ${f.backend.address} }`,
-    `add element ${T} c2b_port { ${up} : ${f.backend.port} }`,
-    `add element ${T} c2b_sport { ${up} : ${f.upstreamPort} }`,
-    `add element ${T} b2c_addr { ${down} : ${f.client.address} }`,
-    `add element ${T} b2c_port { ${down} : ${f.client.port} }`,
+    `add chain ${T} ${upChain(id)} { ${up.join('; ')}; }`,
+    `add chain ${T} ${downChain(id)} { ${down.join('; ')}; }`,
+    `add element ${T} ${FLOWS} { ${upKeyOf(f, listen)} : goto ${upChain(id)} }`,
+    `add element ${T} ${FLOWS} { ${downKeyOf(f)} : goto ${downChain(id)} }`,
   ];
 }
 
-export function deleteFlowLines(f: KernelFlow): string[] {
-  const up = ep(f.client);
-  const down = downKeyOf(f);
+/** The elements first: a chain an element still jumps to cannot be deleted. */
+export function deleteFlowLines(f: KernelFlow, id: number, listen: Endpoint): string[] {
   return [
-    `delete element ${T} c2b_addr { ${up} }`,
-    `delete element ${T} c2b_port { ${up} }`,
-    `delete element ${T} c2b_sport { ${up} }`,
-    `delete element ${T} b2c_addr { ${down} }`,
-    `delete element ${T} b2c_port { ${down} }`,
+    `delete element ${T} ${FLOWS} { ${upKeyOf(f, listen)} }`,
+    `delete element ${T} ${FLOWS} { ${downKeyOf(f)} }`,
+    `delete chain ${T} ${upChain(id)}`,
+    `delete chain ${T} ${downChain(id)}`,
   ];
-}
-
-/** Source address of upstream datagrams to a backend address (what Node's socket uses). */
-export function addSourceLine(backendAddress: string, source: string): string {
-  return `add element ${T} bsrc { ${backendAddress} : ${source} }`;
-}
-
-export function deleteSourceLine(backendAddress: string): string {
-  return `delete element ${T} bsrc { ${backendAddress} }`;
-}
-
-/** Empties every map (resynchronisation after a failed transaction). */
-export function flushMapsLines(): string[] {
-  return ['c2b_addr', 'c2b_port', 'c2b_sport', 'b2c_addr', 'b2c_port', 'bsrc'].map(
-    (m) => `flush map ${T} ${m}`,
-  );
 }
 
 /** Keys as `nft -j` prints them, so counters can be matched to flows (kernel-counters.ts). */
-export function upKey(client: Endpoint): string {
-  return `${client.address}|${client.port}`;
+export function upKey(f: KernelFlow, listen: Endpoint): string {
+  return `${f.client.address}|${f.client.port}|${listen.address}|${listen.port}`;
 }
 
 export function downKey(f: KernelFlow): string {
-  return `${f.backend.address}|${f.backend.port}|${f.upstreamPort}`;
+  return `${f.backend.address}|${f.backend.port}|${f.source}|${f.upstreamPort}`;
 }

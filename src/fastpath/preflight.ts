@@ -21,8 +21,6 @@ export class FastPathUnavailable extends Error {
 export interface PreflightProbes {
   /** Contents of /proc/self/status. */
   status(): Promise<string>;
-  /** Contents of /proc/sys/net/ipv4/ip_forward (per network namespace). */
-  ipForward(): Promise<string>;
   /** Resolves with `nft --version`'s output; rejects (ENOENT) if there is no such binary. */
   nftVersion(): Promise<string>;
   /** Runs `nft list tables`: rejects with nft's message when it may not talk to the kernel. */
@@ -31,7 +29,6 @@ export interface PreflightProbes {
 
 export const systemProbes = (nft = 'nft'): PreflightProbes => ({
   status: () => readFile('/proc/self/status', 'utf8'),
-  ipForward: () => readFile('/proc/sys/net/ipv4/ip_forward', 'utf8'),
   nftVersion: () => run(nft, ['--version']),
   nftList: () => run(nft, ['list', 'tables']),
 });
@@ -75,12 +72,6 @@ export async function checkFastPath(p: PreflightProbes): Promise<string[]> {
     const status = await p.status().catch(() => '');
     const m = /^CapEff:\s*([0-9a-f]+)$/m.exec(status);
     if (m === null || ((BigInt(`0x${m[1]}`) >> CAP_NET_ADMIN) & 1n) === 0n) problems.push(noCap);
-  }
-  const fwd = (await p.ipForward().catch(() => '')).trim();
-  if (fwd !== '1') {
-    problems.push(
-      `net.ipv4.ip_forward is ${fwd === '' ? 'unreadable' : fwd} in this network namespace; the kernel path forwards, so it must be 1`,
-    );
   }
   return problems;
 }

@@ -152,7 +152,7 @@ describe(`deploy/ rendered by ${renderer?.version ?? 'kustomize (not found)'}`, 
     expect(one(objs, 'PrometheusRule', 'ice-ingress').spec.groups[0].rules.length).toBeGreaterThan(0);
   });
 
-  it('overlays/jitsi-fast-path: the fast-path component grants NET_ADMIN and forwarding, nothing more', async () => {
+  it('overlays/jitsi-fast-path: the fast-path component grants NET_ADMIN, nothing more (no sysctl)', async () => {
     const objs = render('overlays/jitsi-fast-path');
     expect((await Promise.all(objs.map(schemaProblems))).flat()).toEqual([]);
     checkRbac(objs, 'jitsi');
@@ -164,7 +164,8 @@ describe(`deploy/ rendered by ${renderer?.version ?? 'kustomize (not found)'}`, 
     // The address clients send to (the kubelet expands $(POD_IP) from the downward API).
     expect(flags.get('listen')).toBe('$(POD_IP):10000');
     expect(c.env).toEqual([{ name: 'POD_IP', valueFrom: { fieldRef: { fieldPath: 'status.podIP' } } }]);
-    expect(pod.securityContext.sysctls).toEqual([{ name: 'net.ipv4.ip_forward', value: '1' }]);
+    // The kernel path needs no forwarding (docs/fast-path.md), so no unsafe sysctl for the kubelet.
+    expect(pod.securityContext.sysctls).toBeUndefined();
     expect(pod.securityContext).toMatchObject({
       runAsUser: 0,
       runAsNonRoot: false,

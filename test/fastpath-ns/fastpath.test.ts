@@ -1,5 +1,5 @@
 // The kernel fast path (docs/fast-path.md) in network namespaces: clients behind a real NAT, the
-// proxy namespace with forwarding on, fake JVBs in pod namespaces (the interop topology,
+// proxy namespace with forwarding off (the kernel path needs none), fake JVBs in pod namespaces (the interop topology,
 // test/interop/netns.ts). ice-ingress runs in the proxy namespace (proxy-agent.ts: startProxy with
 // the CLI's flags and a discovery source the test drives); the fixtures' fake media server and
 // fake ICE client (real STUN with MESSAGE-INTEGRITY and FINGERPRINT) run in their namespaces
@@ -8,8 +8,9 @@
 //
 // Run as root: `npm run test:fastpath` (prerequisites: test/fastpath-ns/prereqs.sh).
 import { type ChildProcess, execFile } from 'node:child_process';
-import { readFileSync } from 'node:fs';
-import { resolve } from 'node:path';
+import { existsSync, mkdtempSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Agent, type Msg, NODE, ROOT } from '../interop/agent.ts';
@@ -71,24 +72,38 @@ function nft(role: NsRole, args: string[], stdin?: string): Promise<string> {
   });
 }
 
-/** Elements in one of our maps, from `nft -j`. */
-async function elements(map: string): Promise<number> {
-  const j = JSON.parse(await nft('prx', ['-j', 'list', 'map', 'ip', 'ice_ingress', map])) as {
-    nftables: Array<{ map?: { elem?: unknown[] } }>;
+type FlowElem = [
+  { elem: { val: { concat: [string, number, string, number] } } },
+  { goto: { target: string } },
+];
+
+/** The elements of our verdict map, from `nft -j`. */
+async function flowElements(): Promise<FlowElem[]> {
+  const j = JSON.parse(await nft('prx', ['-j', 'list', 'map', 'netdev', 'ice_ingress', 'flows'])) as {
+    nftables: Array<{ map?: { elem?: FlowElem[] } }>;
   };
-  return j.nftables.find((x) => x.map)?.map?.elem?.length ?? 0;
+  return j.nftables.find((x) => x.map)?.map?.elem ?? [];
 }
 
-/** Where the kernel sends media from the NAT's public address and `port` (undefined: no element). */
+/** Upstream elements: those keyed by a client 5-tuple toward the listening address. */
+async function upElements(): Promise<number> {
+  return (await flowElements()).filter(([k]) => k.elem.val.concat[2] === PUBLIC.address).length;
+}
+
+/**
+ * Where the kernel sends media from the NAT's public address and `port` (undefined: no element):
+ * the upstream element's chain, and the destination its rules write.
+ */
 async function c2bTarget(port: number): Promise<string | undefined> {
-  const j = JSON.parse(await nft('prx', ['-j', 'list', 'map', 'ip', 'ice_ingress', 'c2b_addr'])) as {
-    nftables: Array<{ map?: { elem?: Array<[{ elem: { val: { concat: [string, number] } } }, string]> } }>;
-  };
-  const elems = j.nftables.find((x) => x.map)?.map?.elem ?? [];
-  const hit = elems.find(
-    ([k]) => k.elem.val.concat[0] === ADDR.wan.natPublic && k.elem.val.concat[1] === port,
+  const hit = (await flowElements()).find(
+    ([k]) =>
+      k.elem.val.concat[0] === ADDR.wan.natPublic &&
+      k.elem.val.concat[1] === port &&
+      k.elem.val.concat[2] === PUBLIC.address,
   );
-  return hit?.[1];
+  if (hit === undefined) return undefined;
+  const chain = await nft('prx', ['list', 'chain', 'netdev', 'ice_ingress', hit[1].goto.target]);
+  return /ip daddr set (\S+)/.exec(chain)?.[1];
 }
 
 /** The foreign table's rules without counter values, and its counters in order. */
@@ -187,7 +202,6 @@ async function startProxyAgent(label: string): Promise<Agent> {
 beforeAll(async () => {
   checkPrereqs();
   topo = await createTopology();
-  await topo.setForwarding(true);
   await txOffload();
   const peer = resolve(import.meta.dirname, 'peer-agent.ts');
   pod1 = new Agent(topo, 'pod1', 'pod1', peer, ['server', '--name', 'pod1', '--host', ADDR.pods.pod1]);
@@ -196,8 +210,10 @@ beforeAll(async () => {
   c2 = new Agent(topo, 'c2', 'c2', peer, ['client', '--host', ADDR.home.c2]);
   await Promise.all([pod1.ready(), pod2.ready(), c1.ready(), c2.ready()]);
   await nft('prx', ['-f', '-'], FOREIGN);
-  // A stale table from a "crashed run", with a chain the new one does not have.
-  await nft('prx', ['-f', '-'], 'table ip ice_ingress {\n  chain stale_marker {\n  }\n}\n');
+  // A stale table from a "crashed run", with a chain the new one does not have, and the `ip`
+  // table of an earlier version of the fast path.
+  await nft('prx', ['-f', '-'], 'table netdev ice_ingress {\n  chain stale_marker {\n  }\n}\n');
+  await nft('prx', ['-f', '-'], 'table ip ice_ingress {\n  chain pre {\n  }\n}\n');
 }, 60_000);
 
 afterAll(async () => {
@@ -210,13 +226,16 @@ describe('kernel fast path (nftables) in network namespaces', () => {
   let foreignBefore: { rules: string; counters: number[] };
   let s2ufrag = '';
 
-  it('replaces a stale table at start and leaves another table alone', async () => {
+  it("replaces a stale table (and an earlier version's) at start and leaves another table alone", async () => {
     foreignBefore = await foreign();
     proxy = await startProxyAgent('proxy');
-    const ours = await nft('prx', ['list', 'table', 'ip', 'ice_ingress']);
+    const ours = await nft('prx', ['list', 'table', 'netdev', 'ice_ingress']);
     expect(ours).not.toContain('stale_marker');
-    expect(ours).toContain('chain pre');
-    expect(ours).toContain('chain post');
+    expect(ours).toContain('chain ingress');
+    // The addressed interfaces are hooked; the bridge's ports (no address) are not.
+    expect(ours).toMatch(/devices = \{ br0, wan0 \}/);
+    const tables = await nft('prx', ['list', 'tables']);
+    expect(tables).not.toContain('table ip ice_ingress');
     expect((await foreign()).rules).toBe(foreignBefore.rules);
   });
 
@@ -280,7 +299,7 @@ describe('kernel fast path (nftables) in network namespaces', () => {
     );
     await until(
       'one client element',
-      () => elements('c2b_addr'),
+      () => upElements(),
       (n) => n === 1,
     );
     const before = await state(true);
@@ -344,8 +363,8 @@ describe('kernel fast path (nftables) in network namespaces', () => {
       (s) => s.closed.backend_gone === 1 && !s.sessions.some((x: SessionRow) => x.serverUfrag === s2ufrag),
     );
     await until(
-      'no element leads to pod2',
-      () => nft('prx', ['list', 'table', 'ip', 'ice_ingress']),
+      'no chain leads to pod2',
+      () => nft('prx', ['list', 'table', 'netdev', 'ice_ingress']),
       (x) => !x.includes(ADDR.pods.pod2),
     );
     const r = await ask<Burst>(c1, { cmd: 'burst', target: PUBLIC, count: 50, size: 200, waitMs: 500 });
@@ -393,7 +412,7 @@ describe('kernel fast path (nftables) in network namespaces', () => {
     );
   });
 
-  it('another table and its packets are untouched: rules intact, counters count only their own traffic', async () => {
+  it("another table and its packets are untouched: rules intact, its traffic still passes it, the kernel path's never does", async () => {
     const sink = t().spawn(
       'prx',
       NODE,
@@ -419,8 +438,12 @@ describe('kernel fast path (nftables) in network namespaces', () => {
     const k1 = (await state(true)).fastPath.totals;
     expect(f1.rules).toBe(foreignBefore.rules);
     expect(f1.counters[0]! - f0.counters[0]!).toBe(100);
-    // The forward hook saw exactly what the kernel path forwarded, nothing else, over the whole run.
-    expect(f1.counters[1]).toBe(k1.packetsUp + k1.packetsDown);
+    // The kernel path hands media to the next hop from the ingress hook: over the whole run the
+    // namespace forwarded nothing (forwarding is off), so the forward hook counted nothing, while
+    // the kernel path carried media both ways.
+    expect(k1.packetsUp).toBeGreaterThan(0);
+    expect(k1.packetsDown).toBeGreaterThan(0);
+    expect(f1.counters[1]).toBe(0);
     expect(k1.packetsUp).toBe(k0.packetsUp);
     t().kill(sink);
   });
@@ -434,7 +457,7 @@ describe('kernel fast path (nftables) in network namespaces', () => {
     proxy.kill();
   });
 
-  it('the CLI: SIGTERM drains and removes the table (exit 0); forwarding off stops start-up naming it (exit 1)', async () => {
+  it('the CLI: SIGTERM drains and removes the table (exit 0); without nft, start-up stops naming it (exit 1)', async () => {
     const cli = resolve(ROOT, 'src/cli.ts');
     const child = t().spawn('prx', NODE, [cli, ...PROXY_FLAGS, '--drain-timeout', '200ms'], {
       label: 'cli',
@@ -459,15 +482,21 @@ describe('kernel fast path (nftables) in network namespaces', () => {
     expect(await exited).toBe(0);
     expect(await nft('prx', ['list', 'tables'])).not.toContain('ice_ingress');
 
-    await t().setForwarding(false);
-    const bad = t().spawn('prx', NODE, [cli, ...PROXY_FLAGS], { label: 'cli-noforward' });
+    // A PATH with `ip` (which runs the child in the namespace) but no `nft` for Node to run.
+    const bin = mkdtempSync(join(tmpdir(), 'iit-nonft-'));
+    const ipBin = ['/usr/sbin/ip', '/sbin/ip', '/usr/bin/ip', '/bin/ip'].find((p) => existsSync(p))!;
+    symlinkSync(ipBin, join(bin, 'ip'));
+    const bad = t().spawn('prx', NODE, [cli, ...PROXY_FLAGS], {
+      label: 'cli-nonft',
+      env: { ...process.env, PATH: bin },
+    });
     const err: string[] = [];
     bad.stderr?.on('data', (d: Buffer) => err.push(d.toString()));
     const code = await new Promise<number | null>((r) => bad.on('exit', (c) => r(c)));
     expect(code).toBe(1);
-    expect(err.join('')).toMatch(/net\.ipv4\.ip_forward is 0/);
+    expect(err.join('')).toMatch(/no `nft` binary on PATH/);
     expect(await nft('prx', ['list', 'tables'])).not.toContain('ice_ingress');
-    await t().setForwarding(true);
+    rmSync(bin, { recursive: true, force: true });
   });
 });
 

@@ -1,51 +1,211 @@
 import { describe, expect, it } from 'vitest';
 import { type FastPathHost, type KernelCounts, NftFastPath } from '../../src/fastpath/fast-path.ts';
 import type { Nft } from '../../src/fastpath/nft-runner.ts';
+import {
+  addFlowLines,
+  deleteFlowLines,
+  deleteTableScript,
+  type KernelFlow,
+  type NextHop,
+  tableScript,
+} from '../../src/fastpath/nft-script.ts';
 import { createLogger } from '../../src/log.ts';
 import { ClientEndpoint, Session, SessionState } from '../../src/session/session.ts';
 
 /**
- * The orchestration around the pure plan, with `nft` replaced by a recorder that keeps the map
- * elements' counters the way the kernel would report them (nft -j). No timers are relied on:
- * flushNow()/pollNow() run what the batch window and the poll interval would.
+ * The orchestration around the pure plan, with `nft` replaced by a model of the table that keeps
+ * the chains and the verdict maps' elements with their counters, and reports them the way
+ * `nft -j list map` does. It rejects a transaction the kernel would reject (a missing element or
+ * chain, a chain still jumped to) as a whole. No timers are relied on: flushNow()/pollNow() run
+ * what the batch window and the poll interval would.
  */
+
+interface Elem {
+  target: string;
+  packets: number;
+  bytes: number;
+}
+interface State {
+  legacy: boolean;
+  table: boolean;
+  chains: Map<string, string>;
+  flows: Map<string, Elem>;
+}
+const T = 'netdev ice_ingress';
 
 class FakeNft implements Nft {
   readonly scripts: string[] = [];
-  /** `map:key` → counts, as the kernel's element counters. */
-  readonly counters = new Map<string, { packets: number; bytes: number }>();
+  readonly lists: string[][] = [];
+  /** Starts with the table of an earlier version of the fast path in place. */
+  state: State = {
+    legacy: true,
+    table: false,
+    chains: new Map(),
+    flows: new Map(),
+  };
   failNext = 0;
+
   async apply(script: string): Promise<void> {
     this.scripts.push(script);
     if (this.failNext > 0) {
       this.failNext--;
       throw new Error('nft -f -: Error: Could not process rule: No such file or directory');
     }
-    for (const line of script.split('\n')) {
-      const m = /^(add|delete) element ip ice_ingress (c2b_addr|b2c_addr) \{ ([^:}]+?)(?: : .*)? \}$/.exec(
-        line,
-      );
-      if (m === null) continue;
-      const key = `${m[2]}:${m[3]!.split(' . ').join('|')}`;
-      if (m[1] === 'add') this.counters.set(key, { packets: 0, bytes: 0 });
-      else this.counters.delete(key);
+    // All or nothing, like the kernel's transaction.
+    const st = clone(this.state);
+    const lines = script.split('\n');
+    for (let i = 0; i < lines.length; i++) {
+      const line = lines[i]!;
+      if (line === `table ${T} {`) {
+        // The declaration (maps, ingress chain): skipped to its closing brace.
+        st.table = true;
+        while (lines[i] !== '}') {
+          i++;
+          if (i >= lines.length) throw new Error('nft: unterminated table block');
+        }
+      } else if (line !== '') applyLine(st, line);
     }
+    this.state = st;
   }
-  async listJson(): Promise<string> {
-    const maps = new Map<string, unknown[]>();
-    for (const [k, c] of this.counters) {
-      const [map, key] = k.split(':') as [string, string];
-      const parts = key.split('|').map((p) => (/^\d+$/.test(p) ? Number(p) : p));
-      maps.set(map, [...(maps.get(map) ?? []), [{ elem: { val: { concat: parts }, counter: c } }, 'x']]);
+
+  async listJson(args: readonly string[]): Promise<string> {
+    this.lists.push([...args]);
+    if (args.join(' ') !== 'list map netdev ice_ingress flows')
+      throw new Error(`fake nft: unexpected listing ${args.join(' ')}`);
+    const map = this.state.flows;
+    if (!this.state.table) throw new Error('Error: No such file or directory');
+    const elem = [...map].map(([key, e]) => [
+      {
+        elem: {
+          val: { concat: key.split('|').map((p) => (/^\d+$/.test(p) ? Number(p) : p)) },
+          counter: { packets: e.packets, bytes: e.bytes },
+        },
+      },
+      { goto: { target: e.target } },
+    ]);
+    return JSON.stringify({
+      nftables: [
+        { metainfo: { version: '1.0.6', release_name: 'Lester Gooch #5', json_schema_version: 1 } },
+        {
+          map: {
+            family: 'netdev',
+            name: 'flows',
+            table: 'ice_ingress',
+            type: ['ipv4_addr', 'inet_service', 'ipv4_addr', 'inet_service'],
+            handle: 1,
+            map: 'verdict',
+            flags: ['counter'],
+            ...(elem.length > 0 ? { elem } : {}),
+          },
+        },
+      ],
+    });
+  }
+
+  /**
+   * The kernel forwarded `n` datagrams of `payload` bytes through an element: `up` keyed by the
+   * client (`addr|port`), `down` by backend . port . upstream port (`addr|port|port`).
+   */
+  forward(dir: 'up' | 'down', key: string, n: number, payload: number): void {
+    const e = this.state.flows.get(flowKey(dir, key));
+    if (e === undefined) throw new Error(`no element ${dir} ${key}`);
+    e.packets += n;
+    e.bytes += n * (payload + 28);
+  }
+
+  /** The rules of the chain the element jumps to. */
+  chainOf(dir: 'up' | 'down', key: string): string | undefined {
+    const e = this.state.flows.get(flowKey(dir, key));
+    return e === undefined ? undefined : this.state.chains.get(e.target);
+  }
+
+  /** The elements of one direction, keyed as in {@link forward}. */
+  keys(dir: 'up' | 'down'): string[] {
+    const out: string[] = [];
+    for (const k of this.state.flows.keys()) {
+      const p = k.split('|');
+      if (dir === 'up' && p[2] === LISTEN.address && p[3] === String(LISTEN.port))
+        out.push(`${p[0]}|${p[1]}`);
+      if (dir === 'down' && p[2] === SOURCE) out.push(`${p[0]}|${p[1]}|${p[3]}`);
     }
-    return JSON.stringify({ nftables: [...maps].map(([name, elem]) => ({ map: { name, elem } })) });
+    return out;
   }
-  /** The kernel forwarded `n` datagrams of `payload` bytes for an element. */
-  forward(key: string, n: number, payload: number): void {
-    const c = this.counters.get(key)!;
-    c.packets += n;
-    c.bytes += n * (payload + 28);
+}
+
+/** The upstream source address every test backend gets (Sources below). */
+const SOURCE = '10.77.2.1';
+
+/** The whole 4-tuple key of an element: upstream to the listening address, downstream to SOURCE. */
+function flowKey(dir: 'up' | 'down', key: string): string {
+  const p = key.split('|');
+  return dir === 'up' ? `${key}|${LISTEN.address}|${LISTEN.port}` : `${p[0]}|${p[1]}|${SOURCE}|${p[2]}`;
+}
+
+const CHAIN_ADD = /^add chain netdev ice_ingress ([ud]\d+) \{ (.+); \}$/;
+const CHAIN_DELETE = /^delete chain netdev ice_ingress ([ud]\d+)$/;
+const ELEMENT = /^(add|delete) element netdev ice_ingress flows \{ ([^:}]+?)(?: : goto (\S+))? \}$/;
+
+/** One line of a transaction, as the kernel would take it; throws where it would refuse. */
+function applyLine(st: State, line: string): void {
+  if (line === 'add table ip ice_ingress') {
+    st.legacy = true;
+    return;
   }
+  if (line === 'delete table ip ice_ingress') {
+    if (!st.legacy) throw new Error(`nft: no table: ${line}`);
+    st.legacy = false;
+    return;
+  }
+  if (line === `add table ${T}`) {
+    st.table = true;
+    return;
+  }
+  if (line === `delete table ${T}`) {
+    if (!st.table) throw new Error(`nft: no table: ${line}`);
+    st.table = false;
+    st.chains.clear();
+    st.flows.clear();
+    return;
+  }
+  const add = CHAIN_ADD.exec(line);
+  if (add !== null) {
+    if (!st.table) throw new Error(`nft: no table: ${line}`);
+    // The kernel would append the rules to an existing chain: never what the plan means.
+    if (st.chains.has(add[1]!)) throw new Error(`fake nft: chain ${add[1]} added twice`);
+    st.chains.set(add[1]!, add[2]!);
+    return;
+  }
+  const del = CHAIN_DELETE.exec(line);
+  if (del !== null) {
+    if (!st.chains.has(del[1]!)) throw new Error(`nft: no such chain: ${line}`);
+    for (const e of st.flows.values())
+      if (e.target === del[1]) throw new Error(`nft: Device or resource busy: ${line}`);
+    st.chains.delete(del[1]!);
+    return;
+  }
+  const m = ELEMENT.exec(line);
+  if (m === null) throw new Error(`fake nft: unexpected line: ${line}`);
+  const map = st.flows;
+  const key = m[2]!.split(' . ').join('|');
+  if (m[1] === 'add') {
+    const target = m[3];
+    if (target === undefined || !st.chains.has(target)) throw new Error(`nft: no chain: ${line}`);
+    if (map.has(key)) throw new Error(`nft: File exists: ${line}`);
+    map.set(key, { target, packets: 0, bytes: 0 });
+  } else {
+    if (m[3] !== undefined || !map.has(key)) throw new Error(`nft: no such element: ${line}`);
+    map.delete(key);
+  }
+}
+
+function clone(s: State): State {
+  const copy = (m: Map<string, Elem>) => new Map([...m].map(([k, e]) => [k, { ...e }]));
+  return {
+    legacy: s.legacy,
+    table: s.table,
+    chains: new Map(s.chains),
+    flows: copy(s.flows),
+  };
 }
 
 class Host implements FastPathHost {
@@ -64,8 +224,47 @@ class Host implements FastPathHost {
   }
 }
 
+/** Upstream source addresses: known once resolved; `unreachable` ones fail to resolve. */
+class Sources {
+  readonly known = new Map<string, string>();
+  readonly resolved: string[] = [];
+  readonly unreachable = new Set<string>();
+  get(a: string): string | undefined {
+    return this.known.get(a);
+  }
+  async resolve(a: string): Promise<string> {
+    this.resolved.push(a);
+    if (this.unreachable.has(a)) throw new Error('connect ENETUNREACH');
+    this.known.set(a, '10.77.2.1');
+    return '10.77.2.1';
+  }
+}
+
+/** The namespace's routes: `next` becomes what get() answers only at refresh(), as with the file. */
+class Routes {
+  refreshes = 0;
+  next = (a: string): NextHop | undefined => {
+    if (a.startsWith('10.77.')) return { via: a, dev: 'eth1' };
+    if (a.startsWith('198.18.')) return { via: '198.18.0.254', dev: 'eth0' };
+    return undefined;
+  };
+  #current: (a: string) => NextHop | undefined = () => undefined;
+  async refresh(): Promise<void> {
+    this.refreshes++;
+    this.#current = this.next;
+  }
+  get(a: string): NextHop | undefined {
+    return this.#current(a);
+  }
+}
+
 let id = 1;
-function session(clientPort: number, upstreamPort: number): Session {
+function session(
+  clientPort: number,
+  upstreamPort: number,
+  client = '198.18.0.2',
+  backend = '10.77.2.11',
+): Session {
   const up = { localPort: upstreamPort, sendTo() {}, send() {}, connect() {}, close() {} };
   const s = new Session(
     id++,
@@ -73,55 +272,83 @@ function session(clientPort: number, upstreamPort: number): Session {
     1,
     { username: 1, serverUfrag: 2 },
     up,
-    { address: '198.18.0.2', port: clientPort },
+    { address: client, port: clientPort },
     0,
   );
   s.state = SessionState.Established;
-  s.backend = { name: 'b', address: '10.77.2.11', port: 10000 } as Session['backend'];
+  s.backend = { name: 'b', address: backend, port: 10000 } as Session['backend'];
   s.endpoints.push(s.current);
   return s;
 }
 
+/** The flow of a session() with the default routes and sources. */
+function flow(clientPort: number, upstreamPort: number): KernelFlow {
+  return {
+    client: { address: '198.18.0.2', port: clientPort },
+    backend: { address: '10.77.2.11', port: 10000 },
+    upstreamPort,
+    source: '10.77.2.1',
+    toBackend: { via: '10.77.2.11', dev: 'eth1' },
+    toClient: { via: '198.18.0.254', dev: 'eth0' },
+  };
+}
+
+const OPTS = {
+  listenAddress: '198.18.0.1',
+  listenPort: 10000,
+  devices: ['eth0', 'eth1'],
+  batchWindowMs: 60_000,
+  pollIntervalMs: 60_000,
+};
+const LISTEN = { address: '198.18.0.1', port: 10000 };
+const script = (lines: string[]): string => `${lines.join('\n')}\n`;
+
 async function setup() {
   const nft = new FakeNft();
   const host = new Host();
+  const sources = new Sources();
+  const routes = new Routes();
   let now = 1000;
   const handovers: number[] = [];
-  const fp = await NftFastPath.start(
-    {
-      listenAddress: '198.18.0.1',
-      listenPort: 10000,
-      upstreamPorts: [16384, 32767],
-      batchWindowMs: 60_000,
-      pollIntervalMs: 60_000,
-    },
-    {
-      nft,
-      host,
-      sources: { get: () => '10.77.2.1', resolve: async () => '10.77.2.1' },
-      clock: () => now,
-      log: createLogger('silent'),
-      onHandover: (ms) => handovers.push(ms),
-    },
-  );
-  return { nft, host, fp, handovers, advance: (ms: number) => (now += ms) };
+  const fp = await NftFastPath.start(OPTS, {
+    nft,
+    host,
+    sources,
+    nextHops: routes,
+    clock: () => now,
+    log: createLogger('silent'),
+    onHandover: (ms) => handovers.push(ms),
+  });
+  return { nft, host, sources, routes, fp, handovers, advance: (ms: number) => (now += ms) };
 }
 
 describe('NftFastPath', () => {
   it('creates the table, batches events into one transaction, reports hand-over times', async () => {
-    const { nft, fp, handovers, advance } = await setup();
-    expect(nft.scripts[0]).toMatch(
-      /^add table ip ice_ingress\ndelete table ip ice_ingress\ntable ip ice_ingress \{/,
-    );
+    const { nft, sources, routes, fp, handovers, advance } = await setup();
+    expect(nft.scripts).toEqual([tableScript(OPTS)]);
+    expect(nft.state.legacy).toBe(false); // the earlier version's table is gone
+    expect(nft.state.table).toBe(true);
     const a = session(40000, 16384);
     const b = session(40001, 16385);
     fp.established(a);
     fp.established(b);
     advance(7);
     await fp.flushNow();
+    // The routes were read and the backend's source resolved (once) before the batch.
+    expect(routes.refreshes).toBe(1);
+    expect(sources.resolved).toEqual(['10.77.2.11']);
     expect(nft.scripts).toHaveLength(2);
-    expect(nft.scripts[1]!.split('\n').filter((l) => l.startsWith('add element'))).toHaveLength(11);
+    expect(nft.scripts[1]).toBe(
+      script([
+        ...addFlowLines(flow(40000, 16384), 1, LISTEN),
+        ...addFlowLines(flow(40001, 16385), 2, LISTEN),
+      ]),
+    );
+    expect(nft.keys('up')).toEqual(['198.18.0.2|40000', '198.18.0.2|40001']);
+    expect(nft.keys('down')).toEqual(['10.77.2.11|10000|16384', '10.77.2.11|10000|16385']);
+    expect(nft.state.flows.size).toBe(4);
     expect(handovers).toEqual([7, 7]);
+    expect(fp.stats).toMatchObject({ transactions: 1, failures: 0, handovers: 2 });
     expect(fp.kernelSessions).toBe(2);
     await fp.flushNow();
     expect(nft.scripts).toHaveLength(2); // nothing dirty: no transaction
@@ -132,18 +359,24 @@ describe('NftFastPath', () => {
     const s = session(40000, 16384);
     fp.established(s);
     await fp.flushNow();
-    nft.forward('c2b_addr:198.18.0.2|40000', 10, 100);
-    nft.forward('b2c_addr:10.77.2.11|10000|16384', 4, 1200);
+    nft.forward('up', '198.18.0.2|40000', 10, 100);
+    nft.forward('down', '10.77.2.11|10000|16384', 4, 1200);
     advance(500);
     await fp.pollNow();
+    // Only the map is listed (not the table with every session's chains).
+    expect(nft.lists).toEqual([['list', 'map', 'netdev', 'ice_ingress', 'flows']]);
     expect(host.counts.get(s.id)).toEqual({ packetsUp: 10, bytesUp: 1000, packetsDown: 4, bytesDown: 4800 });
     expect(host.touched).toEqual([[s.id, 1500]]);
     // Only the backend sent since: counts, but no touch (idle is about the client).
-    nft.forward('b2c_addr:10.77.2.11|10000|16384', 1, 50);
+    nft.forward('down', '10.77.2.11|10000|16384', 1, 50);
     await fp.pollNow();
     expect(host.counts.get(s.id)!.packetsDown).toBe(5);
     expect(host.touched).toHaveLength(1);
     expect(fp.totals).toEqual({ packetsUp: 10, bytesUp: 1000, packetsDown: 5, bytesDown: 4850 });
+    // Nothing forwarded: nothing reported.
+    await fp.pollNow();
+    expect(host.counts.get(s.id)!.packetsDown).toBe(5);
+    expect(fp.stats.polls).toBe(3);
   });
 
   it('a moved element restarts its counter from zero without a negative delta', async () => {
@@ -151,42 +384,159 @@ describe('NftFastPath', () => {
     const s = session(40000, 16384);
     fp.established(s);
     await fp.flushNow();
-    nft.forward('c2b_addr:198.18.0.2|40000', 50, 100);
+    nft.forward('up', '198.18.0.2|40000', 50, 100);
+    nft.forward('down', '10.77.2.11|10000|16384', 20, 100);
     await fp.pollNow();
     const ep = new ClientEndpoint(s, '198.18.0.2', 40999, 0);
     s.endpoints.push(ep);
     s.current = ep;
     fp.currentChanged(s, ep);
     await fp.flushNow();
-    nft.forward('c2b_addr:198.18.0.2|40999', 3, 100);
+    expect(nft.scripts.at(-1)).toBe(
+      script([
+        ...deleteFlowLines(flow(40000, 16384), 1, LISTEN),
+        ...addFlowLines(flow(40999, 16384), 2, LISTEN),
+      ]),
+    );
+    expect(nft.keys('up')).toEqual(['198.18.0.2|40999']);
+    expect([...nft.state.chains.keys()]).toEqual(['u2', 'd2']);
+    nft.forward('up', '198.18.0.2|40999', 3, 100);
+    nft.forward('down', '10.77.2.11|10000|16384', 2, 100);
     await fp.pollNow();
-    expect(host.counts.get(s.id)!.packetsUp).toBe(53);
+    expect(host.counts.get(s.id)).toMatchObject({ packetsUp: 53, packetsDown: 22 });
   });
 
-  it('a failed transaction is followed by a rewrite of all maps; if that fails, the table goes', async () => {
+  it('a session closing within the window costs nothing; a closed installed one is deleted', async () => {
+    const { nft, fp } = await setup();
+    const quick = session(40000, 16384);
+    fp.established(quick);
+    fp.closed(quick, 'idle', true);
+    await fp.flushNow();
+    expect(nft.scripts).toHaveLength(1);
+
+    const s = session(40001, 16385);
+    fp.established(s);
+    await fp.flushNow();
+    fp.closed(s, 'idle', true);
+    await fp.flushNow();
+    expect(nft.scripts.at(-1)).toBe(script(deleteFlowLines(flow(40001, 16385), 1, LISTEN)));
+    expect(nft.state.chains.size).toBe(0);
+    expect(nft.state.flows.size).toBe(0);
+    expect(fp.kernelSessions).toBe(0);
+    // A flow that never was established is not ours to close.
+    const probing = session(40002, 16386);
+    fp.closed(probing, 'probe_failed', false);
+    await fp.flushNow();
+    expect(nft.scripts).toHaveLength(3);
+  });
+
+  it('a changed route re-installs a session at its next change, with the new next hop', async () => {
+    const { nft, host, routes, fp } = await setup();
+    const s = session(40000, 16384);
+    fp.established(s);
+    await fp.flushNow();
+    expect(nft.chainOf('up', '198.18.0.2|40000')).toContain('fwd ip to 10.77.2.11 device "eth1"');
+    nft.forward('up', '198.18.0.2|40000', 5, 100);
+    nft.forward('down', '10.77.2.11|10000|16384', 5, 100);
+    await fp.pollNow();
+
+    routes.next = (a) =>
+      a.startsWith('10.77.') ? { via: '10.88.0.1', dev: 'eth2' } : { via: '198.18.0.254', dev: 'eth0' };
+    const ep = new ClientEndpoint(s, '198.18.0.2', 40001, 0);
+    s.endpoints.push(ep);
+    fp.endpointJoined(s, ep); // current unchanged: only the route differs
+    await fp.flushNow();
+    expect(routes.refreshes).toBe(2);
+    const moved = { ...flow(40000, 16384), toBackend: { via: '10.88.0.1', dev: 'eth2' } };
+    expect(nft.scripts.at(-1)).toBe(
+      script([...deleteFlowLines(flow(40000, 16384), 1, LISTEN), ...addFlowLines(moved, 2, LISTEN)]),
+    );
+    expect(nft.chainOf('up', '198.18.0.2|40000')).toBe(
+      'ip daddr set 10.77.2.11; udp sport set 16384; ip saddr set 10.77.2.1; fwd ip to 10.88.0.1 device "eth2"',
+    );
+    expect(fp.kernelSessions).toBe(1);
+    expect(fp.stats.handovers).toBe(1);
+    // The same keys again, their counters restarted at zero: all of the new count is new.
+    nft.forward('up', '198.18.0.2|40000', 8, 100);
+    nft.forward('down', '10.77.2.11|10000|16384', 9, 100);
+    await fp.pollNow();
+    expect(host.counts.get(s.id)).toMatchObject({ packetsUp: 13, packetsDown: 14 });
+  });
+
+  it('a session without a route stays in userspace; a route gone takes an installed one out', async () => {
+    const { nft, routes, fp } = await setup();
+    const unrouted = session(40000, 16384, '203.0.113.9');
+    const routed = session(40001, 16385);
+    fp.established(unrouted);
+    fp.established(routed);
+    await fp.flushNow();
+    expect(nft.scripts.at(-1)).toBe(script(addFlowLines(flow(40001, 16385), 1, LISTEN)));
+    expect(fp.kernelSessions).toBe(1);
+    // Not retried: nothing is left to do.
+    await fp.flushNow();
+    expect(nft.scripts).toHaveLength(2);
+
+    routes.next = () => undefined;
+    fp.currentChanged(routed, routed.current);
+    await fp.flushNow();
+    expect(nft.scripts.at(-1)).toBe(script(deleteFlowLines(flow(40001, 16385), 1, LISTEN)));
+    expect(fp.kernelSessions).toBe(0);
+  });
+
+  it('a backend whose source cannot be resolved waits in userspace and goes in once it resolves', async () => {
+    const { nft, sources, fp, handovers, advance } = await setup();
+    sources.unreachable.add('10.77.2.11');
+    const s = session(40000, 16384);
+    fp.established(s);
+    await fp.flushNow();
+    expect(sources.resolved).toEqual(['10.77.2.11']);
+    expect(nft.scripts).toHaveLength(1);
+    expect(fp.kernelSessions).toBe(0);
+
+    sources.unreachable.clear();
+    advance(30);
+    await fp.flushNow(); // still dirty: tried again
+    expect(sources.resolved).toEqual(['10.77.2.11', '10.77.2.11']);
+    expect(nft.scripts.at(-1)).toBe(script(addFlowLines(flow(40000, 16384), 1, LISTEN)));
+    expect(handovers).toEqual([30]);
+    await fp.stop();
+  });
+
+  it('a failed transaction is followed by a rewrite of the whole table; if that fails, the table goes', async () => {
     const { nft, fp } = await setup();
     const s = session(40000, 16384);
     fp.established(s);
     nft.failNext = 1;
     await fp.flushNow();
-    expect(nft.scripts.at(-1)).toMatch(/^flush map ip ice_ingress c2b_addr\n/);
-    expect(nft.scripts.at(-1)).toContain(
-      'add element ip ice_ingress c2b_addr { 198.18.0.2 . 40000 : 10.77.2.11 }',
-    );
-    expect(fp.stats).toMatchObject({ failures: 1, handovers: 1 });
+    // The failed one (chains 1), then the table recreated with every flow (chains 2).
+    expect(nft.scripts).toHaveLength(3);
+    expect(nft.scripts[1]).toBe(script(addFlowLines(flow(40000, 16384), 1, LISTEN)));
+    expect(nft.scripts[2]).toBe(tableScript(OPTS) + script(addFlowLines(flow(40000, 16384), 2, LISTEN)));
+    expect(nft.chainOf('up', '198.18.0.2|40000')).toContain('fwd ip to 10.77.2.11 device "eth1"');
+    expect(fp.stats).toMatchObject({ transactions: 1, failures: 1, handovers: 1 });
     expect(fp.kernelSessions).toBe(1);
+    // The next change deletes what the rewrite installed.
+    fp.closed(s, 'idle', true);
+    await fp.flushNow();
+    expect(nft.scripts.at(-1)).toBe(script(deleteFlowLines(flow(40000, 16384), 2, LISTEN)));
+    expect(nft.state.chains.size).toBe(0);
 
     const t = session(40001, 16385);
     fp.established(t);
     nft.failNext = 2;
     await fp.flushNow();
-    expect(nft.scripts.at(-1)).toBe('add table ip ice_ingress\ndelete table ip ice_ingress\n');
+    expect(nft.scripts.at(-1)).toBe(deleteTableScript());
+    expect(nft.state.table).toBe(false);
     expect(fp.kernelSessions).toBe(0);
-    // Disabled: later events cost nothing.
+    expect(fp.stats.failures).toBe(3);
+    // Disabled: later events cost nothing, and there is nothing to read.
     const n = nft.scripts.length;
+    const lists = nft.lists.length;
     fp.established(session(40002, 16386));
     await fp.flushNow();
+    await fp.pollNow();
     expect(nft.scripts).toHaveLength(n);
+    expect(nft.lists).toHaveLength(lists);
   });
 
   it('stop reads the counters once more, then deletes the table', async () => {
@@ -194,11 +544,13 @@ describe('NftFastPath', () => {
     const s = session(40000, 16384);
     fp.established(s);
     await fp.flushNow();
-    nft.forward('c2b_addr:198.18.0.2|40000', 2, 10);
+    nft.forward('up', '198.18.0.2|40000', 2, 10);
     await fp.stop();
     expect(host.counts.get(s.id)!.packetsUp).toBe(2);
-    expect(nft.scripts.at(-1)).toBe('add table ip ice_ingress\ndelete table ip ice_ingress\n');
+    expect(nft.scripts.at(-1)).toBe(deleteTableScript());
+    expect(nft.state.table).toBe(false);
+    const n = nft.scripts.length;
     await fp.stop(); // idempotent
-    expect(nft.scripts.at(-1)).toBe('add table ip ice_ingress\ndelete table ip ice_ingress\n');
+    expect(nft.scripts).toHaveLength(n);
   });
 });
