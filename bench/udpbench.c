@@ -17,9 +17,15 @@
  *       takes the sessions over meanwhile).
  *   udpbench sink IP PORT
  *       Answers Binding Requests like `echo`, drops everything else (the far end of a one-way run).
- *   udpbench blast IP PORT SESSIONS SIZE SECONDS
+ *   udpbench blast IP PORT SESSIONS SIZE SECONDS [IFACE NEXTHOP-MAC]
  *       The same handshake as `load`, then sends SIZE-byte datagrams round-robin over the sessions
  *       as fast as sendmmsg allows for SECONDS (one-way). Prints {"sent":N,"seconds":S}.
+ *       With IFACE and NEXTHOP-MAC the datagrams (the same 5-tuples, valid IPv4 and UDP
+ *       checksums) go out as Ethernet frames on a packet socket (PACKET_QDISC_BYPASS) instead of
+ *       the UDP sockets: no UDP, route or neighbour work per datagram, so one core generates more,
+ *       and the packet socket's default send buffer bounds the frames in flight (observed: sent =
+ *       delivered), so the generator waits for the receiving core instead of overrunning its
+ *       backlog, where datagrams dropped after being forwarded would waste that core's work.
  *
  * Only ever talks to the address it is given (127.0.0.1 for `npm run bench`; addresses inside the
  * bench's own network namespaces for `npm run bench:fastpath`). Bounded in time.
@@ -28,12 +34,15 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/if_packet.h>
+#include <net/if.h>
 #include <netinet/in.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -128,13 +137,99 @@ static size_t binding_request(unsigned char *b, int session) {
   return len;
 }
 
+/* RFC 1071 ones'-complement sum over n bytes, folded, added to `sum`. */
+static uint32_t sum16(const uint8_t *b, size_t n, uint32_t sum) {
+  for (size_t i = 0; i + 1 < n; i += 2) sum += (uint32_t)(b[i] << 8 | b[i + 1]);
+  if (n & 1) sum += (uint32_t)(b[n - 1] << 8);
+  while (sum >> 16) sum = (sum & 0xffff) + (sum >> 16);
+  return sum;
+}
+
+/* One-way over a packet socket: one prebuilt Ethernet/IPv4/UDP frame per session (the session
+   socket's own address and port as the source), sent round-robin with sendmmsg. */
+static int blast_raw(const char *ifname, const char *mac, const int *fds, int sessions,
+                     const struct sockaddr_in *to, int size, double seconds) {
+  unsigned m[6];
+  if (sscanf(mac, "%x:%x:%x:%x:%x:%x", &m[0], &m[1], &m[2], &m[3], &m[4], &m[5]) != 6) {
+    printf("{\"error\":\"bad MAC %s\"}\n", mac);
+    return 1;
+  }
+  int fd = socket(AF_PACKET, SOCK_RAW, 0);
+  if (fd < 0) { printf("{\"error\":\"packet socket: %s\"}\n", strerror(errno)); return 1; }
+  int one = 1;
+  setsockopt(fd, SOL_PACKET, PACKET_QDISC_BYPASS, &one, sizeof one);
+  /* 200000 (doubled by the kernel): ~500 frames of 142 B in flight, half of the receiving core's
+     backlog (net.core.netdev_max_backlog 1000), so none is dropped there; the default (~280)
+     left core 0 idle between bursts. UDPBENCH_SNDBUF overrides it. */
+  int sb = getenv("UDPBENCH_SNDBUF") != NULL ? atoi(getenv("UDPBENCH_SNDBUF")) : 200000;
+  setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sb, sizeof sb);
+  struct ifreq ifr = {0};
+  strncpy(ifr.ifr_name, ifname, IFNAMSIZ - 1);
+  if (ioctl(fd, SIOCGIFINDEX, &ifr) < 0) { printf("{\"error\":\"no interface %s\"}\n", ifname); return 1; }
+  int ifindex = ifr.ifr_ifindex;
+  if (ioctl(fd, SIOCGIFHWADDR, &ifr) < 0) { printf("{\"error\":\"no MAC of %s\"}\n", ifname); return 1; }
+  struct sockaddr_ll ll = {0};
+  ll.sll_family = AF_PACKET;
+  ll.sll_ifindex = ifindex;
+  ll.sll_halen = 6;
+  for (int i = 0; i < 6; i++) ll.sll_addr[i] = (unsigned char)m[i];
+  size_t flen = 14 + 20 + 8 + (size_t)size;
+  uint8_t *frames = calloc((size_t)sessions, flen);
+  for (int s = 0; s < sessions; s++) {
+    struct sockaddr_in me;
+    socklen_t len = sizeof me;
+    getsockname(fds[s], (struct sockaddr *)&me, &len);
+    uint8_t *f = frames + (size_t)s * flen, *ip = f + 14, *udp = ip + 20;
+    for (int i = 0; i < 6; i++) { f[i] = (uint8_t)m[i]; f[6 + i] = (uint8_t)ifr.ifr_hwaddr.sa_data[i]; }
+    f[12] = 0x08; f[13] = 0x00;
+    ip[0] = 0x45; ip[2] = (uint8_t)((20 + 8 + size) >> 8); ip[3] = (uint8_t)(20 + 8 + size);
+    ip[6] = 0x40; /* DF */ ip[8] = 64; ip[9] = 17;
+    memcpy(ip + 12, &me.sin_addr, 4);
+    memcpy(ip + 16, &to->sin_addr, 4);
+    uint16_t c = (uint16_t)~sum16(ip, 20, 0);
+    ip[10] = (uint8_t)(c >> 8); ip[11] = (uint8_t)c;
+    memcpy(udp, &me.sin_port, 2);
+    memcpy(udp + 2, &to->sin_port, 2);
+    udp[4] = (uint8_t)((8 + size) >> 8); udp[5] = (uint8_t)(8 + size);
+    memset(udp + 8, 0x80, (size_t)size); /* RTP-looking first byte (RFC 7983) */
+    uint8_t pseudo[12] = {0};
+    memcpy(pseudo, ip + 12, 8);
+    pseudo[9] = 17; pseudo[10] = udp[4]; pseudo[11] = udp[5];
+    c = (uint16_t)~sum16(udp, 8 + (size_t)size, sum16(pseudo, 12, 0));
+    if (c == 0) c = 0xffff;
+    udp[6] = (uint8_t)(c >> 8); udp[7] = (uint8_t)c;
+  }
+  struct mmsghdr msgs[BATCH];
+  struct iovec iov[BATCH];
+  for (int i = 0; i < BATCH; i++) {
+    memset(&msgs[i].msg_hdr, 0, sizeof msgs[i].msg_hdr);
+    msgs[i].msg_hdr.msg_iov = &iov[i];
+    msgs[i].msg_hdr.msg_iovlen = 1;
+    msgs[i].msg_hdr.msg_name = &ll;
+    msgs[i].msg_hdr.msg_namelen = sizeof ll;
+    iov[i].iov_len = flen;
+  }
+  uint64_t sent = 0, t0 = now_ns(), stop = t0 + (uint64_t)(seconds * 1e9);
+  int s = 0;
+  while (now_ns() < stop) {
+    for (int i = 0; i < BATCH; i++) {
+      iov[i].iov_base = frames + (size_t)s * flen;
+      s = (s + 1) % sessions;
+    }
+    int k = sendmmsg(fd, msgs, BATCH, 0);
+    if (k > 0) sent += (uint64_t)k;
+  }
+  printf("{\"sent\":%llu,\"seconds\":%.3f}\n", (unsigned long long)sent, (now_ns() - t0) / 1e9);
+  return 0;
+}
+
 static int cmp_u32(const void *a, const void *b) {
   uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
   return x < y ? -1 : x > y;
 }
 
 static int run_load(const char *ip, int port, int sessions, int size, double seconds, int window, int blast,
-                    int settle_ms) {
+                    int settle_ms, const char *raw_if, const char *raw_mac) {
   if (size < 16) size = 16;
   if (size > MAXSIZE) size = MAXSIZE;
   struct sockaddr_in to = {0};
@@ -180,6 +275,7 @@ static int run_load(const char *ip, int port, int sessions, int size, double sec
     struct timespec ts = {.tv_sec = settle_ms / 1000, .tv_nsec = (long)(settle_ms % 1000) * 1000000L};
     nanosleep(&ts, NULL);
   }
+  if (blast && raw_if != NULL) return blast_raw(raw_if, raw_mac, fds, sessions, &to, size, seconds);
   if (blast) {
     /* One-way: sendmmsg batches round-robin over the connected sockets, nothing awaited. */
     memset(pkt, 0x80, sizeof pkt);
@@ -278,14 +374,15 @@ int main(int argc, char **argv) {
     if (secs <= 0 || secs > 60) secs = 3;
     int settle = argc >= 9 ? atoi(argv[8]) : 0;
     if (settle < 0 || settle > 10000) settle = 0;
-    return run_load(argv[2], atoi(argv[3]), atoi(argv[4]), atoi(argv[5]), secs, atoi(argv[7]), 0, settle);
+    return run_load(argv[2], atoi(argv[3]), atoi(argv[4]), atoi(argv[5]), secs, atoi(argv[7]), 0, settle, NULL, NULL);
   }
   if (argc >= 7 && strcmp(argv[1], "blast") == 0) {
     double secs = atof(argv[6]);
     if (secs <= 0 || secs > 60) secs = 3;
-    return run_load(argv[2], atoi(argv[3]), atoi(argv[4]), atoi(argv[5]), secs, 1, 1, 500);
+    const char *raw_if = argc >= 9 ? argv[7] : NULL, *raw_mac = argc >= 9 ? argv[8] : NULL;
+    return run_load(argv[2], atoi(argv[3]), atoi(argv[4]), atoi(argv[5]), secs, 1, 1, 500, raw_if, raw_mac);
   }
   fprintf(stderr, "usage: udpbench echo|sink IP PORT | udpbench load IP PORT SESSIONS SIZE SECONDS WINDOW |"
-                  " udpbench blast IP PORT SESSIONS SIZE SECONDS\n");
+                  " udpbench blast IP PORT SESSIONS SIZE SECONDS [IFACE NEXTHOP-MAC]\n");
   return 2;
 }
