@@ -328,11 +328,6 @@ export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Pa
     if (upstreamPorts !== undefined && upstreamPorts[1] - upstreamPorts[0] + 1 < workers) {
       bad('upstream-ports', `needs at least one port per worker (${workers})`);
     }
-    // One nftables table per network namespace, driven by one process's flow events; with the
-    // kernel forwarding the media, Node only handles STUN and one event loop suffices.
-    if (fastPath === 'nftables' && workers > 1) {
-      bad('workers', 'the nftables fast path runs with one worker (--workers 1 or auto)');
-    }
   }
   const logLevel = raw('log-level').value;
   if (!LOG_LEVELS.has(logLevel)) bad('log-level', `expected one of ${[...LOG_LEVELS].join(', ')}`);

@@ -92,8 +92,7 @@ export interface IngressHandle {
  */
 export async function startIngress(config: Config, opts: StartOptions = {}): Promise<IngressHandle> {
   const { resolveWorkers } = await import('./workers/cpus.ts');
-  // The nftables fast path runs in one process (config.ts refuses --workers N > 1 with it).
-  const n = config.fastPath === 'nftables' ? 1 : resolveWorkers(config.workers);
+  const n = resolveWorkers(config.workers);
   if (n <= 1) {
     const p = await startProxy(config, opts);
     return Object.assign(p, { workers: 1, failed: new Promise<Error>(() => {}) });
