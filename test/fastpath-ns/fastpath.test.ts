@@ -507,10 +507,15 @@ describe('kernel fast path (nftables) in network namespaces', () => {
 
 /**
  * Two workers; a longer idle timeout than above, so that sessions steered early stay up while
- * the test finds one for the other worker (counters are then read every 2 s).
+ * the test finds one for the other worker (counters are then read every 2 s). Upstream ports the
+ * proxies above never used: the fake JVBs, like ice4j, still bind those source addresses to the
+ * earlier sessions and refuse a probe for another ufrag from them (test/fixtures/media-server.ts;
+ * a new process does not know the old one's port quarantine).
  */
 const WORKER_FLAGS = [
   ...PROXY_FLAGS.map((f, i) => (PROXY_FLAGS[i - 1] === '--idle-timeout' ? '20s' : f)),
+  '--upstream-ports',
+  '20000-20999',
   '--workers',
   '2',
 ];
