@@ -175,7 +175,7 @@ export const OPTIONS: readonly OptionSpec[] = [
     flag: 'fast-path',
     arg: 'off|nftables',
     def: 'off',
-    help: 'forward established media in the kernel (needs NET_ADMIN, nft, ip_forward; --listen with a specific IPv4 address)',
+    help: 'forward established media in the kernel (needs NET_ADMIN and nft; --listen with a specific IPv4 address)',
   },
   { flag: 'log-level', arg: 'LEVEL', def: 'info', help: 'fatal|error|warn|info|debug|trace|silent' },
   {
@@ -327,11 +327,6 @@ export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Pa
     workers = int('workers', 1, MAX_WORKERS);
     if (upstreamPorts !== undefined && upstreamPorts[1] - upstreamPorts[0] + 1 < workers) {
       bad('upstream-ports', `needs at least one port per worker (${workers})`);
-    }
-    // One nftables table per network namespace, driven by one process's flow events; with the
-    // kernel forwarding the media, Node only handles STUN and one event loop suffices.
-    if (fastPath === 'nftables' && workers > 1) {
-      bad('workers', 'the nftables fast path runs with one worker (--workers 1 or auto)');
     }
   }
   const logLevel = raw('log-level').value;

@@ -11,7 +11,7 @@ import { startAdminServer } from './admin/server.ts';
 import type { Config } from './config.ts';
 import { createDiscovery, type DiscoveryOptions } from './discovery/index.ts';
 import type { DiscoverySource } from './discovery/types.ts';
-import { NftFastPath } from './fastpath/fast-path.ts';
+import { type FastPathDeps, type KernelCounts, NftFastPath } from './fastpath/fast-path.ts';
 import { NftCommand } from './fastpath/nft-runner.ts';
 import { checkFastPath, FastPathUnavailable, systemProbes } from './fastpath/preflight.ts';
 import { ingressDevices, NextHops } from './fastpath/routes.ts';
@@ -21,6 +21,7 @@ import { Datapath, type DatapathDeps } from './proxy/datapath.ts';
 import { UdpTransport } from './proxy/udp.ts';
 import { BackendTable } from './routing/backends.ts';
 import { PortPool } from './session/port-pool.ts';
+import type { Session } from './session/session.ts';
 
 /**
  * The composition root: the only place that builds real sockets, clients, timers and the clock,
@@ -60,6 +61,8 @@ export interface StartOptions {
   readonly clock?: () => number;
   /** Also told each routing time and outcome (workers forward them to the main thread). */
   readonly onRouted?: (ms: number, outcome: string) => void;
+  /** Also told each fast-path hand-over time (workers forward them to the main thread). */
+  readonly onHandover?: (ms: number) => void;
   /**
    * Set inside a worker thread: the shared budgets and session cap, the worker's own fair shares
    * and the hand-off to the other workers (src/workers/worker.ts, docs/workers.md).
@@ -89,8 +92,7 @@ export interface IngressHandle {
  */
 export async function startIngress(config: Config, opts: StartOptions = {}): Promise<IngressHandle> {
   const { resolveWorkers } = await import('./workers/cpus.ts');
-  // The nftables fast path runs in one process (config.ts refuses --workers N > 1 with it).
-  const n = config.fastPath === 'nftables' ? 1 : resolveWorkers(config.workers);
+  const n = resolveWorkers(config.workers);
   if (n <= 1) {
     const p = await startProxy(config, opts);
     return Object.assign(p, { workers: 1, failed: new Promise<Error>(() => {}) });
@@ -127,7 +129,8 @@ function pollInterval(config: Config): number {
 
 export async function startProxy(config: Config, opts: StartOptions = {}): Promise<ProxyHandle> {
   const log = opts.log ?? createLogger(config.logLevel);
-  if (config.fastPath === 'nftables') {
+  // A worker's main thread has checked already (src/workers/pool.ts).
+  if (config.fastPath === 'nftables' && opts.worker === undefined) {
     // Before anything is bound: say everything that is missing at once.
     const problems = await checkFastPath(systemProbes());
     if (problems.length > 0) throw new FastPathUnavailable(problems);
@@ -200,29 +203,35 @@ export async function startProxy(config: Config, opts: StartOptions = {}): Promi
 
   const listen = await transport.start();
   if (config.fastPath === 'nftables') {
+    const options = {
+      listenAddress: listen.address,
+      listenPort: listen.port,
+      devices: ingressDevices(),
+      batchWindowMs: 5,
+      pollIntervalMs: pollInterval(config),
+    };
     try {
-      fastPath = await NftFastPath.start(
-        {
-          listenAddress: listen.address,
-          listenPort: listen.port,
-          devices: ingressDevices(),
-          batchWindowMs: 5,
-          pollIntervalMs: pollInterval(config),
+      const deps: FastPathDeps = {
+        nft: new NftCommand(),
+        host: {
+          touch: (s: Session, now: number) => datapath.registry.touch(s, now),
+          addKernelCounts: (s: Session, c: KernelCounts) =>
+            datapath.registry.noteKernel(s, c.packetsUp, c.bytesUp, c.packetsDown, c.bytesDown),
         },
-        {
-          nft: new NftCommand(),
-          host: {
-            touch: (s, now) => datapath.registry.touch(s, now),
-            addKernelCounts: (s, c) =>
-              datapath.registry.noteKernel(s, c.packetsUp, c.bytesUp, c.packetsDown, c.bytesDown),
-          },
-          sources: new SourceAddresses(config.upstreamBind),
-          nextHops: new NextHops(),
-          clock,
-          log,
-          onHandover: (ms) => handover.observe(ms / 1000),
+        sources: new SourceAddresses(config.upstreamBind),
+        nextHops: new NextHops(),
+        clock,
+        log,
+        onHandover: (ms: number) => {
+          handover.observe(ms / 1000);
+          opts.onHandover?.(ms);
         },
-      );
+      };
+      // In a worker thread the main thread owns the table; this worker adds its own flows to it.
+      fastPath =
+        opts.worker === undefined
+          ? await NftFastPath.start(options, deps)
+          : NftFastPath.attach({ ...options, worker: opts.worker }, deps);
     } catch (err) {
       transport.close();
       throw err;
@@ -272,8 +281,9 @@ export async function startProxy(config: Config, opts: StartOptions = {}): Promi
     closed = true;
     clearInterval(sweeper);
     await discovery.stop();
-    // The table goes first (its last counts go into the sessions' close logs): after that every
-    // datagram reaches the sockets, which close next.
+    // The table goes first (its last counts go into the sessions' close logs; in a worker thread:
+    // its own flows, the main thread deletes the table): after that every datagram reaches the
+    // sockets, which close next.
     if (fastPath !== undefined) {
       try {
         await fastPath.stop();

@@ -121,35 +121,28 @@ describe('parseDuration', () => {
 });
 
 describe('--fast-path with --workers', () => {
-  it('refuses more than one worker with the nftables fast path, naming the flag', () => {
-    expect(() =>
-      parseConfig(
-        [
-          '--backends',
-          'a=10.0.0.1:10000',
-          '--listen',
-          '10.0.0.9:10000',
-          '--fast-path',
-          'nftables',
-          '--workers',
-          '2',
-        ],
-        {},
-      ),
-    ).toThrow(/--workers: the nftables fast path runs with one worker/);
-    const one = parseConfig(
-      [
-        '--backends',
-        'a=10.0.0.1:10000',
-        '--listen',
-        '10.0.0.9:10000',
-        '--fast-path',
-        'nftables',
-        '--workers',
-        'auto',
-      ],
-      {},
+  it('takes any number of workers with the nftables fast path (the main thread owns the table)', () => {
+    const flags = (workers: string): string[] => [
+      '--backends',
+      'a=10.0.0.1:10000',
+      '--listen',
+      '10.0.0.9:10000',
+      '--fast-path',
+      'nftables',
+      '--workers',
+      workers,
+    ];
+    for (const w of ['1', '2', '32']) {
+      const r = parseConfig(flags(w), {});
+      expect(r.kind === 'run' && r.config.workers).toBe(Number(w));
+      expect(r.kind === 'run' && r.config.fastPath).toBe('nftables');
+    }
+    const auto = parseConfig(flags('auto'), {});
+    expect(auto.kind === 'run' && auto.config.workers).toBe('auto');
+    // The other limits of --workers still hold with the fast path.
+    expect(() => parseConfig([...flags('33')], {})).toThrow(/--workers/);
+    expect(() => parseConfig([...flags('4'), '--upstream-ports', '20000-20002'], {})).toThrow(
+      /--upstream-ports: needs at least one port per worker \(4\)/,
     );
-    expect(one.kind).toBe('run');
   });
 });

@@ -4,12 +4,15 @@ import type { FlowListener } from '../session/events.ts';
 import type { ClientEndpoint, Session } from '../session/session.ts';
 import { type FlowLookup, FlowPlan } from './flow-plan.ts';
 import { type ElementCount, parseElementCounters } from './kernel-counters.ts';
+import { ownedChains, ownedElements } from './listing.ts';
 import type { Nft } from './nft-runner.ts';
 import {
+  deleteOwnedLines,
   deleteTableScript,
   downKey,
   FAMILY,
   FLOWS,
+  type OwnedObjects,
   TABLE,
   type TableParams,
   tableScript,
@@ -25,6 +28,12 @@ import {
  * It never writes a session: what it learns from the kernel goes through {@link FastPathHost}
  * (the session registry). One transaction or listing at a time (a promise chain), so counter
  * baselines and element changes never interleave.
+ *
+ * Two modes. One process ({@link NftFastPath.start}) owns the table: it creates it, and deletes
+ * it at shutdown or when it gives up. A worker thread ({@link NftFastPath.attach}) writes its own
+ * sessions' chains and elements into the table the main thread created (src/workers/pool.ts) and
+ * never creates or deletes the table: the other workers' flows are in it (docs/workers.md,
+ * "Kernel fast path").
  */
 
 /** What the fast path asks of the session registry. */
@@ -47,6 +56,11 @@ export interface FastPathOptions extends TableParams {
   readonly batchWindowMs: number;
   /** Counters are read this often. */
   readonly pollIntervalMs: number;
+  /**
+   * Set in a worker thread (attached mode): its id, which its chain names carry. Unset: one
+   * process, which owns the table.
+   */
+  readonly worker?: number;
 }
 
 export interface FastPathDeps {
@@ -94,7 +108,7 @@ export class NftFastPath implements FlowListener {
   private constructor(opt: FastPathOptions, deps: FastPathDeps) {
     this.#opt = opt;
     this.#d = deps;
-    this.#plan = new FlowPlan(opt);
+    this.#plan = new FlowPlan(opt, opt.worker);
     this.#listen = { address: opt.listenAddress, port: opt.listenPort };
     this.#look = {
       sourceOf: (a) => deps.sources.get(a),
@@ -102,17 +116,37 @@ export class NftFastPath implements FlowListener {
     };
   }
 
-  /** Creates the table (replacing a stale one) and starts the counter poller. */
+  /** One process: creates the table (replacing a stale one) and starts the counter poller. */
   static async start(opt: FastPathOptions, deps: FastPathDeps): Promise<NftFastPath> {
+    if (opt.worker !== undefined) throw new Error('fast path: a worker attaches to the table');
     const fp = new NftFastPath(opt, deps);
     await deps.nft.apply(tableScript(opt));
     deps.log.info(
       { table: `${FAMILY} ${TABLE}`, listen: `${opt.listenAddress}:${opt.listenPort}`, devices: opt.devices },
       'fast path: nftables table created',
     );
-    fp.#poller = setInterval(() => fp.#scheduledPoll(), opt.pollIntervalMs);
-    fp.#poller.unref();
+    fp.#startPoller();
     return fp;
+  }
+
+  /**
+   * A worker thread: uses the table the main thread creates (before any session can be
+   * established: the main thread sends the first backends after it), touches nothing in it but
+   * its own chains and elements.
+   */
+  static attach(opt: FastPathOptions & { readonly worker: number }, deps: FastPathDeps): NftFastPath {
+    const fp = new NftFastPath(opt, deps);
+    fp.#startPoller();
+    return fp;
+  }
+
+  #startPoller(): void {
+    this.#poller = setInterval(() => this.#scheduledPoll(), this.#opt.pollIntervalMs);
+    this.#poller.unref();
+  }
+
+  get #attached(): boolean {
+    return this.#opt.worker !== undefined;
   }
 
   /** Sessions with elements in the kernel right now. */
@@ -145,7 +179,10 @@ export class NftFastPath implements FlowListener {
     this.#schedule();
   }
 
-  /** Waits for pending work, then removes the table. Idempotent. */
+  /**
+   * Waits for pending work, then removes the table (one process) or this worker's flows (attached:
+   * the main thread deletes the table once every worker has stopped). Idempotent.
+   */
   async stop(): Promise<void> {
     if (this.#stopped) return;
     this.#stopped = true;
@@ -158,6 +195,20 @@ export class NftFastPath implements FlowListener {
       if (!this.#disabled) await this.#poll();
     } catch {
       // Best effort; the table goes anyway.
+    }
+    if (this.#attached) {
+      // Before the worker's sockets close, as one process deletes its table first: from here on
+      // Node sees this worker's media. A failure leaves them to the table's deletion.
+      const lines = this.#plan.deleteAllLines();
+      this.#plan.forgetAll();
+      if (lines.length === 0) return;
+      try {
+        await this.#d.nft.apply(`${lines.join('\n')}\n`);
+        this.#d.log.info({ table: `${FAMILY} ${TABLE}` }, "fast path: this worker's flows removed");
+      } catch (err) {
+        this.#d.log.warn({ err: (err as Error).message }, "fast path: could not remove this worker's flows");
+      }
+      return;
     }
     this.#plan.forgetAll();
     await this.#d.nft.apply(deleteTableScript());
@@ -232,9 +283,11 @@ export class NftFastPath implements FlowListener {
         this.stats.failures++;
         this.#d.log.warn(
           { err: (err as Error).message },
-          'fast path: transaction failed; rewriting the table',
+          this.#attached
+            ? "fast path: transaction failed; rewriting this worker's flows"
+            : 'fast path: transaction failed; rewriting the table',
         );
-        await this.#resync();
+        await (this.#attached ? this.#resyncOwned() : this.#resync());
         return;
       }
       this.stats.transactions++;
@@ -280,8 +333,43 @@ export class NftFastPath implements FlowListener {
     }
   }
 
+  /**
+   * Attached mode's resynchronisation: the kernel is asked what of this worker's is in the table
+   * (the map's elements that jump to its chains, and its chains), and one transaction deletes all
+   * of it and writes the live flows again. Nothing of another worker's is named. If it fails, this
+   * worker stops using the kernel path (its sessions are relayed by Node), after a last attempt to
+   * delete what it listed, and the other workers keep theirs.
+   */
+  async #resyncOwned(): Promise<void> {
+    const worker = this.#opt.worker!;
+    let owned: OwnedObjects | undefined;
+    try {
+      // Two listings, not one of the table: that would print every session's rules too. Between
+      // them only other workers change the table, and nothing of theirs is used.
+      const map = await this.#d.nft.listJson(['list', 'map', FAMILY, TABLE, FLOWS]);
+      const chains = await this.#d.nft.listJson(['list', 'chains', FAMILY]);
+      owned = { elements: ownedElements(map, worker), chains: ownedChains(chains, worker) };
+      const batch = this.#plan.resyncOwned(owned, this.#look);
+      await this.#d.nft.apply(`${batch.lines.join('\n')}\n`);
+      this.stats.transactions++;
+      this.#seen.clear();
+      this.#afterCommit(batch);
+    } catch (err) {
+      this.stats.failures++;
+      this.#disabled = true;
+      this.#plan.forgetAll();
+      this.#d.log.error(
+        { err: (err as Error).message },
+        "fast path: cannot repair this worker's flows; its sessions are relayed by Node",
+      );
+      const lines = owned === undefined ? [] : deleteOwnedLines(owned);
+      if (lines.length > 0) await this.#d.nft.apply(`${lines.join('\n')}\n`).catch(() => {});
+    }
+  }
+
   async #poll(): Promise<void> {
-    if (this.#disabled) return;
+    // Nothing of ours to read (also: a worker's table may not exist yet before its first session).
+    if (this.#disabled || this.#plan.installed === 0) return;
     // Only the map: listing the table would print every session's chains too.
     const counts = parseElementCounters(await this.#d.nft.listJson(['list', 'map', FAMILY, TABLE, FLOWS]));
     this.stats.polls++;

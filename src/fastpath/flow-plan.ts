@@ -2,9 +2,11 @@ import type { Session } from '../session/session.ts';
 import {
   addFlowLines,
   deleteFlowLines,
+  deleteOwnedLines,
   type Endpoint,
   type KernelFlow,
   type NextHop,
+  type OwnedObjects,
   type TableParams,
   tableScript,
 } from './nft-script.ts';
@@ -90,7 +92,10 @@ export interface Batch {
   /** One transaction: every delete, then every add. */
   readonly lines: readonly string[];
   readonly changes: readonly Change[];
-  /** The whole table rewritten (after a failed transaction) rather than a diff. */
+  /**
+   * Every flow written again (after a failed transaction) rather than a diff: the whole table in
+   * one process, or one worker's share of it (its own elements and chains) with worker threads.
+   */
   readonly resync: boolean;
 }
 
@@ -99,11 +104,14 @@ export class FlowPlan {
   readonly #dirty = new Set<Session>();
   readonly #table: TableParams;
   readonly #listen: Endpoint;
+  /** Set in a worker thread: its chains carry this id (nft-script.ts, `chainNames`). */
+  readonly #worker: number | undefined;
   #nextId = 1;
 
-  constructor(table: TableParams) {
+  constructor(table: TableParams, worker?: number) {
     this.#table = table;
     this.#listen = { address: table.listenAddress, port: table.listenPort };
+    this.#worker = worker;
   }
 
   get dirty(): number {
@@ -181,9 +189,10 @@ export class FlowPlan {
     if (changes.length === 0) return undefined;
     const lines: string[] = [];
     for (const c of changes)
-      if (c.from !== undefined) lines.push(...deleteFlowLines(c.from.flow, c.from.id, this.#listen));
+      if (c.from !== undefined)
+        lines.push(...deleteFlowLines(c.from.flow, c.from.id, this.#listen, this.#worker));
     for (const c of changes)
-      if (c.to !== undefined) lines.push(...addFlowLines(c.to.flow, c.to.id, this.#listen));
+      if (c.to !== undefined) lines.push(...addFlowLines(c.to.flow, c.to.id, this.#listen, this.#worker));
     return { lines, changes, resync: false };
   }
 
@@ -208,17 +217,43 @@ export class FlowPlan {
 
   /**
    * A transaction failed (the kernel's state is unknown): one that recreates the table and writes
-   * every session's flow again, from the sessions as they are now.
+   * every session's flow again, from the sessions as they are now. One process only: the table is
+   * its own.
    */
   resync(look: FlowLookup): Batch {
+    return this.#rewrite([tableScript(this.#table).trimEnd()], look);
+  }
+
+  /**
+   * The same for one worker thread, which shares the table with the others and must not recreate
+   * it (that would delete their flows): deletes what the kernel holds of this worker's (`owned`,
+   * as listed: listing.ts), then writes this worker's flows again, in one transaction.
+   */
+  resyncOwned(owned: OwnedObjects, look: FlowLookup): Batch {
+    return this.#rewrite(deleteOwnedLines(owned), look);
+  }
+
+  /**
+   * Deletes every installed flow: a worker leaving the shared table at shutdown (followed by
+   * {@link forgetAll}). Empty when nothing is installed.
+   */
+  deleteAllLines(): string[] {
+    const lines: string[] = [];
+    for (const t of this.#tracked.values())
+      if (t.installed !== undefined)
+        lines.push(...deleteFlowLines(t.installed.flow, t.installed.id, this.#listen, this.#worker));
+    return lines;
+  }
+
+  #rewrite(head: string[], look: FlowLookup): Batch {
     const changes: Change[] = [];
-    const lines = [tableScript(this.#table).trimEnd()];
+    const lines = head;
     for (const [s, t] of this.#tracked) {
       this.#dirty.delete(s);
       const want = t.closed ? 'userspace' : desiredFlow(s, look);
       if (want === 'pending') this.#dirty.add(s);
       const to = typeof want === 'string' ? undefined : { flow: want, id: this.#nextId++ };
-      if (to !== undefined) lines.push(...addFlowLines(to.flow, to.id, this.#listen));
+      if (to !== undefined) lines.push(...addFlowLines(to.flow, to.id, this.#listen, this.#worker));
       changes.push({ s, from: t.installed, to });
     }
     return { lines, changes, resync: true };

@@ -14,13 +14,14 @@ export interface ElementCount {
 
 type Json = unknown;
 
-function keyText(v: Json): string | undefined {
+/** A key from `nft -j` as text: a concatenation's parts joined by `sep` (listing.ts: ` . `). */
+export function keyText(v: Json, sep = '|'): string | undefined {
   if (typeof v === 'string' || typeof v === 'number') return String(v);
   if (v !== null && typeof v === 'object' && 'concat' in v) {
     const parts = (v as { concat: Json[] }).concat;
     if (!Array.isArray(parts)) return undefined;
-    const texts = parts.map(keyText);
-    return texts.includes(undefined) ? undefined : texts.join('|');
+    const texts = parts.map((p) => keyText(p, sep));
+    return texts.includes(undefined) ? undefined : texts.join(sep);
   }
   return undefined;
 }

@@ -93,8 +93,23 @@ export function deleteTableScript(): string {
 const ep = (e: Endpoint): string => `${e.address} . ${e.port}`;
 const upKeyOf = (f: KernelFlow, listen: Endpoint): string => `${ep(f.client)} . ${ep(listen)}`;
 const downKeyOf = (f: KernelFlow): string => `${ep(f.backend)} . ${f.source} . ${f.upstreamPort}`;
-const upChain = (id: number): string => `u${id}`;
-const downChain = (id: number): string => `d${id}`;
+
+/**
+ * The names of a flow's two chains. `id` is never reused by its owner. In one process they are
+ * `u<id>` / `d<id>`; with worker threads every worker writes into the one table the main thread
+ * created, so the worker's id is part of the name (`u<worker>_<id>`): names never collide across
+ * workers, and a worker can tell its own chains from the others' (docs/workers.md, "Kernel fast
+ * path").
+ */
+export function chainNames(id: number, worker?: number): { up: string; down: string } {
+  const tag = worker === undefined ? String(id) : `${worker}_${id}`;
+  return { up: `u${tag}`, down: `d${tag}` };
+}
+
+/** Whether `chain` is one of `worker`'s flow chains (as {@link chainNames} makes them). */
+export function ownsChain(chain: string, worker: number): boolean {
+  return new RegExp(`^[ud]${worker}_\\d+$`).test(chain);
+}
 
 /**
  * One flow: a chain per direction with the rewrites as constants, and the element that jumps to
@@ -102,7 +117,7 @@ const downChain = (id: number): string => `d${id}`;
  * is the same, as with JVB's 10000) is left out: each payload write with its checksum updates is
  * the largest per-datagram cost (docs/fast-path.md, "Performance").
  */
-export function addFlowLines(f: KernelFlow, id: number, listen: Endpoint): string[] {
+export function addFlowLines(f: KernelFlow, id: number, listen: Endpoint, worker?: number): string[] {
   const up = [
     `ip daddr set ${f.backend.address}`,
     ...(f.backend.port === listen.port ? [] : [`udp dport set ${f.backend.port}`]),
@@ -117,21 +132,42 @@ export function addFlowLines(f: KernelFlow, id: number, listen: Endpoint): strin
     `ip saddr set ${listen.address}`,
     `fwd ip to ${f.toClient.via} device "${f.toClient.dev}"`,
   ];
+  const c = chainNames(id, worker);
   return [
-    `add chain ${T} ${upChain(id)} { ${up.join('; ')}; }`,
-    `add chain ${T} ${downChain(id)} { ${down.join('; ')}; }`,
-    `add element ${T} ${FLOWS} { ${upKeyOf(f, listen)} : goto ${upChain(id)} }`,
-    `add element ${T} ${FLOWS} { ${downKeyOf(f)} : goto ${downChain(id)} }`,
+    `add chain ${T} ${c.up} { ${up.join('; ')}; }`,
+    `add chain ${T} ${c.down} { ${down.join('; ')}; }`,
+    `add element ${T} ${FLOWS} { ${upKeyOf(f, listen)} : goto ${c.up} }`,
+    `add element ${T} ${FLOWS} { ${downKeyOf(f)} : goto ${c.down} }`,
   ];
 }
 
 /** The elements first: a chain an element still jumps to cannot be deleted. */
-export function deleteFlowLines(f: KernelFlow, id: number, listen: Endpoint): string[] {
+export function deleteFlowLines(f: KernelFlow, id: number, listen: Endpoint, worker?: number): string[] {
+  const c = chainNames(id, worker);
   return [
     `delete element ${T} ${FLOWS} { ${upKeyOf(f, listen)} }`,
     `delete element ${T} ${FLOWS} { ${downKeyOf(f)} }`,
-    `delete chain ${T} ${upChain(id)}`,
-    `delete chain ${T} ${downChain(id)}`,
+    `delete chain ${T} ${c.up}`,
+    `delete chain ${T} ${c.down}`,
+  ];
+}
+
+/** What one worker has in the table, as listed (listing.ts): element keys in nft's syntax, chains. */
+export interface OwnedObjects {
+  /** `ADDR . PORT . ADDR . PORT`, as an element statement names the key. */
+  readonly elements: readonly string[];
+  readonly chains: readonly string[];
+}
+
+/**
+ * Deletes every listed element and chain of one worker, elements first (a chain an element jumps
+ * to cannot be deleted). The start of a worker's resynchronisation: nothing of another worker's is
+ * named, so their flows are untouched whatever this worker's plan believed.
+ */
+export function deleteOwnedLines(o: OwnedObjects): string[] {
+  return [
+    ...o.elements.map((k) => `delete element ${T} ${FLOWS} { ${k} }`),
+    ...o.chains.map((c) => `delete chain ${T} ${c}`),
   ];
 }
 

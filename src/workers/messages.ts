@@ -45,6 +45,8 @@ export type FromWorker =
   | { readonly type: 'listening'; readonly address: string; readonly port: number }
   | { readonly type: 'applied' }
   | { readonly type: 'routed'; readonly ms: number; readonly outcome: string }
+  /** A session's media went to the kernel fast path this long after it was established. */
+  | { readonly type: 'handover'; readonly ms: number }
   | Learned
   | Negative
   | { readonly type: 'closed' };

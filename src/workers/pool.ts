@@ -1,11 +1,20 @@
 import { performance } from 'node:perf_hooks';
 import { Worker } from 'node:worker_threads';
 import type { Logger } from 'pino';
-import { createRegistry, createRoutingHistogram } from '../admin/metrics.ts';
+import {
+  createHandoverHistogram,
+  createRegistry,
+  createRoutingHistogram,
+  type KernelPathSource,
+} from '../admin/metrics.ts';
 import { startAdminServer } from '../admin/server.ts';
 import type { Config } from '../config.ts';
 import { createDiscovery } from '../discovery/index.ts';
 import type { BackendSpec } from '../discovery/types.ts';
+import { NftCommand } from '../fastpath/nft-runner.ts';
+import { deleteTableScript, FAMILY, TABLE, tableScript } from '../fastpath/nft-script.ts';
+import { checkFastPath, FastPathUnavailable, systemProbes } from '../fastpath/preflight.ts';
+import { ingressDevices } from '../fastpath/routes.ts';
 import { createLogger } from '../log.ts';
 import { discoveryOptions, type IngressHandle, type StartOptions } from '../main.ts';
 import { SharedDirectory } from './directory.ts';
@@ -21,7 +30,11 @@ import { createStatsBuffer, Stat, WorkerStats } from './stats.ts';
  * memory, starts N data-path worker threads on one listening address (SO_REUSEPORT), runs
  * discovery once and sends every worker the same snapshot, relays learned and negative ufrags,
  * serves the one /metrics and /readyz of the pod, and stops everything on drain, shutdown or the
- * crash of any worker.
+ * crash of any worker. With `--fast-path nftables` it owns the one nftables table of the network
+ * namespace: it checks the requirements before any worker starts, creates the table once the
+ * workers are bound (before the first backends, so before any session), and deletes it after
+ * every worker stopped; each worker writes only its own sessions' chains and elements into it
+ * (docs/workers.md, "Kernel fast path").
  */
 
 export interface PoolOptions extends StartOptions {
@@ -49,6 +62,13 @@ export async function startWorkerPool(
   opts: PoolOptions = {},
 ): Promise<IngressHandle> {
   const log: Logger = opts.log ?? createLogger(config.logLevel);
+  const fastPath = config.fastPath === 'nftables';
+  if (fastPath) {
+    // Before any worker starts: say everything that is missing at once (as one process does).
+    const problems = await checkFastPath(systemProbes());
+    if (problems.length > 0) throw new FastPathUnavailable(problems);
+  }
+  const nft = new NftCommand();
   const now = performance.timeOrigin + performance.now();
   const directory = SharedDirectory.create(4 * Math.min(config.maxSessions, 1 << 20));
   // Shared by all workers: the two probe budgets (fan-out, directed) and the session cap.
@@ -74,6 +94,22 @@ export async function startWorkerPool(
       : splitPortRange(config.upstreamPorts[0], config.upstreamPorts[1], n);
 
   const routing = createRoutingHistogram();
+  const handover = createHandoverHistogram();
+  // The workers' fast paths, summed from their stats rows; hand-over times arrive as messages.
+  const kernel: KernelPathSource | undefined = fastPath
+    ? {
+        get totals() {
+          return stats.kernel().totals;
+        },
+        get stats() {
+          return stats.kernel().stats;
+        },
+        get kernelSessions() {
+          return stats.kernel().kernelSessions;
+        },
+        handover,
+      }
+    : undefined;
   const registry = createRegistry(
     {
       counters: () => stats.counters(),
@@ -89,6 +125,7 @@ export async function startWorkerPool(
       freePorts: config.upstreamPorts === undefined ? undefined : () => stats.sum(Stat.freePorts),
       openUpstreams: () => stats.sum(Stat.upstreams),
       routing,
+      ...(kernel === undefined ? {} : { kernel }),
     },
     opts.processMetrics ?? true,
   );
@@ -159,6 +196,9 @@ export async function startWorkerPool(
           case 'routed':
             routing.observe({ outcome: m.outcome }, m.ms / 1000);
             break;
+          case 'handover':
+            handover.observe(m.ms / 1000);
+            break;
           case 'learned':
             broadcast(m, id);
             break;
@@ -196,11 +236,35 @@ export async function startWorkerPool(
     );
   };
 
+  // The table goes after the workers: each has removed its own flows by then (fast-path.ts, stop).
+  let tableCreated = false;
+  const deleteTable = async (): Promise<void> => {
+    if (!tableCreated) return;
+    tableCreated = false;
+    try {
+      await nft.apply(deleteTableScript());
+      log.info({ table: `${FAMILY} ${TABLE}` }, 'fast path: nftables table removed');
+    } catch (err) {
+      log.error({ err: (err as Error).message }, 'fast path: could not remove the nftables table');
+    }
+  };
+
   // Worker 0 binds first (it resolves port 0); the others join its address.
   let listen: { address: string; port: number };
   try {
     listen = await spawn(0, config.listen.port);
     await Promise.all(Array.from({ length: n - 1 }, (_, i) => spawn(i + 1, listen.port)));
+    if (fastPath) {
+      // Replacing a stale one (fast-path.ts, as one process does). No worker has a session yet:
+      // they get their first backends below.
+      const devices = ingressDevices();
+      await nft.apply(tableScript({ listenAddress: listen.address, listenPort: listen.port, devices }));
+      tableCreated = true;
+      log.info(
+        { table: `${FAMILY} ${TABLE}`, listen: `${listen.address}:${listen.port}`, devices },
+        'fast path: nftables table created',
+      );
+    }
   } catch (err) {
     closing = true;
     await stopWorkers();
@@ -228,6 +292,7 @@ export async function startWorkerPool(
       closing = true;
       await discovery.stop();
       await stopWorkers();
+      await deleteTable();
       throw err;
     }
   }
@@ -237,6 +302,7 @@ export async function startWorkerPool(
       admin: admin ? `${config.admin!.host}:${admin.port}` : 'off',
       discovery: discovery.kind,
       workers: n,
+      fastPath: config.fastPath,
     },
     'ice-ingress started',
   );
@@ -247,6 +313,7 @@ export async function startWorkerPool(
       closing = true;
       await discovery.stop();
       await stopWorkers();
+      await deleteTable();
       if (admin !== undefined) {
         admin.server.closeAllConnections();
         await new Promise<void>((r) => admin!.server.close(() => r()));

@@ -40,8 +40,17 @@ export const Stat = {
   activeSources: CLOSED + CLOSE_REASONS.length + 7,
   /** −1 when no upstream port range is configured. */
   freePorts: CLOSED + CLOSE_REASONS.length + 8,
+  // The kernel fast path's view of this worker's sessions (0 with it off): fast-path.ts's totals
+  // and stats, summed into the pod's `path="kernel"` series by the main thread.
+  kernelPacketsUp: CLOSED + CLOSE_REASONS.length + 9,
+  kernelBytesUp: CLOSED + CLOSE_REASONS.length + 10,
+  kernelPacketsDown: CLOSED + CLOSE_REASONS.length + 11,
+  kernelBytesDown: CLOSED + CLOSE_REASONS.length + 12,
+  fastPathTransactions: CLOSED + CLOSE_REASONS.length + 13,
+  fastPathFailures: CLOSED + CLOSE_REASONS.length + 14,
+  fastPathSessions: CLOSED + CLOSE_REASONS.length + 15,
 } as const;
-export const ROW = CLOSED + CLOSE_REASONS.length + 9;
+export const ROW = CLOSED + CLOSE_REASONS.length + 16;
 
 export interface Gauges {
   sessions: number;
@@ -53,6 +62,15 @@ export interface Gauges {
   handoffRoutes: number;
   activeSources: number;
   freePorts: number;
+  /** The worker's kernel fast path, when on. */
+  kernel?: KernelStats;
+}
+
+/** What a worker's NftFastPath counts (fast-path.ts: `totals`, `stats`, `kernelSessions`). */
+export interface KernelStats {
+  readonly totals: { packetsUp: number; bytesUp: number; packetsDown: number; bytesDown: number };
+  readonly stats: { transactions: number; failures: number };
+  readonly kernelSessions: number;
 }
 
 export function createStatsBuffer(workers: number): SharedArrayBuffer {
@@ -75,6 +93,14 @@ export function publish(buffer: SharedArrayBuffer, worker: number, c: Counters, 
   row[Stat.handoffRoutes] = g.handoffRoutes;
   row[Stat.activeSources] = g.activeSources;
   row[Stat.freePorts] = g.freePorts;
+  const k = g.kernel;
+  row[Stat.kernelPacketsUp] = k?.totals.packetsUp ?? 0;
+  row[Stat.kernelBytesUp] = k?.totals.bytesUp ?? 0;
+  row[Stat.kernelPacketsDown] = k?.totals.packetsDown ?? 0;
+  row[Stat.kernelBytesDown] = k?.totals.bytesDown ?? 0;
+  row[Stat.fastPathTransactions] = k?.stats.transactions ?? 0;
+  row[Stat.fastPathFailures] = k?.stats.failures ?? 0;
+  row[Stat.fastPathSessions] = k?.kernelSessions ?? 0;
 }
 
 /** Main-thread side: reads the rows. */
@@ -96,6 +122,20 @@ export class WorkerStats {
     let s = 0;
     for (let w = 0; w < this.workers; w++) s += this.#all[w * ROW + index]!;
     return s;
+  }
+
+  /** The pod's kernel fast path: every worker's, summed, in the shape /metrics reads one process's. */
+  kernel(): KernelStats {
+    return {
+      totals: {
+        packetsUp: this.sum(Stat.kernelPacketsUp),
+        bytesUp: this.sum(Stat.kernelBytesUp),
+        packetsDown: this.sum(Stat.kernelPacketsDown),
+        bytesDown: this.sum(Stat.kernelBytesDown),
+      },
+      stats: { transactions: this.sum(Stat.fastPathTransactions), failures: this.sum(Stat.fastPathFailures) },
+      kernelSessions: this.sum(Stat.fastPathSessions),
+    };
   }
 
   /** The pod's Counters: every worker's, summed (a fresh object; called once per scrape). */

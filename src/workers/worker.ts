@@ -67,6 +67,7 @@ const proxy = await startProxy(config, {
   reusePort: true,
   clock,
   onRouted: (ms, outcome) => post({ type: 'routed', ms, outcome }),
+  onHandover: (ms) => post({ type: 'handover', ms }),
   shared: {
     budgets: [new SharedTokenBucket(shared.budgets[0]), new SharedTokenBucket(shared.budgets[1])],
     slots: new SharedSessionSlots(shared.slots),
@@ -80,7 +81,7 @@ const proxy = await startProxy(config, {
     handoff: node,
   },
 });
-const { datapath, transport, ports } = proxy;
+const { datapath, transport, ports, fastPath } = proxy;
 // No backends (so no sessions) before the main thread's first snapshot: nothing is missed.
 datapath.addListener(node);
 node.start((buf, address, p) => datapath.onClientDatagram(buf, address, p));
@@ -96,6 +97,7 @@ const publishNow = (): void =>
     handoffRoutes: node.routes,
     activeSources: datapath.admission.shares.active,
     freePorts: ports === undefined ? -1 : ports.available,
+    kernel: fastPath,
   });
 const publisher = setInterval(() => {
   node.sweep();

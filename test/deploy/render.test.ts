@@ -161,6 +161,8 @@ describe(`deploy/ rendered by ${renderer?.version ?? 'kustomize (not found)'}`, 
     const [c] = pod.containers;
     const flags = checkProxyArgs(c.args);
     expect(flags.get('fast-path')).toBe('nftables');
+    // The fast path runs with the base's workers (the main thread owns the table: docs/workers.md).
+    expect(flags.get('workers')).toBe('auto');
     // The address clients send to (the kubelet expands $(POD_IP) from the downward API).
     expect(flags.get('listen')).toBe('$(POD_IP):10000');
     expect(c.env).toEqual([{ name: 'POD_IP', valueFrom: { fieldRef: { fieldPath: 'status.podIP' } } }]);

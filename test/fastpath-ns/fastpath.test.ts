@@ -4,7 +4,9 @@
 // the CLI's flags and a discovery source the test drives); the fixtures' fake media server and
 // fake ICE client (real STUN with MESSAGE-INTEGRITY and FINGERPRINT) run in their namespaces
 // (peer-agent.ts). veth transmit checksum offload is off everywhere, so a wrong checksum after a
-// rewrite would be dropped by the receiver instead of hidden.
+// rewrite would be dropped by the receiver instead of hidden. The last block runs the proxy with
+// two worker threads (the kernel's SO_REUSEPORT hash picks a session's worker from the client's
+// 5-tuple; the test tells which by the worker id in the chain its element jumps to).
 //
 // Run as root: `npm run test:fastpath` (prerequisites: test/fastpath-ns/prereqs.sh).
 import { type ChildProcess, execFile } from 'node:child_process';
@@ -15,6 +17,7 @@ import { createInterface } from 'node:readline';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Agent, type Msg, NODE, ROOT } from '../interop/agent.ts';
 import { ADDR, createTopology, type NsRole, type Topology } from '../interop/netns.ts';
+import { type Metrics, parseMetrics } from '../workers/pool-harness.ts';
 import { checkPrereqs } from './prereqs.ts';
 
 const PORT = 10000;
@@ -73,7 +76,9 @@ function nft(role: NsRole, args: string[], stdin?: string): Promise<string> {
 }
 
 type FlowElem = [
-  { elem: { val: { concat: [string, number, string, number] } } },
+  {
+    elem: { val: { concat: [string, number, string, number] }; counter: { packets: number; bytes: number } };
+  },
   { goto: { target: string } },
 ];
 type Mangle = { mangle: { key: { payload?: { protocol: string; field: string } }; value: unknown } };
@@ -90,6 +95,11 @@ async function ourTable(): Promise<{ elems: FlowElem[]; daddrOf: Map<string, str
     if (x.rule !== undefined && set !== undefined) daddrOf.set(x.rule.chain, String(set.mangle.value));
   }
   return { elems, daddrOf };
+}
+
+/** The elements of our verdict map. */
+async function flowElements(): Promise<FlowElem[]> {
+  return (await ourTable()).elems;
 }
 
 /** Upstream elements: those keyed by a client 5-tuple toward the listening address. */
@@ -200,8 +210,8 @@ async function txOffload(): Promise<void> {
   }
 }
 
-async function startProxyAgent(label: string): Promise<Agent> {
-  const a = new Agent(t(), 'prx', label, resolve(import.meta.dirname, 'proxy-agent.ts'), PROXY_FLAGS);
+async function startProxyAgent(label: string, flags = PROXY_FLAGS): Promise<Agent> {
+  const a = new Agent(t(), 'prx', label, resolve(import.meta.dirname, 'proxy-agent.ts'), flags);
   await a.ready(15_000);
   return a;
 }
@@ -310,12 +320,12 @@ describe('kernel fast path (nftables) in network namespaces', () => {
       (n) => n === 1,
     );
     const before = await state(true);
+    // Paced: 200 back-to-back datagrams can overflow the fake JVB's receive buffer when its
+    // process is not scheduled at once (RcvbufErrors in its namespace), which is not under test.
     const r = await ask<Burst>(c1, {
       cmd: 'burst',
       target: PUBLIC,
       count: 200,
-      // Paced: the fake JVB is a Node process; its socket's default receive buffer does not hold
-      // 200 datagrams arriving at kernel speed while it echoes (drops there are not the proxy's).
       intervalMs: 1,
       size: 200,
       waitMs: 2000,
@@ -352,8 +362,6 @@ describe('kernel fast path (nftables) in network namespaces', () => {
       cmd: 'burst',
       target: PUBLIC,
       count: 200,
-      // Paced: the fake JVB is a Node process; its socket's default receive buffer does not hold
-      // 200 datagrams arriving at kernel speed while it echoes (drops there are not the proxy's).
       intervalMs: 1,
       size: 200,
       waitMs: 2000,
@@ -510,6 +518,223 @@ describe('kernel fast path (nftables) in network namespaces', () => {
     expect(err.join('')).toMatch(/no `nft` binary on PATH/);
     expect(await nft('prx', ['list', 'tables'])).not.toContain('ice_ingress');
     rmSync(bin, { recursive: true, force: true });
+  });
+});
+
+/**
+ * Two workers; a longer idle timeout than above, so that sessions steered early stay up while
+ * the test finds one for the other worker (counters are then read every 2 s). Upstream ports the
+ * proxies above never used: the fake JVBs, like ice4j, still bind those source addresses to the
+ * earlier sessions and refuse a probe for another ufrag from them (test/fixtures/media-server.ts;
+ * a new process does not know the old one's port quarantine).
+ */
+const WORKER_FLAGS = [
+  ...PROXY_FLAGS.map((f, i) => (PROXY_FLAGS[i - 1] === '--idle-timeout' ? '20s' : f)),
+  '--upstream-ports',
+  '20000-20999',
+  '--workers',
+  '2',
+];
+
+/** The upstream element of the NAT's public address and `port`: its chain and its counter. */
+async function upElement(port: number): Promise<{ chain: string; packets: number } | undefined> {
+  const hit = (await flowElements()).find(
+    ([k]) =>
+      k.elem.val.concat[0] === ADDR.wan.natPublic &&
+      k.elem.val.concat[1] === port &&
+      k.elem.val.concat[2] === PUBLIC.address,
+  );
+  return hit === undefined ? undefined : { chain: hit[1].goto.target, packets: hit[0].elem.counter.packets };
+}
+
+/** The worker a chain belongs to (`u<worker>_<id>`, src/fastpath/nft-script.ts). */
+function workerOfChain(chain: string): number {
+  const m = /^[ud](\d+)_\d+$/.exec(chain);
+  if (m === null) throw new Error(`not a worker's chain: ${chain}`);
+  return Number(m[1]);
+}
+
+/** One worker's elements (key → chain) and the rules of its chains, as the kernel has them. */
+async function objectsOf(worker: number): Promise<{ elements: string[]; chains: Record<string, string> }> {
+  const elements = (await flowElements())
+    .filter(([, v]) => workerOfChain(v.goto.target) === worker)
+    .map(([k, v]) => `${k.elem.val.concat.join(' ')} -> ${v.goto.target}`);
+  const listed = JSON.parse(await nft('prx', ['-j', 'list', 'chains', 'netdev'])) as {
+    nftables: Array<{ chain?: { table: string; name: string } }>;
+  };
+  const chains: Record<string, string> = {};
+  for (const x of listed.nftables) {
+    const c = x.chain;
+    if (
+      c === undefined ||
+      c.table !== 'ice_ingress' ||
+      c.name === 'ingress' ||
+      workerOfChain(c.name) !== worker
+    )
+      continue;
+    chains[c.name] = await nft('prx', ['list', 'chain', 'netdev', 'ice_ingress', c.name]);
+  }
+  return { elements, chains };
+}
+
+describe('kernel fast path with worker threads (--workers 2)', () => {
+  let pool: Agent;
+  let foreignBefore: { rules: string; counters: number[] };
+  const metrics = async (): Promise<Metrics> =>
+    parseMetrics((await ask<{ text: string }>(pool, { cmd: 'metrics' })).text);
+  const clientIn = (m: Metrics, worker: number): number =>
+    m('ice_ingress_worker_packets_total', { worker: String(worker), direction: 'client_in' });
+  /** /metrics once the workers' stats rows (republished every 100 ms) have caught up with Node's traffic. */
+  const settled = async (): Promise<Metrics> => {
+    let a = await metrics();
+    for (let i = 0; i < 20; i++) {
+      await new Promise((r) => setTimeout(r, 250));
+      const b = await metrics();
+      if (clientIn(a, 0) === clientIn(b, 0) && clientIn(a, 1) === clientIn(b, 1)) return b;
+      a = b;
+    }
+    throw new Error('per-worker counters never settled');
+  };
+
+  interface Owned {
+    worker: number;
+    port: number;
+    creds: Creds;
+  }
+  /**
+   * Opens sessions from `c` (a new source port each time: the NAT keeps it, so the 4-tuple the
+   * proxy sees changes) until one lands on a worker other than `not`.
+   */
+  async function sessionOn(c: Agent, pod: Agent, not?: number): Promise<Owned> {
+    for (let i = 0; i < 16; i++) {
+      if (i > 0) await c.request({ cmd: 'rebind' });
+      const creds = await ask<Creds>(pod, { cmd: 'addSession' });
+      const { port } = await ask<{ port: number }>(c, { cmd: 'check', target: PUBLIC, server: creds });
+      const el = await until(
+        `kernel element for ${ADDR.wan.natPublic}:${port}`,
+        () => upElement(port),
+        (x) => x !== undefined,
+      );
+      const worker = workerOfChain(el!.chain);
+      if (worker !== not) return { worker, port, creds };
+    }
+    // Each try lands on the other worker with probability 1/2.
+    throw new Error(`no session on a worker other than ${not} in 16 tries`);
+  }
+
+  let a: Owned;
+  let b: Owned;
+
+  it('each worker hands its own sessions to the kernel, in the one table the main thread created; /metrics sums them', async () => {
+    foreignBefore = await foreign();
+    pool = await startProxyAgent('proxy-workers', WORKER_FLAGS);
+    const table = await nft('prx', ['list', 'table', 'netdev', 'ice_ingress']);
+    expect(table).toContain('chain ingress');
+    expect(table).toMatch(/devices = \{ br0, wan0 \}/);
+    a = await sessionOn(c1, pod1);
+    b = await sessionOn(c2, pod2, a.worker);
+    expect([a.worker, b.worker].sort()).toEqual([0, 1]);
+
+    const before = await settled();
+    const [ra, rb] = await Promise.all(
+      [c1, c2].map((c) =>
+        ask<Burst>(
+          c,
+          { cmd: 'burst', target: PUBLIC, count: 200, intervalMs: 1, size: 100, waitMs: 2000 },
+          20_000,
+        ),
+      ),
+    );
+    expect(ra!.echoed).toBe(200);
+    expect(rb!.echoed).toBe(200);
+    expect(ra!.from).toEqual([`${PUBLIC.address}:${PUBLIC.port}`]);
+    expect(rb!.from).toEqual([`${PUBLIC.address}:${PUBLIC.port}`]);
+    // The kernel counted every datagram of both sessions on their own worker's elements.
+    expect(await upElement(a.port)).toMatchObject({ packets: 200 });
+    expect(await upElement(b.port)).toMatchObject({ packets: 200 });
+    const kernel = (m: Metrics, direction: string): number =>
+      m('ice_ingress_packets_total', { direction, path: 'kernel' });
+    // Each worker reads its own elements' counters every 2 s and publishes them; the main thread sums.
+    const after = await until(
+      'the kernel counts of both workers in /metrics',
+      async () => {
+        const m = await metrics();
+        return { m, up: kernel(m, 'client_in') - kernel(before, 'client_in') };
+      },
+      (x) =>
+        x.up >= 400 &&
+        x.m('ice_ingress_fastpath_sessions') === x.m('ice_ingress_sessions') &&
+        x.m('ice_ingress_fastpath_handover_seconds_count') === x.m('ice_ingress_sessions_opened_total'),
+      6000,
+    );
+    const m = after.m;
+    expect(after.up).toBe(400);
+    expect(kernel(m, 'backend_in') - kernel(before, 'backend_in')).toBe(400);
+    expect(m('ice_ingress_bytes_total', { direction: 'client_in', path: 'kernel' })).toBeGreaterThanOrEqual(
+      400 * 100,
+    );
+    // Not one of those datagrams went through either worker's sockets.
+    expect(clientIn(m, 0)).toBe(clientIn(before, 0));
+    expect(clientIn(m, 1)).toBe(clientIn(before, 1));
+    expect(m('ice_ingress_packets_total', { direction: 'backend_in', path: 'userspace' })).toBe(
+      before('ice_ingress_packets_total', { direction: 'backend_in', path: 'userspace' }),
+    );
+    expect(m('ice_ingress_fastpath_sessions')).toBeGreaterThanOrEqual(2);
+    expect(m('ice_ingress_fastpath_transactions_total', { result: 'ok' })).toBeGreaterThanOrEqual(2);
+    expect(m('ice_ingress_fastpath_transactions_total', { result: 'failed' })).toBe(0);
+  });
+
+  it("a failed transaction in one worker rewrites only that worker's flows; the other worker's stay as they were", async () => {
+    const theirs = await objectsOf(b.worker);
+    expect(theirs.elements.length).toBeGreaterThanOrEqual(2);
+    // Worker a's upstream element disappears behind its back: the transaction that moves its
+    // session after the rebinding below (deleting that element first) fails in the kernel.
+    await nft('prx', [
+      'delete',
+      'element',
+      'netdev',
+      'ice_ingress',
+      'flows',
+      `{ ${ADDR.wan.natPublic} . ${a.port} . ${PUBLIC.address} . ${PORT} }`,
+    ]);
+    const { port } = await ask<{ port: number }>(c1, { cmd: 'rebind' });
+    await c1.request({ cmd: 'check', target: PUBLIC, server: a.creds });
+    const el = await until(
+      "the rebound 5-tuple in the kernel, under the session's worker",
+      () => upElement(port),
+      (x) => x !== undefined,
+    );
+    expect(workerOfChain(el!.chain)).toBe(a.worker);
+    const m = await until(
+      'the failure counted',
+      () => metrics(),
+      (x) => x('ice_ingress_fastpath_transactions_total', { result: 'failed' }) > 0,
+    );
+    // One failure: the rewrite of worker a's flows went through.
+    expect(m('ice_ingress_fastpath_transactions_total', { result: 'failed' })).toBe(1);
+    // Worker a has no chain left that no element jumps to (its old ones went with the rewrite).
+    const mine = await objectsOf(a.worker);
+    const targets = new Set(mine.elements.map((e) => e.split(' -> ')[1]));
+    expect(Object.keys(mine.chains).sort()).toEqual([...targets].sort());
+    // Worker b's elements and chains were not touched, and it keeps forwarding.
+    expect(await objectsOf(b.worker)).toEqual(theirs);
+    const [ra, rb] = await Promise.all(
+      [c1, c2].map((c) =>
+        ask<Burst>(c, { cmd: 'burst', target: PUBLIC, count: 100, size: 100, waitMs: 2000 }),
+      ),
+    );
+    expect(ra!.echoed).toBe(100);
+    expect(rb!.echoed).toBe(100);
+    expect(await upElement(port)).toMatchObject({ packets: 100 });
+    expect(await upElement(b.port)).toMatchObject({ packets: 300 });
+  });
+
+  it('shutdown: the workers stop, then the main thread removes the table, and only ours', async () => {
+    await pool.request({ cmd: 'close' }, 20_000);
+    const tables = await nft('prx', ['list', 'tables']);
+    expect(tables).not.toContain('ice_ingress');
+    expect((await foreign()).rules).toBe(foreignBefore.rules);
+    pool.kill();
   });
 });
 

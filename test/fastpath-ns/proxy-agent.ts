@@ -4,11 +4,20 @@
 //
 // argv: the CLI's flags. requests: {cmd:'backends', text} (a new snapshot, static syntax);
 // {cmd:'state'} -> counters, sessions, fast path; {cmd:'metrics'} -> text; {cmd:'close'}.
+// With `--workers N` (N > 1) it runs the worker pool (startIngress, as the CLI does): then only
+// the main thread is here and `state` is refused (the sessions are in the workers; /metrics shows
+// the pod). The workers log to stdout (src/log.ts), between the replies, which the runner ignores.
 import { pino } from 'pino';
 import { parseConfig } from '../../src/config.ts';
 import { parseBackends } from '../../src/discovery/static.ts';
 import type { BackendSpec, SnapshotListener } from '../../src/discovery/types.ts';
-import { startProxy } from '../../src/main.ts';
+import {
+  type IngressHandle,
+  type ProxyHandle,
+  type StartOptions,
+  startIngress,
+  startProxy,
+} from '../../src/main.ts';
 import { CLOSE_REASONS, DROP_REASON_LABELS } from '../../src/proxy/counters.ts';
 import { emit, type Json, serve } from '../interop/jsonl.ts';
 
@@ -17,7 +26,7 @@ if (parsed.kind !== 'run') throw new Error('expected flags to run');
 const config = parsed.config;
 let onSnapshot: SnapshotListener = () => {};
 const snapshot = (text: string): BackendSpec[] => parseBackends(text).backends;
-const proxy = await startProxy(config, {
+const opts: StartOptions = {
   log: pino({ level: config.logLevel, base: { name: 'ice-ingress' } }, pino.destination(2)),
   processMetrics: false,
   discovery: {
@@ -28,20 +37,23 @@ const proxy = await startProxy(config, {
     },
     async stop() {},
   },
-});
+};
+const single: ProxyHandle | undefined = config.workers === 1 ? await startProxy(config, opts) : undefined;
+const proxy: IngressHandle | ProxyHandle = single ?? (await startIngress(config, opts));
 
 const named = (labels: readonly string[], values: ArrayLike<number>): Json =>
   Object.fromEntries(labels.map((l, i) => [l, values[i]]));
 
 serve(async (req: Json) => {
-  const dp = proxy.datapath;
   switch (req['cmd']) {
     case 'backends':
       onSnapshot(snapshot(String(req['text'])));
       return {};
     case 'state': {
+      if (single === undefined) throw new Error('state: only without workers (use metrics)');
+      const dp = single.datapath;
       const c = dp.counters;
-      const fp = proxy.fastPath;
+      const fp = single.fastPath;
       if (req['poll'] === true) await fp?.pollNow();
       return {
         counters: {
@@ -74,4 +86,6 @@ serve(async (req: Json) => {
       throw new Error(`unknown cmd ${String(req['cmd'])}`);
   }
 });
+// Every worker has applied the first backends (the pool's /readyz), so a first check is routed.
+while (!proxy.ready()) await new Promise((r) => setTimeout(r, 20));
 emit({ event: 'ready', listen: proxy.listen });

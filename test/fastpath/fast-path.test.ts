@@ -4,6 +4,7 @@ import type { Nft } from '../../src/fastpath/nft-runner.ts';
 import {
   addFlowLines,
   deleteFlowLines,
+  deleteOwnedLines,
   deleteTableScript,
   type KernelFlow,
   type NextHop,
@@ -70,6 +71,17 @@ class FakeNft implements Nft {
 
   async listJson(args: readonly string[]): Promise<string> {
     this.lists.push([...args]);
+    if (args.join(' ') === 'list chains netdev') {
+      const names = this.state.table ? ['ingress', ...this.state.chains.keys()] : [];
+      return JSON.stringify({
+        nftables: [
+          { metainfo: { version: '1.0.6', release_name: 'Lester Gooch #5', json_schema_version: 1 } },
+          ...names.map((name, i) => ({
+            chain: { family: 'netdev', table: 'ice_ingress', name, handle: i + 1 },
+          })),
+        ],
+      });
+    }
     if (args.join(' ') !== 'list map netdev ice_ingress flows')
       throw new Error(`fake nft: unexpected listing ${args.join(' ')}`);
     const map = this.state.flows;
@@ -141,8 +153,9 @@ function flowKey(dir: 'up' | 'down', key: string): string {
   return dir === 'up' ? `${key}|${LISTEN.address}|${LISTEN.port}` : `${p[0]}|${p[1]}|${SOURCE}|${p[2]}`;
 }
 
-const CHAIN_ADD = /^add chain netdev ice_ingress ([ud]\d+) \{ (.+); \}$/;
-const CHAIN_DELETE = /^delete chain netdev ice_ingress ([ud]\d+)$/;
+// `u<id>` in one process, `u<worker>_<id>` in a worker thread.
+const CHAIN_ADD = /^add chain netdev ice_ingress ([ud]\d+(?:_\d+)?) \{ (.+); \}$/;
+const CHAIN_DELETE = /^delete chain netdev ice_ingress ([ud]\d+(?:_\d+)?)$/;
 const ELEMENT = /^(add|delete) element netdev ice_ingress flows \{ ([^:}]+?)(?: : goto (\S+))? \}$/;
 
 /** One line of a transaction, as the kernel would take it; throws where it would refuse. */
@@ -552,5 +565,191 @@ describe('NftFastPath', () => {
     const n = nft.scripts.length;
     await fp.stop(); // idempotent
     expect(nft.scripts).toHaveLength(n);
+  });
+});
+
+/** A worker thread's fast path on a table the "main thread" (the test) created in `nft`. */
+function attached(nft: FakeNft, worker: number) {
+  const host = new Host();
+  const handovers: number[] = [];
+  const fp = NftFastPath.attach(
+    { ...OPTS, worker },
+    {
+      nft,
+      host,
+      sources: new Sources(),
+      nextHops: new Routes(),
+      clock: () => 1000,
+      log: createLogger('silent'),
+      onHandover: (ms) => handovers.push(ms),
+    },
+  );
+  return { fp, host, handovers };
+}
+
+/** The main thread's part: the table, created once. */
+async function sharedTable(): Promise<FakeNft> {
+  const nft = new FakeNft();
+  await nft.apply(tableScript(OPTS));
+  return nft;
+}
+
+describe("NftFastPath in worker threads (attached to the main thread's table)", () => {
+  it('each worker adds its own chains, reads only its own counters, and at stop removes only its own flows', async () => {
+    const nft = await sharedTable();
+    const w0 = attached(nft, 0);
+    const w1 = attached(nft, 1);
+    // Nothing installed: nothing to list (nor, before its first session, a table to list).
+    await w0.fp.pollNow();
+    expect(nft.lists).toEqual([]);
+    const a = session(40000, 16384);
+    const b = session(40001, 16385);
+    w0.fp.established(a);
+    w1.fp.established(b);
+    await w0.fp.flushNow();
+    await w1.fp.flushNow();
+    expect(nft.scripts.slice(1)).toEqual([
+      script(addFlowLines(flow(40000, 16384), 1, LISTEN, 0)),
+      script(addFlowLines(flow(40001, 16385), 1, LISTEN, 1)),
+    ]);
+    expect([...nft.state.chains.keys()]).toEqual(['u0_1', 'd0_1', 'u1_1', 'd1_1']);
+    expect(w0.handovers).toHaveLength(1);
+    expect(w0.fp.kernelSessions).toBe(1);
+
+    nft.forward('up', '198.18.0.2|40000', 10, 100);
+    nft.forward('up', '198.18.0.2|40001', 3, 100);
+    await w0.fp.pollNow();
+    await w1.fp.pollNow();
+    expect(w0.host.counts.get(a.id)).toMatchObject({ packetsUp: 10 });
+    expect(w0.host.counts.has(b.id)).toBe(false);
+    expect(w1.host.counts.get(b.id)).toMatchObject({ packetsUp: 3 });
+    expect(w0.fp.totals.packetsUp).toBe(10);
+    expect(w1.fp.totals.packetsUp).toBe(3);
+
+    nft.forward('up', '198.18.0.2|40000', 2, 100);
+    await w0.fp.stop();
+    // The last counts went in; its flows went out; the table and worker 1's flow stay.
+    expect(w0.host.counts.get(a.id)).toMatchObject({ packetsUp: 12 });
+    expect(nft.scripts.at(-1)).toBe(script(deleteFlowLines(flow(40000, 16384), 1, LISTEN, 0)));
+    expect(nft.state.table).toBe(true);
+    expect([...nft.state.chains.keys()]).toEqual(['u1_1', 'd1_1']);
+    expect(nft.keys('up')).toEqual(['198.18.0.2|40001']);
+    const n = nft.scripts.length;
+    await w0.fp.stop(); // idempotent
+    // A worker with nothing installed has nothing to remove.
+    const idle = attached(nft, 2);
+    await idle.fp.stop();
+    expect(nft.scripts).toHaveLength(n);
+  });
+
+  it("a failed transaction rewrites only the worker's own objects, as the kernel lists them", async () => {
+    const nft = await sharedTable();
+    const w0 = attached(nft, 0);
+    const w1 = attached(nft, 1);
+    const a = session(40000, 16384);
+    const b = session(40001, 16385);
+    w0.fp.established(a);
+    w1.fp.established(b);
+    await w0.fp.flushNow();
+    await w1.fp.flushNow();
+    const theirs = { chains: new Map(nft.state.chains), up: nft.chainOf('up', '198.18.0.2|40001') };
+    // Someone deleted worker 0's upstream element: its next change (deleting it) fails.
+    nft.state.flows.delete('198.18.0.2|40000|198.18.0.1|10000');
+    const ep = new ClientEndpoint(a, '198.18.0.2', 40999, 0);
+    a.endpoints.push(ep);
+    a.current = ep;
+    w0.fp.currentChanged(a, ep);
+    await w0.fp.flushNow();
+    expect(nft.lists.slice(-2)).toEqual([
+      ['list', 'map', 'netdev', 'ice_ingress', 'flows'],
+      ['list', 'chains', 'netdev'],
+    ]);
+    // What was left of worker 0's (its downstream element, both chains) goes; its live flow comes
+    // back under a new name; worker 1's element and chains are not named.
+    expect(nft.scripts.at(-1)).toBe(
+      script([
+        ...deleteOwnedLines({
+          elements: ['10.77.2.11 . 10000 . 10.77.2.1 . 16384'],
+          chains: ['u0_1', 'd0_1'],
+        }),
+        ...addFlowLines(flow(40999, 16384), 3, LISTEN, 0),
+      ]),
+    );
+    expect(w0.fp.stats).toMatchObject({ transactions: 2, failures: 1 });
+    expect(w0.fp.kernelSessions).toBe(1);
+    expect(nft.state.table).toBe(true);
+    expect(nft.chainOf('up', '198.18.0.2|40001')).toBe(theirs.up);
+    expect([...nft.state.chains.keys()]).toEqual(['u1_1', 'd1_1', 'u0_3', 'd0_3']);
+    expect(nft.state.chains.get('u1_1')).toBe(theirs.chains.get('u1_1'));
+    expect(nft.keys('up')).toEqual(['198.18.0.2|40001', '198.18.0.2|40999']);
+    // Its counters start again from the rewritten elements.
+    nft.forward('up', '198.18.0.2|40999', 4, 100);
+    await w0.fp.pollNow();
+    expect(w0.host.counts.get(a.id)).toMatchObject({ packetsUp: 4 });
+  });
+
+  it('if the rewrite fails too, only that worker gives up: what it listed is deleted, the others keep theirs', async () => {
+    const nft = await sharedTable();
+    const w0 = attached(nft, 0);
+    const w1 = attached(nft, 1);
+    const a = session(40000, 16384);
+    const b = session(40001, 16385);
+    w0.fp.established(a);
+    w1.fp.established(b);
+    await w0.fp.flushNow();
+    await w1.fp.flushNow();
+    const a2 = session(40002, 16386);
+    w0.fp.established(a2);
+    nft.failNext = 2; // the batch, then the rewrite
+    await w0.fp.flushNow();
+    // The last attempt: delete exactly what the listing named of worker 0's.
+    expect(nft.scripts.at(-1)).toBe(
+      script(
+        deleteOwnedLines({
+          elements: ['198.18.0.2 . 40000 . 198.18.0.1 . 10000', '10.77.2.11 . 10000 . 10.77.2.1 . 16384'],
+          chains: ['u0_1', 'd0_1'],
+        }),
+      ),
+    );
+    expect(w0.fp.stats).toMatchObject({ transactions: 1, failures: 2 });
+    expect(w0.fp.kernelSessions).toBe(0);
+    expect(nft.state.table).toBe(true);
+    expect([...nft.state.chains.keys()]).toEqual(['u1_1', 'd1_1']);
+    expect(nft.keys('up')).toEqual(['198.18.0.2|40001']);
+    // Worker 0 is out: its events cost nothing, it lists nothing, its stop removes nothing.
+    const n = nft.scripts.length;
+    const lists = nft.lists.length;
+    w0.fp.established(session(40003, 16387));
+    await w0.fp.flushNow();
+    await w0.fp.pollNow();
+    await w0.fp.stop();
+    expect(nft.scripts).toHaveLength(n);
+    expect(nft.lists).toHaveLength(lists);
+    // Worker 1 goes on.
+    const c = session(40004, 16388);
+    w1.fp.established(c);
+    await w1.fp.flushNow();
+    expect(nft.scripts.at(-1)).toBe(script(addFlowLines(flow(40004, 16388), 2, LISTEN, 1)));
+    expect(w1.fp.kernelSessions).toBe(2);
+    expect(w1.fp.stats.failures).toBe(0);
+  });
+
+  it('a worker never creates the table; one process is never attached', async () => {
+    const nft = await sharedTable();
+    attached(nft, 0);
+    expect(nft.scripts).toEqual([tableScript(OPTS)]);
+    await expect(
+      NftFastPath.start(
+        { ...OPTS, worker: 0 },
+        {
+          nft,
+          host: new Host(),
+          sources: new Sources(),
+          nextHops: new Routes(),
+          clock: () => 0,
+          log: createLogger('silent'),
+        },
+      ),
+    ).rejects.toThrow(/a worker attaches/);
   });
 });

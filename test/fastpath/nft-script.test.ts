@@ -1,13 +1,17 @@
 import { describe, expect, it } from 'vitest';
 import { desiredFlow, type FlowLookup, FlowPlan } from '../../src/fastpath/flow-plan.ts';
 import { parseElementCounters } from '../../src/fastpath/kernel-counters.ts';
+import { ownedChains, ownedElements } from '../../src/fastpath/listing.ts';
 import {
   addFlowLines,
+  chainNames,
   deleteFlowLines,
+  deleteOwnedLines,
   deleteTableScript,
   downKey,
   type KernelFlow,
   type NextHop,
+  ownsChain,
   tableScript,
   upKey,
 } from '../../src/fastpath/nft-script.ts';
@@ -148,6 +152,44 @@ describe('nftables script text', () => {
       'delete chain netdev ice_ingress u12',
       'delete chain netdev ice_ingress d12',
     ]);
+  });
+
+  it("a worker's chains carry its id; one process's do not; ownership is read back from the name", () => {
+    expect(chainNames(7)).toEqual({ up: 'u7', down: 'd7' });
+    expect(chainNames(7, 0)).toEqual({ up: 'u0_7', down: 'd0_7' });
+    expect(chainNames(12, 31)).toEqual({ up: 'u31_12', down: 'd31_12' });
+    const f = flowOf(['198.18.0.2', 40000], ['10.77.2.11', 10000], 16384);
+    expect(addFlowLines(f, 7, LISTEN, 1)).toEqual([
+      'add chain netdev ice_ingress u1_7 { ip daddr set 10.77.2.11; udp sport set 16384; ip saddr set 10.77.2.1; fwd ip to 10.77.2.11 device "eth1"; }',
+      'add chain netdev ice_ingress d1_7 { ip daddr set 198.18.0.2; udp dport set 40000; ip saddr set 198.18.0.1; fwd ip to 198.18.0.254 device "eth0"; }',
+      'add element netdev ice_ingress flows { 198.18.0.2 . 40000 . 198.18.0.1 . 10000 : goto u1_7 }',
+      'add element netdev ice_ingress flows { 10.77.2.11 . 10000 . 10.77.2.1 . 16384 : goto d1_7 }',
+    ]);
+    expect(deleteFlowLines(f, 7, LISTEN, 1).slice(2)).toEqual([
+      'delete chain netdev ice_ingress u1_7',
+      'delete chain netdev ice_ingress d1_7',
+    ]);
+    expect(ownsChain('u1_7', 1)).toBe(true);
+    expect(ownsChain('d1_7', 1)).toBe(true);
+    // Worker 1 owns none of worker 11's, one process's, or the table's own chain.
+    for (const c of ['u11_7', 'd11_7', 'u7', 'd17', 'ingress', 'u1_', 'x1_7', 'u1_7x'])
+      expect(ownsChain(c, 1)).toBe(false);
+  });
+
+  it("deleting one worker's listed objects names its elements, then its chains, and nothing else", () => {
+    expect(
+      deleteOwnedLines({
+        elements: ['198.18.0.2 . 40000 . 198.18.0.1 . 10000', '10.77.2.11 . 10000 . 10.77.2.1 . 16384'],
+        chains: ['u0_3', 'd0_3', 'u0_9'],
+      }),
+    ).toEqual([
+      'delete element netdev ice_ingress flows { 198.18.0.2 . 40000 . 198.18.0.1 . 10000 }',
+      'delete element netdev ice_ingress flows { 10.77.2.11 . 10000 . 10.77.2.1 . 16384 }',
+      'delete chain netdev ice_ingress u0_3',
+      'delete chain netdev ice_ingress d0_3',
+      'delete chain netdev ice_ingress u0_9',
+    ]);
+    expect(deleteOwnedLines({ elements: [], chains: [] })).toEqual([]);
   });
 
   it('counter keys are the 4-tuples: client . listening address, backend . upstream socket', () => {
@@ -479,6 +521,147 @@ describe('FlowPlan batches', () => {
     expect(plan.installed).toBe(0);
     expect(plan.dirty).toBe(0);
     expect(plan.take(look)).toBeUndefined();
+  });
+});
+
+/** `nft -j list map netdev ice_ingress flows` (nftables 1.0.6) with elements jumping to `targets`. */
+function mapListing(elems: Array<[[string, number, string, number], string]>): string {
+  return JSON.stringify({
+    nftables: [
+      { metainfo: { version: '1.0.6', release_name: 'Lester Gooch #5', json_schema_version: 1 } },
+      {
+        map: {
+          family: 'netdev',
+          name: 'flows',
+          table: 'ice_ingress',
+          type: ['ipv4_addr', 'inet_service', 'ipv4_addr', 'inet_service'],
+          handle: 2,
+          map: 'verdict',
+          elem: elems.map(([concat, target]) => [
+            { elem: { val: { concat }, counter: { packets: 0, bytes: 0 } } },
+            { goto: { target } },
+          ]),
+          stmt: [{ counter: null }],
+        },
+      },
+    ],
+  });
+}
+
+describe("one worker's objects in the shared table, from nft -j", () => {
+  it('its elements are those that jump to its chains, keyed as an element statement writes them', () => {
+    const text = mapListing([
+      [['198.18.0.2', 40000, '198.18.0.1', 10000], 'u0_1'],
+      [['10.77.2.11', 10000, '10.77.2.1', 16384], 'd0_1'],
+      [['198.18.0.3', 40000, '198.18.0.1', 10000], 'u1_1'],
+      [['10.77.2.11', 10000, '10.77.2.1', 20000], 'd10_4'],
+    ]);
+    expect(ownedElements(text, 0)).toEqual([
+      '198.18.0.2 . 40000 . 198.18.0.1 . 10000',
+      '10.77.2.11 . 10000 . 10.77.2.1 . 16384',
+    ]);
+    expect(ownedElements(text, 1)).toEqual(['198.18.0.3 . 40000 . 198.18.0.1 . 10000']);
+    expect(ownedElements(text, 10)).toEqual(['10.77.2.11 . 10000 . 10.77.2.1 . 20000']);
+    expect(ownedElements(text, 2)).toEqual([]);
+    // The keys delete the very elements they were listed from.
+    const f = flowOf(['198.18.0.2', 40000], ['10.77.2.11', 10000], 16384);
+    expect(deleteOwnedLines({ elements: ownedElements(text, 0), chains: [] })).toEqual(
+      deleteFlowLines(f, 1, LISTEN, 0).slice(0, 2),
+    );
+    // An empty map has no `elem`; malformed text names nothing.
+    expect(ownedElements(mapListing([]).replace(/"elem":\[\],/, ''), 0)).toEqual([]);
+    expect(ownedElements('not json', 0)).toEqual([]);
+    expect(
+      ownedElements(
+        '{"nftables":[{"map":{"family":"ip","table":"ice_ingress","name":"flows","elem":[]}}]}',
+        0,
+      ),
+    ).toEqual([]);
+  });
+
+  it('its chains are those named for it in our table (`list chains netdev`, nftables 1.0.6)', () => {
+    const text = JSON.stringify({
+      nftables: [
+        { metainfo: { version: '1.0.6', release_name: 'Lester Gooch #5', json_schema_version: 1 } },
+        {
+          chain: {
+            family: 'netdev',
+            table: 'ice_ingress',
+            name: 'ingress',
+            handle: 1,
+            type: 'filter',
+            hook: 'ingress',
+            prio: 0,
+            policy: 'accept',
+          },
+        },
+        { chain: { family: 'netdev', table: 'ice_ingress', name: 'u0_1', handle: 4 } },
+        { chain: { family: 'netdev', table: 'ice_ingress', name: 'd1_2', handle: 7 } },
+        { chain: { family: 'netdev', table: 'ice_ingress', name: 'd0_1', handle: 8 } },
+        // Someone else's netdev table with a chain of the same shape: not ours.
+        { chain: { family: 'netdev', table: 'other', name: 'u0_5', handle: 2 } },
+      ],
+    });
+    expect(ownedChains(text, 0)).toEqual(['u0_1', 'd0_1']);
+    expect(ownedChains(text, 1)).toEqual(['d1_2']);
+    expect(ownedChains(text, 3)).toEqual([]);
+    expect(ownedChains('', 0)).toEqual([]);
+  });
+});
+
+describe('FlowPlan in a worker thread', () => {
+  it('names its chains for the worker and, after a failure, rewrites only its own objects', () => {
+    const plan = new FlowPlan(PARAMS, 1);
+    const look = new Lookup();
+    const s = session(['198.18.0.2', 40000], ['10.77.2.11', 10000], 16384);
+    const closing = session(['198.18.0.2', 40001], ['10.77.2.11', 10000], 16385);
+    plan.established(s, 0);
+    plan.established(closing, 0);
+    const first = plan.take(look)!;
+    expect(first.lines).toEqual([
+      ...addFlowLines(flowOf(['198.18.0.2', 40000], ['10.77.2.11', 10000], 16384), 1, LISTEN, 1),
+      ...addFlowLines(flowOf(['198.18.0.2', 40001], ['10.77.2.11', 10000], 16385), 2, LISTEN, 1),
+    ]);
+    plan.commit(first, 1);
+    plan.closed(closing);
+    plan.take(look); // fails in the kernel
+    // What the kernel said this worker has (whatever the plan believed): written off, then the
+    // live flows again under new names. No table statement: the other workers' flows are in it.
+    const owned = {
+      elements: ['198.18.0.2 . 40000 . 198.18.0.1 . 10000', '10.77.2.11 . 10000 . 10.77.2.1 . 16384'],
+      chains: ['u1_1', 'd1_1', 'u1_2', 'd1_2'],
+    };
+    const r = plan.resyncOwned(owned, look);
+    expect(r.resync).toBe(true);
+    expect(r.lines).toEqual([
+      ...deleteOwnedLines(owned),
+      ...addFlowLines(flowOf(['198.18.0.2', 40000], ['10.77.2.11', 10000], 16384), 3, LISTEN, 1),
+    ]);
+    expect(r.lines.join('\n')).not.toMatch(/table/);
+    plan.commit(r, 2);
+    expect(plan.installed).toBe(1);
+    latch(s, 40500);
+    plan.changed(s);
+    expect(plan.take(look)!.lines.slice(0, 4)).toEqual(
+      deleteFlowLines(flowOf(['198.18.0.2', 40000], ['10.77.2.11', 10000], 16384), 3, LISTEN, 1),
+    );
+  });
+
+  it('at shutdown it deletes every installed flow of its own, and nothing when none is installed', () => {
+    const plan = new FlowPlan(PARAMS, 0);
+    const look = new Lookup();
+    expect(plan.deleteAllLines()).toEqual([]);
+    const a = session(['198.18.0.2', 40000], ['10.77.2.11', 10000], 16384);
+    const b = session(['198.18.0.2', 40001], ['10.77.2.12', 10000], 16385);
+    const waiting = session(['198.18.0.2', 40002], ['10.77.2.13', 10000], 16386);
+    plan.established(a, 0);
+    plan.established(b, 0);
+    plan.established(waiting, 0);
+    plan.commit(plan.take(look)!, 1);
+    expect(plan.deleteAllLines()).toEqual([
+      ...deleteFlowLines(flowOf(['198.18.0.2', 40000], ['10.77.2.11', 10000], 16384), 1, LISTEN, 0),
+      ...deleteFlowLines(flowOf(['198.18.0.2', 40001], ['10.77.2.12', 10000], 16385), 2, LISTEN, 0),
+    ]);
   });
 });
 

@@ -1,11 +1,13 @@
 import { Worker } from 'node:worker_threads';
 import { describe, expect, it } from 'vitest';
 import { parseConfig } from '../../src/config.ts';
+import { Counters } from '../../src/proxy/counters.ts';
 import { TokenBucket } from '../../src/routing/token-bucket.ts';
 import { SharedDirectory } from '../../src/workers/directory.ts';
 import { usernameKey } from '../../src/workers/hash.ts';
 import { perWorkerLimits, SharedSessionSlots, SharedTokenBucket } from '../../src/workers/limits.ts';
 import { Doorbell, HandoffRing } from '../../src/workers/ring.ts';
+import { createStatsBuffer, type Gauges, publish, Stat, WorkerStats } from '../../src/workers/stats.ts';
 
 const key = usernameKey;
 
@@ -189,6 +191,54 @@ describe('shared limits', () => {
     // Rounded up, never below one flow: a source is never locked out of a worker.
     expect(perWorkerLimits({ ...cfg, maxPendingPerSource: 5 }, 4).maxPendingPerSource).toBe(2);
     expect(perWorkerLimits({ ...cfg, maxPendingPerSource: 1 }, 4).maxPendingPerSource).toBe(1);
+  });
+});
+
+describe('stats rows', () => {
+  const gauges: Gauges = {
+    sessions: 2,
+    endpoints: 2,
+    upstreams: 2,
+    handoffsOut: 0,
+    handoffsIn: 0,
+    handoffDrops: 0,
+    handoffRoutes: 0,
+    activeSources: 1,
+    freePorts: -1,
+  };
+  it("carry each worker's kernel fast path; the main thread sums them as one process's", () => {
+    const buf = createStatsBuffer(3);
+    const c = new Counters();
+    c.packetsFromClients = 5;
+    publish(buf, 0, c, {
+      ...gauges,
+      kernel: {
+        totals: { packetsUp: 10, bytesUp: 1000, packetsDown: 20, bytesDown: 4000 },
+        stats: { transactions: 3, failures: 1 },
+        kernelSessions: 2,
+      },
+    });
+    publish(buf, 1, c, {
+      ...gauges,
+      kernel: {
+        totals: { packetsUp: 1, bytesUp: 100, packetsDown: 2, bytesDown: 200 },
+        stats: { transactions: 4, failures: 0 },
+        kernelSessions: 1,
+      },
+    });
+    // Without the fast path the row's kernel fields are zero.
+    publish(buf, 2, c, gauges);
+    const stats = new WorkerStats(buf);
+    expect(stats.kernel()).toEqual({
+      totals: { packetsUp: 11, bytesUp: 1100, packetsDown: 22, bytesDown: 4200 },
+      stats: { transactions: 7, failures: 1 },
+      kernelSessions: 3,
+    });
+    expect(stats.get(1, Stat.fastPathSessions)).toBe(1);
+    expect(stats.get(2, Stat.kernelPacketsUp)).toBe(0);
+    // The userspace counters beside them are untouched.
+    expect(stats.counters().packetsFromClients).toBe(15);
+    expect(stats.sum(Stat.sessions)).toBe(6);
   });
 });
 
