@@ -3,27 +3,28 @@ import type { CloseReason } from '../proxy/counters.ts';
 import type { FlowListener } from '../session/events.ts';
 import type { ClientEndpoint, Session } from '../session/session.ts';
 import { type FlowLookup, FlowPlan } from './flow-plan.ts';
-import { type ElementCount, parseElementCounters } from './kernel-counters.ts';
-import { ownedChains, ownedElements } from './listing.ts';
+import { type CounterValue, parseCounters } from './kernel-counters.ts';
+import { ownedChains, ownedCounters, ownedElements } from './listing.ts';
 import type { Nft } from './nft-runner.ts';
 import {
   deleteOwnedLines,
   deleteTableScript,
-  downKey,
   FAMILY,
   FLOWS,
   type OwnedObjects,
   TABLE,
   type TableParams,
   tableScript,
-  upKey,
 } from './nft-script.ts';
+
+/** One listing of every named counter of the table (docs/fast-path.md, "Counters"). */
+const LIST_COUNTERS = ['list', 'counters', 'table', FAMILY, TABLE] as const;
 
 /**
  * The kernel fast path (docs/fast-path.md): hears flow events, keeps the `netdev ice_ingress`
- * table's per-session chains and map elements in step with the established sessions in batched
- * transactions, and reads the per-element counters back into the sessions (idle clock, packet and
- * byte counts).
+ * table's per-session chains, counters and map elements in step with the established sessions in
+ * batched transactions, and reads the sessions' named counters back into them (idle clock, packet
+ * and byte counts).
  *
  * It never writes a session: what it learns from the kernel goes through {@link FastPathHost}
  * (the session registry). One transaction or listing at a time (a promise chain), so counter
@@ -92,10 +93,9 @@ export class NftFastPath implements FlowListener {
   readonly #plan: FlowPlan;
   readonly #d: FastPathDeps;
   readonly #opt: FastPathOptions;
-  /** Last counter values seen per element (`map:key`), for deltas. */
-  readonly #seen = new Map<string, ElementCount>();
+  /** Last value read per counter name, for deltas. */
+  readonly #seen = new Map<string, CounterValue>();
   readonly #look: FlowLookup;
-  readonly #listen: { address: string; port: number };
   #queue: Promise<void> = Promise.resolve();
   #timer: NodeJS.Timeout | undefined;
   #poller: NodeJS.Timeout | undefined;
@@ -109,7 +109,6 @@ export class NftFastPath implements FlowListener {
     this.#opt = opt;
     this.#d = deps;
     this.#plan = new FlowPlan(opt, opt.worker);
-    this.#listen = { address: opt.listenAddress, port: opt.listenPort };
     this.#look = {
       sourceOf: (a) => deps.sources.get(a),
       nextHop: (a) => deps.nextHops.get(a),
@@ -299,13 +298,8 @@ export class NftFastPath implements FlowListener {
   }
 
   #afterCommit(batch: Parameters<FlowPlan['commit']>[0]): void {
-    for (const c of batch.changes) {
-      // A removed or replaced element restarts its counter at zero.
-      if (c.from !== undefined) {
-        this.#seen.delete(`${FLOWS}:${upKey(c.from.flow, this.#listen)}`);
-        this.#seen.delete(`${FLOWS}:${downKey(c.from.flow)}`);
-      }
-    }
+    // A move keeps the session's counters (and so its baselines); a rewrite makes new ones.
+    if (batch.resync) this.#seen.clear();
     for (const h of this.#plan.commit(batch, this.#d.clock())) {
       this.stats.handovers++;
       this.#d.onHandover?.(h.ms);
@@ -318,7 +312,6 @@ export class NftFastPath implements FlowListener {
     try {
       await this.#d.nft.apply(`${batch.lines.join('\n')}\n`);
       this.stats.transactions++;
-      this.#seen.clear();
       this.#afterCommit(batch);
     } catch (err) {
       // The kernel state is unknown and cannot be repaired: take the table away; Node relays all.
@@ -335,7 +328,7 @@ export class NftFastPath implements FlowListener {
 
   /**
    * Attached mode's resynchronisation: the kernel is asked what of this worker's is in the table
-   * (the map's elements that jump to its chains, and its chains), and one transaction deletes all
+   * (the map's elements that jump to its chains, its chains, its counters), and one transaction deletes all
    * of it and writes the live flows again. Nothing of another worker's is named. If it fails, this
    * worker stops using the kernel path (its sessions are relayed by Node), after a last attempt to
    * delete what it listed, and the other workers keep theirs.
@@ -344,15 +337,19 @@ export class NftFastPath implements FlowListener {
     const worker = this.#opt.worker!;
     let owned: OwnedObjects | undefined;
     try {
-      // Two listings, not one of the table: that would print every session's rules too. Between
+      // Three listings, not one of the table: that would print every session's rules too. Between
       // them only other workers change the table, and nothing of theirs is used.
       const map = await this.#d.nft.listJson(['list', 'map', FAMILY, TABLE, FLOWS]);
       const chains = await this.#d.nft.listJson(['list', 'chains', FAMILY]);
-      owned = { elements: ownedElements(map, worker), chains: ownedChains(chains, worker) };
+      const counters = await this.#d.nft.listJson(LIST_COUNTERS);
+      owned = {
+        elements: ownedElements(map, worker),
+        chains: ownedChains(chains, worker),
+        counters: ownedCounters(counters, worker),
+      };
       const batch = this.#plan.resyncOwned(owned, this.#look);
       await this.#d.nft.apply(`${batch.lines.join('\n')}\n`);
       this.stats.transactions++;
-      this.#seen.clear();
       this.#afterCommit(batch);
     } catch (err) {
       this.stats.failures++;
@@ -367,25 +364,33 @@ export class NftFastPath implements FlowListener {
     }
   }
 
+  /**
+   * Reads every counter of ours in one listing of the table's counters; per session, the deltas
+   * since the last read go to the registry. A move keeps a session's counters, so nothing is lost
+   * across it; a closed session's counters are read here one last time, then deleted (one
+   * transaction; if it fails, a resynchronisation).
+   */
   async #poll(): Promise<void> {
     // Nothing of ours to read (also: a worker's table may not exist yet before its first session).
-    if (this.#disabled || this.#plan.installed === 0) return;
-    // Only the map: listing the table would print every session's chains too.
-    const counts = parseElementCounters(await this.#d.nft.listJson(['list', 'map', FAMILY, TABLE, FLOWS]));
+    const sessions = this.#plan.counters();
+    if (this.#disabled || sessions.length === 0) return;
+    const counts = parseCounters(await this.#d.nft.listJson(LIST_COUNTERS));
     this.stats.polls++;
     const now = this.#d.clock();
-    const delta = (key: string): ElementCount => {
-      const c = counts.get(key);
+    const delta = (name: string): CounterValue => {
+      const c = counts.get(name);
       if (c === undefined) return { packets: 0, bytes: 0 };
-      const prev = this.#seen.get(key);
-      this.#seen.set(key, c);
+      const prev = this.#seen.get(name);
+      this.#seen.set(name, c);
+      // No baseline: a new counter (it started at zero). Lower than the baseline: never expected
+      // (names are not reused); taken as a restart rather than a negative delta.
       if (prev === undefined || c.packets < prev.packets) return c;
       return { packets: c.packets - prev.packets, bytes: c.bytes - prev.bytes };
     };
     const t = this.totals;
-    for (const [s, f] of this.#plan.installedFlows()) {
-      const up = delta(`${FLOWS}:${upKey(f, this.#listen)}`);
-      const down = delta(`${FLOWS}:${downKey(f)}`);
+    for (const { s, up: upName, down: downName } of sessions) {
+      const up = delta(upName);
+      const down = delta(downName);
       if (up.packets === 0 && down.packets === 0) continue;
       const k: KernelCounts = {
         packetsUp: up.packets,
@@ -399,6 +404,22 @@ export class NftFastPath implements FlowListener {
       t.bytesDown += k.bytesDown;
       this.#d.host.addKernelCounts(s, k);
       if (up.packets > 0) this.#d.host.touch(s, now);
+    }
+    // Stopping: the table (or this worker's deleteAllLines) takes them.
+    if (this.#stopped) return;
+    const retired = this.#plan.takeRetired();
+    if (retired === undefined) return;
+    for (const name of retired.names) this.#seen.delete(name);
+    try {
+      await this.#d.nft.apply(`${retired.lines.join('\n')}\n`);
+      this.stats.transactions++;
+    } catch (err) {
+      this.stats.failures++;
+      this.#d.log.warn(
+        { err: (err as Error).message },
+        'fast path: could not delete retired counters; rewriting',
+      );
+      await (this.#attached ? this.#resyncOwned() : this.#resync());
     }
   }
 }

@@ -1,6 +1,9 @@
 import type { Session } from '../session/session.ts';
 import {
+  addCounterLines,
   addFlowLines,
+  counterNames,
+  deleteCounterLines,
   deleteFlowLines,
   deleteOwnedLines,
   type Endpoint,
@@ -73,10 +76,17 @@ interface Installed {
   readonly flow: KernelFlow;
   /** Names the flow's two chains (nft-script.ts); a new one per install, never reused. */
   readonly id: number;
+  /** Names the session's two counters (nft-script.ts, `counterNames`): kept across moves. */
+  readonly counter: number;
 }
 
 interface Tracked {
   installed: Installed | undefined;
+  /**
+   * The session's counters, once created (its first install): they outlive its chains (a move
+   * keeps them) and are retired when the session closes (docs/fast-path.md, "Counters").
+   */
+  counter: number | undefined;
   closed: boolean;
   /** When `established` was heard; cleared once the first install committed (hand-over time). */
   establishedAt: number | undefined;
@@ -86,6 +96,13 @@ export interface Change {
   readonly s: Session;
   readonly from: Installed | undefined;
   readonly to: Installed | undefined;
+}
+
+/** A session's two counters by name, for a counter read. */
+export interface SessionCounters {
+  readonly s: Session;
+  readonly up: string;
+  readonly down: string;
 }
 
 export interface Batch {
@@ -106,6 +123,11 @@ export class FlowPlan {
   readonly #listen: Endpoint;
   /** Set in a worker thread: its chains carry this id (nft-script.ts, `chainNames`). */
   readonly #worker: number | undefined;
+  /**
+   * Counters of closed sessions whose chains are gone: the next read takes their final values,
+   * then they are deleted ({@link takeRetired}).
+   */
+  #retiring: Array<{ s: Session; counter: number }> = [];
   #nextId = 1;
 
   constructor(table: TableParams, worker?: number) {
@@ -154,6 +176,40 @@ export class FlowPlan {
     for (const [s, t] of this.#tracked) if (t.installed !== undefined) yield [s, t.installed.flow];
   }
 
+  /** Every session whose counters exist in the kernel (live ones, then retiring ones). */
+  counters(): SessionCounters[] {
+    const out: SessionCounters[] = [];
+    for (const [s, t] of this.#tracked) if (t.counter !== undefined) out.push(this.#named(s, t.counter));
+    for (const r of this.#retiring) out.push(this.#named(r.s, r.counter));
+    return out;
+  }
+
+  /**
+   * After a counter read: the transaction that deletes the retiring counters it read (their chains
+   * are gone, their final values taken), or undefined. They count as gone from here on.
+   */
+  takeRetired(): { lines: string[]; names: string[] } | undefined {
+    if (this.#retiring.length === 0) return undefined;
+    const lines = this.#retiring.flatMap((r) => deleteCounterLines(r.counter, this.#worker));
+    const names = this.#retiring.flatMap((r) => {
+      const n = counterNames(r.counter, this.#worker);
+      return [n.up, n.down];
+    });
+    this.#retiring = [];
+    return { lines, names };
+  }
+
+  #named(s: Session, counter: number): SessionCounters {
+    const n = counterNames(counter, this.#worker);
+    return { s, up: n.up, down: n.down };
+  }
+
+  /** The counters of a closed session leave with the next read. */
+  #retire(s: Session, t: Tracked): void {
+    if (t.counter !== undefined) this.#retiring.push({ s, counter: t.counter });
+    t.counter = undefined;
+  }
+
   /** Backend addresses that dirty sessions wait for a source address of. */
   missingSources(look: FlowLookup): string[] {
     const out = new Set<string>();
@@ -177,22 +233,31 @@ export class FlowPlan {
       if (want !== 'pending') this.#dirty.delete(s);
       const to = typeof want === 'string' ? undefined : want;
       if (sameFlow(t.installed?.flow, to)) {
-        if (t.closed && t.installed === undefined) this.#tracked.delete(s);
+        if (t.closed && t.installed === undefined) {
+          this.#retire(s, t);
+          this.#tracked.delete(s);
+        }
         continue;
       }
-      changes.push({
-        s,
-        from: t.installed,
-        to: to === undefined ? undefined : { flow: to, id: this.#nextId++ },
-      });
+      let to2: Installed | undefined;
+      if (to !== undefined) {
+        const id = this.#nextId++;
+        // A first install creates the session's counters (with the chain's id as theirs).
+        to2 = { flow: to, id, counter: t.counter ?? id };
+      }
+      changes.push({ s, from: t.installed, to: to2 });
     }
     if (changes.length === 0) return undefined;
     const lines: string[] = [];
     for (const c of changes)
       if (c.from !== undefined)
         lines.push(...deleteFlowLines(c.from.flow, c.from.id, this.#listen, this.#worker));
-    for (const c of changes)
-      if (c.to !== undefined) lines.push(...addFlowLines(c.to.flow, c.to.id, this.#listen, this.#worker));
+    for (const c of changes) {
+      if (c.to === undefined) continue;
+      if (this.#tracked.get(c.s)!.counter === undefined)
+        lines.push(...addCounterLines(c.to.counter, this.#worker));
+      lines.push(...addFlowLines(c.to.flow, c.to.id, this.#listen, this.#worker, c.to.counter));
+    }
     return { lines, changes, resync: false };
   }
 
@@ -206,18 +271,23 @@ export class FlowPlan {
       const t = this.#tracked.get(c.s);
       if (t === undefined) continue;
       t.installed = c.to;
+      if (c.to !== undefined) t.counter = c.to.counter;
       if (c.to !== undefined && t.establishedAt !== undefined) {
         handed.push({ s: c.s, ms: now - t.establishedAt });
         t.establishedAt = undefined;
       }
-      if (t.closed && t.installed === undefined) this.#tracked.delete(c.s);
+      if (t.closed && t.installed === undefined) {
+        this.#retire(c.s, t);
+        this.#tracked.delete(c.s);
+      }
     }
     return handed;
   }
 
   /**
    * A transaction failed (the kernel's state is unknown): one that recreates the table and writes
-   * every session's flow again, from the sessions as they are now. One process only: the table is
+   * every session's flow again, from the sessions as they are now, with new counters starting at
+   * zero (what the old ones counted since the last read is lost). One process only: the table is
    * its own.
    */
   resync(look: FlowLookup): Batch {
@@ -227,33 +297,50 @@ export class FlowPlan {
   /**
    * The same for one worker thread, which shares the table with the others and must not recreate
    * it (that would delete their flows): deletes what the kernel holds of this worker's (`owned`,
-   * as listed: listing.ts), then writes this worker's flows again, in one transaction.
+   * as listed: listing.ts, counters included), then writes this worker's flows again, with new
+   * counters, in one transaction.
    */
   resyncOwned(owned: OwnedObjects, look: FlowLookup): Batch {
     return this.#rewrite(deleteOwnedLines(owned), look);
   }
 
   /**
-   * Deletes every installed flow: a worker leaving the shared table at shutdown (followed by
-   * {@link forgetAll}). Empty when nothing is installed.
+   * Deletes every installed flow and every counter: a worker leaving the shared table at shutdown,
+   * after its last read (followed by {@link forgetAll}). Empty when nothing is installed.
    */
   deleteAllLines(): string[] {
     const lines: string[] = [];
     for (const t of this.#tracked.values())
       if (t.installed !== undefined)
         lines.push(...deleteFlowLines(t.installed.flow, t.installed.id, this.#listen, this.#worker));
+    for (const t of this.#tracked.values())
+      if (t.counter !== undefined) lines.push(...deleteCounterLines(t.counter, this.#worker));
+    for (const r of this.#retiring) lines.push(...deleteCounterLines(r.counter, this.#worker));
     return lines;
   }
 
+  /**
+   * The rewrite's transaction starts with deleting every counter (with the table, or as listed),
+   * so each flow written gets new counters; the sessions' counters are set at commit.
+   */
   #rewrite(head: string[], look: FlowLookup): Batch {
     const changes: Change[] = [];
     const lines = head;
+    this.#retiring = [];
     for (const [s, t] of this.#tracked) {
       this.#dirty.delete(s);
+      t.counter = undefined;
       const want = t.closed ? 'userspace' : desiredFlow(s, look);
       if (want === 'pending') this.#dirty.add(s);
-      const to = typeof want === 'string' ? undefined : { flow: want, id: this.#nextId++ };
-      if (to !== undefined) lines.push(...addFlowLines(to.flow, to.id, this.#listen, this.#worker));
+      let to: Installed | undefined;
+      if (typeof want !== 'string') {
+        const id = this.#nextId++;
+        to = { flow: want, id, counter: id };
+        lines.push(
+          ...addCounterLines(id, this.#worker),
+          ...addFlowLines(want, id, this.#listen, this.#worker),
+        );
+      }
       changes.push({ s, from: t.installed, to });
     }
     return { lines, changes, resync: true };
@@ -263,12 +350,13 @@ export class FlowPlan {
   forgetAll(): void {
     this.#tracked.clear();
     this.#dirty.clear();
+    this.#retiring = [];
   }
 
   #track(s: Session): Tracked {
     let t = this.#tracked.get(s);
     if (t === undefined) {
-      t = { installed: undefined, closed: false, establishedAt: undefined };
+      t = { installed: undefined, counter: undefined, closed: false, establishedAt: undefined };
       this.#tracked.set(s, t);
     }
     return t;

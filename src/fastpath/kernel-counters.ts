@@ -1,13 +1,14 @@
+import { FAMILY, TABLE } from './nft-script.ts';
+
 /**
- * Reads the per-element counters of the fast path's maps from `nft -j list map …` output (JSON
- * schema of libnftables-json(5): `{"nftables":[…,{"map":{…,"elem":[[{"elem":{"val":…,"counter":…}},
- * data],…]}}]}`). Pure: the text in, a map from element key to counts out.
- *
- * Keys are the key's parts joined by `|` ("10.0.0.1|5000", "10.0.0.2|10000|16384"), the same form
- * as `upKey` / `downKey` in nft-script.ts.
+ * Reads the fast path's named counters from `nft -j list counters table netdev ice_ingress`
+ * (JSON schema of libnftables-json(5), as nftables 1.0.6 prints it:
+ * `{"nftables":[{"metainfo":…},{"counter":{"family":"netdev","name":"cu1","table":"ice_ingress",
+ * "handle":4,"packets":0,"bytes":0}},…]}`). Pure: the text in, a map from counter name to counts
+ * out (docs/fast-path.md, "Counters").
  */
 
-export interface ElementCount {
+export interface CounterValue {
   packets: number;
   bytes: number;
 }
@@ -26,29 +27,24 @@ export function keyText(v: Json, sep = '|'): string | undefined {
   return undefined;
 }
 
-/** Every counted element of every map in `text`, keyed by `<map name>:<key>`. Malformed → empty. */
-export function parseElementCounters(text: string): Map<string, ElementCount> {
-  const out = new Map<string, ElementCount>();
+/** Every named counter of our table in `text`, by name. Malformed → empty. */
+export function parseCounters(text: string): Map<string, CounterValue> {
+  const out = new Map<string, CounterValue>();
   let doc: Json;
   try {
     doc = JSON.parse(text);
   } catch {
     return out;
   }
-  const items = (doc as { nftables?: Json[] })?.nftables;
+  const items = (doc as { nftables?: Json[] } | null)?.nftables;
   if (!Array.isArray(items)) return out;
   for (const item of items) {
-    const map = (item as { map?: { name?: string; elem?: Json[] } })?.map;
-    if (map === undefined || typeof map.name !== 'string' || !Array.isArray(map.elem)) continue;
-    for (const pair of map.elem) {
-      // A map element is [key, data]; the key carries the counter when the map has `counter`.
-      const k = Array.isArray(pair) ? pair[0] : pair;
-      const elem = (k as { elem?: { val?: Json; counter?: ElementCount } })?.elem;
-      if (elem === undefined || elem.counter === undefined) continue;
-      const key = keyText(elem.val);
-      if (key === undefined) continue;
-      out.set(`${map.name}:${key}`, { packets: elem.counter.packets, bytes: elem.counter.bytes });
-    }
+    const c = (
+      item as { counter?: { family?: string; table?: string; name?: string } & Partial<CounterValue> }
+    )?.counter;
+    if (c === undefined || c.family !== FAMILY || c.table !== TABLE || typeof c.name !== 'string') continue;
+    if (typeof c.packets !== 'number' || typeof c.bytes !== 'number') continue;
+    out.set(c.name, { packets: c.packets, bytes: c.bytes });
   }
   return out;
 }

@@ -1,11 +1,12 @@
 import { keyText } from './kernel-counters.ts';
-import { FAMILY, FLOWS, ownsChain, TABLE } from './nft-script.ts';
+import { FAMILY, FLOWS, ownsChain, ownsCounter, TABLE } from './nft-script.ts';
 
 /**
- * What one worker owns in the shared table, read from two `nft -j` listings (JSON schema of
- * libnftables-json(5)): the verdict map (`list map netdev ice_ingress flows`) and the family's
- * chains (`list chains netdev`, headers only, no rules). A worker's objects are the chains named
- * for it (nft-script.ts, `chainNames`) and the elements that jump to them. Pure: text in, names
+ * What one worker owns in the shared table, read from three `nft -j` listings (JSON schema of
+ * libnftables-json(5)): the verdict map (`list map netdev ice_ingress flows`), the family's
+ * chains (`list chains netdev`, headers only, no rules) and the table's counters (`list counters
+ * table netdev ice_ingress`). A worker's objects are the chains and counters named for it
+ * (nft-script.ts, `chainNames`, `counterNames`) and the elements that jump to its chains. Pure: text in, names
  * out; malformed input yields nothing (the resynchronisation then deletes nothing it cannot name).
  *
  * Only a worker's resynchronisation needs this (docs/fast-path.md, "Hand-over, batching"): its
@@ -35,7 +36,7 @@ export function ownedElements(mapText: string, worker: number): string[] {
       const verdict = pair[1] as { goto?: { target?: string }; jump?: { target?: string } } | undefined;
       const target = verdict?.goto?.target ?? verdict?.jump?.target;
       if (typeof target !== 'string' || !ownsChain(target, worker)) continue;
-      // With `counter` on the map the key is wrapped: {"elem": {"val": KEY, "counter": …}}.
+      // A key with element options (`counter`, `timeout`) is wrapped: {"elem": {"val": KEY, …}}.
       const k: Json = pair[0];
       const val =
         k !== null && typeof k === 'object' && 'elem' in k ? (k as { elem: { val?: Json } }).elem.val : k;
@@ -54,6 +55,17 @@ export function ownedChains(chainsText: string, worker: number): string[] {
     const c = (item as { chain?: { family?: string; table?: string; name?: string } })?.chain;
     if (c === undefined || c.family !== FAMILY || c.table !== TABLE || typeof c.name !== 'string') continue;
     if (ownsChain(c.name, worker)) out.push(c.name);
+  }
+  return out;
+}
+
+/** Names of `worker`'s named counters in our table. */
+export function ownedCounters(countersText: string, worker: number): string[] {
+  const out: string[] = [];
+  for (const item of items(countersText)) {
+    const c = (item as { counter?: { family?: string; table?: string; name?: string } })?.counter;
+    if (c === undefined || c.family !== FAMILY || c.table !== TABLE || typeof c.name !== 'string') continue;
+    if (ownsCounter(c.name, worker)) out.push(c.name);
   }
   return out;
 }

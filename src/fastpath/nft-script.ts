@@ -15,7 +15,7 @@ const T = `${FAMILY} ${TABLE}`;
 /** The table earlier versions created (ip family, prerouting/postrouting); removed at start. */
 const LEGACY = `ip ${TABLE}`;
 
-/** The verdict map: an element per session and direction, each with its counter. */
+/** The verdict map: an element per session and direction, jumping to the session's chain. */
 export const FLOWS = 'flows';
 
 export interface TableParams {
@@ -76,7 +76,7 @@ delete table ${LEGACY}
 add table ${T}
 delete table ${T}
 table ${T} {
-  map ${FLOWS} { type ipv4_addr . inet_service . ipv4_addr . inet_service : verdict; counter; }
+  map ${FLOWS} { type ipv4_addr . inet_service . ipv4_addr . inet_service : verdict; }
   chain ingress {
     type filter hook ingress devices = { ${devices} } priority 0; policy accept;
     meta l4proto udp @th,64,8 > 3 ip saddr . udp sport . ip daddr . udp dport vmap @${FLOWS}
@@ -112,13 +112,51 @@ export function ownsChain(chain: string, worker: number): boolean {
 }
 
 /**
+ * The names of a session's two named counters (one per direction): `cu<id>` / `cd<id>`, with
+ * workers `cu<worker>_<id>`. `id` is the session's, kept across its moves: the counters outlive
+ * the chains, so a latching move or a rebinding loses no count, and a closed session's are deleted
+ * only after the next read has taken their final values (docs/fast-path.md, "Counters").
+ */
+export function counterNames(id: number, worker?: number): { up: string; down: string } {
+  const tag = worker === undefined ? String(id) : `${worker}_${id}`;
+  return { up: `cu${tag}`, down: `cd${tag}` };
+}
+
+/** Whether `counter` is one of `worker`'s (as {@link counterNames} makes them). */
+export function ownsCounter(counter: string, worker: number): boolean {
+  return new RegExp(`^c[ud]${worker}_\\d+$`).test(counter);
+}
+
+/** A session's two counters, created before the first chains that reference them. */
+export function addCounterLines(id: number, worker?: number): string[] {
+  const c = counterNames(id, worker);
+  return [`add counter ${T} ${c.up}`, `add counter ${T} ${c.down}`];
+}
+
+/** Only once no chain references them (the kernel refuses otherwise: EBUSY). */
+export function deleteCounterLines(id: number, worker?: number): string[] {
+  const c = counterNames(id, worker);
+  return [`delete counter ${T} ${c.up}`, `delete counter ${T} ${c.down}`];
+}
+
+/**
  * One flow: a chain per direction with the rewrites as constants, and the element that jumps to
- * it. A rewrite the rule's own match makes an identity (the listening port when the backend's port
+ * it. Each chain first counts into the session's named counter for its direction (`counter`, the
+ * session's counter id: {@link counterNames}; the chain id by default, which is the counter id of
+ * a first install). A rewrite the rule's own match makes an identity (the listening port when the backend's port
  * is the same, as with JVB's 10000) is left out: each payload write with its checksum updates is
  * the largest per-datagram cost (docs/fast-path.md, "Performance").
  */
-export function addFlowLines(f: KernelFlow, id: number, listen: Endpoint, worker?: number): string[] {
+export function addFlowLines(
+  f: KernelFlow,
+  id: number,
+  listen: Endpoint,
+  worker?: number,
+  counter: number = id,
+): string[] {
+  const n = counterNames(counter, worker);
   const up = [
+    `counter name "${n.up}"`,
     `ip daddr set ${f.backend.address}`,
     ...(f.backend.port === listen.port ? [] : [`udp dport set ${f.backend.port}`]),
     `udp sport set ${f.upstreamPort}`,
@@ -126,6 +164,7 @@ export function addFlowLines(f: KernelFlow, id: number, listen: Endpoint, worker
     `fwd ip to ${f.toBackend.via} device "${f.toBackend.dev}"`,
   ];
   const down = [
+    `counter name "${n.down}"`,
     `ip daddr set ${f.client.address}`,
     `udp dport set ${f.client.port}`,
     ...(f.backend.port === listen.port ? [] : [`udp sport set ${listen.port}`]),
@@ -152,30 +191,26 @@ export function deleteFlowLines(f: KernelFlow, id: number, listen: Endpoint, wor
   ];
 }
 
-/** What one worker has in the table, as listed (listing.ts): element keys in nft's syntax, chains. */
+/**
+ * What one worker has in the table, as listed (listing.ts): element keys in nft's syntax, chains,
+ * counters.
+ */
 export interface OwnedObjects {
   /** `ADDR . PORT . ADDR . PORT`, as an element statement names the key. */
   readonly elements: readonly string[];
   readonly chains: readonly string[];
+  readonly counters: readonly string[];
 }
 
 /**
- * Deletes every listed element and chain of one worker, elements first (a chain an element jumps
- * to cannot be deleted). The start of a worker's resynchronisation: nothing of another worker's is
+ * Deletes every listed element, chain and counter of one worker, in that order (a chain an element
+ * jumps to, a counter a chain references, cannot be deleted). The start of a worker's resynchronisation: nothing of another worker's is
  * named, so their flows are untouched whatever this worker's plan believed.
  */
 export function deleteOwnedLines(o: OwnedObjects): string[] {
   return [
     ...o.elements.map((k) => `delete element ${T} ${FLOWS} { ${k} }`),
     ...o.chains.map((c) => `delete chain ${T} ${c}`),
+    ...o.counters.map((c) => `delete counter ${T} ${c}`),
   ];
-}
-
-/** Keys as `nft -j` prints them, so counters can be matched to flows (kernel-counters.ts). */
-export function upKey(f: KernelFlow, listen: Endpoint): string {
-  return `${f.client.address}|${f.client.port}|${listen.address}|${listen.port}`;
-}
-
-export function downKey(f: KernelFlow): string {
-  return `${f.backend.address}|${f.backend.port}|${f.source}|${f.upstreamPort}`;
 }

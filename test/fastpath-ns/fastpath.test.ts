@@ -75,26 +75,42 @@ function nft(role: NsRole, args: string[], stdin?: string): Promise<string> {
   });
 }
 
-type FlowElem = [
-  {
-    elem: { val: { concat: [string, number, string, number] }; counter: { packets: number; bytes: number } };
-  },
-  { goto: { target: string } },
-];
-type Mangle = { mangle: { key: { payload?: { protocol: string; field: string } }; value: unknown } };
+type FlowElem = [{ concat: [string, number, string, number] }, { goto: { target: string } }];
+type Expr = {
+  mangle?: { key: { payload?: { protocol: string; field: string } }; value: unknown };
+  counter?: unknown;
+};
 
-/** Our table in one listing: the verdict map's elements and each chain's rewrites. */
-async function ourTable(): Promise<{ elems: FlowElem[]; daddrOf: Map<string, string> }> {
+/**
+ * Our table in one listing: the verdict map's elements, each chain's rewrites and the named
+ * counter it counts into, and each counter's packets.
+ */
+async function ourTable(): Promise<{
+  elems: FlowElem[];
+  daddrOf: Map<string, string>;
+  counterOf: Map<string, string>;
+  packets: Map<string, number>;
+}> {
   const j = JSON.parse(await nft('prx', ['-j', 'list', 'table', 'netdev', 'ice_ingress'])) as {
-    nftables: Array<{ map?: { name: string; elem?: FlowElem[] }; rule?: { chain: string; expr: Mangle[] } }>;
+    nftables: Array<{
+      map?: { name: string; elem?: FlowElem[] };
+      rule?: { chain: string; expr: Expr[] };
+      counter?: { name: string; packets: number };
+    }>;
   };
   const elems = j.nftables.find((x) => x.map?.name === 'flows')?.map?.elem ?? [];
   const daddrOf = new Map<string, string>();
+  const counterOf = new Map<string, string>();
+  const packets = new Map<string, number>();
   for (const x of j.nftables) {
-    const set = x.rule?.expr.find((e) => e.mangle?.key.payload?.field === 'daddr');
-    if (x.rule !== undefined && set !== undefined) daddrOf.set(x.rule.chain, String(set.mangle.value));
+    if (x.counter !== undefined) packets.set(x.counter.name, x.counter.packets);
+    if (x.rule === undefined) continue;
+    const set = x.rule.expr.find((e) => e.mangle?.key.payload?.field === 'daddr');
+    if (set !== undefined) daddrOf.set(x.rule.chain, String(set.mangle!.value));
+    const named = x.rule.expr.find((e) => typeof e.counter === 'string');
+    if (named !== undefined) counterOf.set(x.rule.chain, String(named.counter));
   }
-  return { elems, daddrOf };
+  return { elems, daddrOf, counterOf, packets };
 }
 
 /** The elements of our verdict map. */
@@ -104,7 +120,7 @@ async function flowElements(): Promise<FlowElem[]> {
 
 /** Upstream elements: those keyed by a client 5-tuple toward the listening address. */
 async function upElements(): Promise<number> {
-  return (await ourTable()).elems.filter(([k]) => k.elem.val.concat[2] === PUBLIC.address).length;
+  return (await ourTable()).elems.filter(([k]) => k.concat[2] === PUBLIC.address).length;
 }
 
 /**
@@ -115,10 +131,7 @@ async function upElements(): Promise<number> {
 async function c2bTarget(port: number): Promise<string | undefined> {
   const { elems, daddrOf } = await ourTable();
   const hit = elems.find(
-    ([k]) =>
-      k.elem.val.concat[0] === ADDR.wan.natPublic &&
-      k.elem.val.concat[1] === port &&
-      k.elem.val.concat[2] === PUBLIC.address,
+    ([k]) => k.concat[0] === ADDR.wan.natPublic && k.concat[1] === port && k.concat[2] === PUBLIC.address,
   );
   return hit === undefined ? undefined : daddrOf.get(hit[1].goto.target);
 }
@@ -536,15 +549,18 @@ const WORKER_FLAGS = [
   '2',
 ];
 
-/** The upstream element of the NAT's public address and `port`: its chain and its counter. */
+/**
+ * The upstream element of the NAT's public address and `port`: its chain, and the packets of the
+ * session's upstream counter (the one its chain counts into).
+ */
 async function upElement(port: number): Promise<{ chain: string; packets: number } | undefined> {
-  const hit = (await flowElements()).find(
-    ([k]) =>
-      k.elem.val.concat[0] === ADDR.wan.natPublic &&
-      k.elem.val.concat[1] === port &&
-      k.elem.val.concat[2] === PUBLIC.address,
+  const { elems, counterOf, packets } = await ourTable();
+  const hit = elems.find(
+    ([k]) => k.concat[0] === ADDR.wan.natPublic && k.concat[1] === port && k.concat[2] === PUBLIC.address,
   );
-  return hit === undefined ? undefined : { chain: hit[1].goto.target, packets: hit[0].elem.counter.packets };
+  if (hit === undefined) return undefined;
+  const chain = hit[1].goto.target;
+  return { chain, packets: packets.get(counterOf.get(chain)!)! };
 }
 
 /** The worker a chain belongs to (`u<worker>_<id>`, src/fastpath/nft-script.ts). */
@@ -558,7 +574,7 @@ function workerOfChain(chain: string): number {
 async function objectsOf(worker: number): Promise<{ elements: string[]; chains: Record<string, string> }> {
   const elements = (await flowElements())
     .filter(([, v]) => workerOfChain(v.goto.target) === worker)
-    .map(([k, v]) => `${k.elem.val.concat.join(' ')} -> ${v.goto.target}`);
+    .map(([k, v]) => `${k.concat.join(' ')} -> ${v.goto.target}`);
   const listed = JSON.parse(await nft('prx', ['-j', 'list', 'chains', 'netdev'])) as {
     nftables: Array<{ chain?: { table: string; name: string } }>;
   };

@@ -2,7 +2,9 @@ import { describe, expect, it } from 'vitest';
 import { type FastPathHost, type KernelCounts, NftFastPath } from '../../src/fastpath/fast-path.ts';
 import type { Nft } from '../../src/fastpath/nft-runner.ts';
 import {
+  addCounterLines,
   addFlowLines,
+  deleteCounterLines,
   deleteFlowLines,
   deleteOwnedLines,
   deleteTableScript,
@@ -15,14 +17,18 @@ import { ClientEndpoint, Session, SessionState } from '../../src/session/session
 
 /**
  * The orchestration around the pure plan, with `nft` replaced by a model of the table that keeps
- * the chains and the verdict maps' elements with their counters, and reports them the way
- * `nft -j list map` does. It rejects a transaction the kernel would reject (a missing element or
- * chain, a chain still jumped to) as a whole. No timers are relied on: flushNow()/pollNow() run
+ * the chains, the verdict map's elements and the named counters the chains count into, and
+ * reports them the way `nft -j list map` / `list counters` do. It rejects a transaction the kernel
+ * would reject as a whole (nftables 1.0.6, checked in a scratch namespace): a missing element,
+ * chain or counter (ENOENT: also a chain whose `counter name` names none), a chain still jumped to
+ * or a counter still referenced by a chain (EBUSY). No timers are relied on: flushNow()/pollNow() run
  * what the batch window and the poll interval would.
  */
 
 interface Elem {
   target: string;
+}
+interface Count {
   packets: number;
   bytes: number;
 }
@@ -31,6 +37,7 @@ interface State {
   table: boolean;
   chains: Map<string, string>;
   flows: Map<string, Elem>;
+  counters: Map<string, Count>;
 }
 const T = 'netdev ice_ingress';
 
@@ -43,13 +50,20 @@ class FakeNft implements Nft {
     table: false,
     chains: new Map(),
     flows: new Map(),
+    counters: new Map(),
   };
   failNext = 0;
+  /** Fails the next transaction that deletes a counter (the poll's retirement). */
+  failCounterDelete = 0;
 
   async apply(script: string): Promise<void> {
     this.scripts.push(script);
     if (this.failNext > 0) {
       this.failNext--;
+      throw new Error('nft -f -: Error: Could not process rule: No such file or directory');
+    }
+    if (this.failCounterDelete > 0 && script.includes('delete counter ')) {
+      this.failCounterDelete--;
       throw new Error('nft -f -: Error: Could not process rule: No such file or directory');
     }
     // All or nothing, like the kernel's transaction.
@@ -82,17 +96,23 @@ class FakeNft implements Nft {
         ],
       });
     }
+    if (args.join(' ') === 'list counters table netdev ice_ingress') {
+      if (!this.state.table) throw new Error('Error: No such file or directory');
+      return JSON.stringify({
+        nftables: [
+          { metainfo: { version: '1.0.6', release_name: 'Lester Gooch #5', json_schema_version: 1 } },
+          ...[...this.state.counters].map(([name, c], i) => ({
+            counter: { family: 'netdev', name, table: 'ice_ingress', handle: 100 + i, ...c },
+          })),
+        ],
+      });
+    }
     if (args.join(' ') !== 'list map netdev ice_ingress flows')
       throw new Error(`fake nft: unexpected listing ${args.join(' ')}`);
     const map = this.state.flows;
     if (!this.state.table) throw new Error('Error: No such file or directory');
     const elem = [...map].map(([key, e]) => [
-      {
-        elem: {
-          val: { concat: key.split('|').map((p) => (/^\d+$/.test(p) ? Number(p) : p)) },
-          counter: { packets: e.packets, bytes: e.bytes },
-        },
-      },
+      { concat: key.split('|').map((p) => (/^\d+$/.test(p) ? Number(p) : p)) },
       { goto: { target: e.target } },
     ]);
     return JSON.stringify({
@@ -106,7 +126,6 @@ class FakeNft implements Nft {
             type: ['ipv4_addr', 'inet_service', 'ipv4_addr', 'inet_service'],
             handle: 1,
             map: 'verdict',
-            flags: ['counter'],
             ...(elem.length > 0 ? { elem } : {}),
           },
         },
@@ -121,8 +140,17 @@ class FakeNft implements Nft {
   forward(dir: 'up' | 'down', key: string, n: number, payload: number): void {
     const e = this.state.flows.get(flowKey(dir, key));
     if (e === undefined) throw new Error(`no element ${dir} ${key}`);
-    e.packets += n;
-    e.bytes += n * (payload + 28);
+    const name = counterOf(this.state.chains.get(e.target)!);
+    if (name === undefined) throw new Error(`chain ${e.target} counts nothing`);
+    const c = this.state.counters.get(name)!;
+    c.packets += n;
+    c.bytes += n * (payload + 28);
+  }
+
+  /** The name of the counter the element's chain counts into. */
+  counterOf(dir: 'up' | 'down', key: string): string | undefined {
+    const e = this.state.flows.get(flowKey(dir, key));
+    return e === undefined ? undefined : counterOf(this.state.chains.get(e.target)!);
   }
 
   /** The rules of the chain the element jumps to. */
@@ -153,8 +181,14 @@ function flowKey(dir: 'up' | 'down', key: string): string {
   return dir === 'up' ? `${key}|${LISTEN.address}|${LISTEN.port}` : `${p[0]}|${p[1]}|${SOURCE}|${p[2]}`;
 }
 
-// `u<id>` in one process, `u<worker>_<id>` in a worker thread.
+// `u<id>` in one process, `u<worker>_<id>` in a worker thread; counters `cu<id>`, `cu<worker>_<id>`.
 const CHAIN_ADD = /^add chain netdev ice_ingress ([ud]\d+(?:_\d+)?) \{ (.+); \}$/;
+const COUNTER = /^(add|delete) counter netdev ice_ingress (c[ud]\d+(?:_\d+)?)$/;
+
+/** The named counter a chain's rules count into, if any. */
+function counterOf(rules: string): string | undefined {
+  return /(?:^|; )counter name "([^"]+)"/.exec(rules)?.[1];
+}
 const CHAIN_DELETE = /^delete chain netdev ice_ingress ([ud]\d+(?:_\d+)?)$/;
 const ELEMENT = /^(add|delete) element netdev ice_ingress flows \{ ([^:}]+?)(?: : goto (\S+))? \}$/;
 
@@ -178,6 +212,23 @@ function applyLine(st: State, line: string): void {
     st.table = false;
     st.chains.clear();
     st.flows.clear();
+    st.counters.clear();
+    return;
+  }
+  const counter = COUNTER.exec(line);
+  if (counter !== null) {
+    if (!st.table) throw new Error(`nft: no table: ${line}`);
+    const name = counter[2]!;
+    if (counter[1] === 'add') {
+      // The kernel takes an existing one as is (no reset): never what the plan means.
+      if (st.counters.has(name)) throw new Error(`fake nft: counter ${name} added twice`);
+      st.counters.set(name, { packets: 0, bytes: 0 });
+      return;
+    }
+    if (!st.counters.has(name)) throw new Error(`nft: No such file or directory: ${line}`);
+    for (const rules of st.chains.values())
+      if (counterOf(rules) === name) throw new Error(`nft: Device or resource busy: ${line}`);
+    st.counters.delete(name);
     return;
   }
   const add = CHAIN_ADD.exec(line);
@@ -185,6 +236,9 @@ function applyLine(st: State, line: string): void {
     if (!st.table) throw new Error(`nft: no table: ${line}`);
     // The kernel would append the rules to an existing chain: never what the plan means.
     if (st.chains.has(add[1]!)) throw new Error(`fake nft: chain ${add[1]} added twice`);
+    const name = counterOf(add[2]!);
+    if (name === undefined || !st.counters.has(name))
+      throw new Error(`nft: No such file or directory: ${line}`);
     st.chains.set(add[1]!, add[2]!);
     return;
   }
@@ -204,7 +258,7 @@ function applyLine(st: State, line: string): void {
     const target = m[3];
     if (target === undefined || !st.chains.has(target)) throw new Error(`nft: no chain: ${line}`);
     if (map.has(key)) throw new Error(`nft: File exists: ${line}`);
-    map.set(key, { target, packets: 0, bytes: 0 });
+    map.set(key, { target });
   } else {
     if (m[3] !== undefined || !map.has(key)) throw new Error(`nft: no such element: ${line}`);
     map.delete(key);
@@ -212,12 +266,12 @@ function applyLine(st: State, line: string): void {
 }
 
 function clone(s: State): State {
-  const copy = (m: Map<string, Elem>) => new Map([...m].map(([k, e]) => [k, { ...e }]));
   return {
     legacy: s.legacy,
     table: s.table,
     chains: new Map(s.chains),
-    flows: copy(s.flows),
+    flows: new Map([...s.flows].map(([k, e]) => [k, { ...e }])),
+    counters: new Map([...s.counters].map(([k, c]) => [k, { ...c }])),
   };
 }
 
@@ -315,6 +369,12 @@ const OPTS = {
 };
 const LISTEN = { address: '198.18.0.1', port: 10000 };
 const script = (lines: string[]): string => `${lines.join('\n')}\n`;
+/** A session's first install: its counters, then its chains and elements (chain id = counter id). */
+const install = (f: KernelFlow, id: number, worker?: number): string[] => [
+  ...addCounterLines(id, worker),
+  ...addFlowLines(f, id, LISTEN, worker),
+];
+const COUNTERS = ['list', 'counters', 'table', 'netdev', 'ice_ingress'];
 
 async function setup() {
   const nft = new FakeNft();
@@ -352,14 +412,12 @@ describe('NftFastPath', () => {
     expect(sources.resolved).toEqual(['10.77.2.11']);
     expect(nft.scripts).toHaveLength(2);
     expect(nft.scripts[1]).toBe(
-      script([
-        ...addFlowLines(flow(40000, 16384), 1, LISTEN),
-        ...addFlowLines(flow(40001, 16385), 2, LISTEN),
-      ]),
+      script([...install(flow(40000, 16384), 1), ...install(flow(40001, 16385), 2)]),
     );
     expect(nft.keys('up')).toEqual(['198.18.0.2|40000', '198.18.0.2|40001']);
     expect(nft.keys('down')).toEqual(['10.77.2.11|10000|16384', '10.77.2.11|10000|16385']);
     expect(nft.state.flows.size).toBe(4);
+    expect([...nft.state.counters.keys()]).toEqual(['cu1', 'cd1', 'cu2', 'cd2']);
     expect(handovers).toEqual([7, 7]);
     expect(fp.stats).toMatchObject({ transactions: 1, failures: 0, handovers: 2 });
     expect(fp.kernelSessions).toBe(2);
@@ -376,8 +434,8 @@ describe('NftFastPath', () => {
     nft.forward('down', '10.77.2.11|10000|16384', 4, 1200);
     advance(500);
     await fp.pollNow();
-    // Only the map is listed (not the table with every session's chains).
-    expect(nft.lists).toEqual([['list', 'map', 'netdev', 'ice_ingress', 'flows']]);
+    // Only the counters are listed (not the table with every session's chains).
+    expect(nft.lists).toEqual([COUNTERS]);
     expect(host.counts.get(s.id)).toEqual({ packetsUp: 10, bytesUp: 1000, packetsDown: 4, bytesDown: 4800 });
     expect(host.touched).toEqual([[s.id, 1500]]);
     // Only the backend sent since: counts, but no touch (idle is about the client).
@@ -392,7 +450,7 @@ describe('NftFastPath', () => {
     expect(fp.stats.polls).toBe(3);
   });
 
-  it('a moved element restarts its counter from zero without a negative delta', async () => {
+  it('a move keeps counting into the same counters: nothing since the last read is lost', async () => {
     const { nft, host, fp } = await setup();
     const s = session(40000, 16384);
     fp.established(s);
@@ -400,6 +458,9 @@ describe('NftFastPath', () => {
     nft.forward('up', '198.18.0.2|40000', 50, 100);
     nft.forward('down', '10.77.2.11|10000|16384', 20, 100);
     await fp.pollNow();
+    // More media through the old chains, then the move, before the next read.
+    nft.forward('up', '198.18.0.2|40000', 7, 100);
+    nft.forward('down', '10.77.2.11|10000|16384', 5, 100);
     const ep = new ClientEndpoint(s, '198.18.0.2', 40999, 0);
     s.endpoints.push(ep);
     s.current = ep;
@@ -408,15 +469,65 @@ describe('NftFastPath', () => {
     expect(nft.scripts.at(-1)).toBe(
       script([
         ...deleteFlowLines(flow(40000, 16384), 1, LISTEN),
-        ...addFlowLines(flow(40999, 16384), 2, LISTEN),
+        ...addFlowLines(flow(40999, 16384), 2, LISTEN, undefined, 1),
       ]),
     );
     expect(nft.keys('up')).toEqual(['198.18.0.2|40999']);
     expect([...nft.state.chains.keys()]).toEqual(['u2', 'd2']);
+    expect(nft.counterOf('up', '198.18.0.2|40999')).toBe('cu1');
+    expect(nft.counterOf('down', '10.77.2.11|10000|16384')).toBe('cd1');
     nft.forward('up', '198.18.0.2|40999', 3, 100);
     nft.forward('down', '10.77.2.11|10000|16384', 2, 100);
     await fp.pollNow();
-    expect(host.counts.get(s.id)).toMatchObject({ packetsUp: 53, packetsDown: 22 });
+    expect(host.counts.get(s.id)).toMatchObject({ packetsUp: 60, packetsDown: 27 });
+    expect(fp.totals).toMatchObject({ packetsUp: 60, packetsDown: 27 });
+  });
+
+  it('a closed session keeps its counters until the next read has taken their last counts, then deletes them', async () => {
+    const { nft, host, fp } = await setup();
+    const s = session(40001, 16385);
+    fp.established(s);
+    await fp.flushNow();
+    nft.forward('up', '198.18.0.2|40001', 4, 100);
+    nft.forward('down', '10.77.2.11|10000|16385', 6, 100);
+    fp.closed(s, 'idle', true);
+    await fp.flushNow();
+    // Chains and elements go; the counters stay (the kernel has nothing referencing them).
+    expect(nft.scripts.at(-1)).toBe(script(deleteFlowLines(flow(40001, 16385), 1, LISTEN)));
+    expect(nft.state.chains.size).toBe(0);
+    expect([...nft.state.counters.keys()]).toEqual(['cu1', 'cd1']);
+    expect(fp.kernelSessions).toBe(0);
+    await fp.pollNow();
+    expect(host.counts.get(s.id)).toMatchObject({ packetsUp: 4, packetsDown: 6 });
+    expect(nft.scripts.at(-1)).toBe(script(deleteCounterLines(1)));
+    expect(nft.state.counters.size).toBe(0);
+    // Nothing left to read: no listing.
+    const lists = nft.lists.length;
+    await fp.pollNow();
+    expect(nft.lists).toHaveLength(lists);
+    expect(fp.stats).toMatchObject({ transactions: 3, failures: 0, polls: 1 });
+  });
+
+  it('a failed deletion of retired counters is followed by a rewrite of the table', async () => {
+    const { nft, host, fp } = await setup();
+    const a = session(40000, 16384);
+    const b = session(40001, 16385);
+    fp.established(a);
+    fp.established(b);
+    await fp.flushNow();
+    fp.closed(a, 'idle', true);
+    await fp.flushNow();
+    nft.forward('up', '198.18.0.2|40001', 2, 100);
+    nft.failCounterDelete = 1;
+    await fp.pollNow();
+    expect(host.counts.get(b.id)).toMatchObject({ packetsUp: 2 });
+    expect(nft.scripts.at(-1)).toBe(tableScript(OPTS) + script(install(flow(40001, 16385), 3)));
+    expect([...nft.state.counters.keys()]).toEqual(['cu3', 'cd3']);
+    expect(fp.stats.failures).toBe(1);
+    // The new counters start at zero, and so do their baselines.
+    nft.forward('up', '198.18.0.2|40001', 3, 100);
+    await fp.pollNow();
+    expect(host.counts.get(b.id)).toMatchObject({ packetsUp: 5 });
   });
 
   it('a session closing within the window costs nothing; a closed installed one is deleted', async () => {
@@ -462,14 +573,17 @@ describe('NftFastPath', () => {
     expect(routes.refreshes).toBe(2);
     const moved = { ...flow(40000, 16384), toBackend: { via: '10.88.0.1', dev: 'eth2' } };
     expect(nft.scripts.at(-1)).toBe(
-      script([...deleteFlowLines(flow(40000, 16384), 1, LISTEN), ...addFlowLines(moved, 2, LISTEN)]),
+      script([
+        ...deleteFlowLines(flow(40000, 16384), 1, LISTEN),
+        ...addFlowLines(moved, 2, LISTEN, undefined, 1),
+      ]),
     );
     expect(nft.chainOf('up', '198.18.0.2|40000')).toBe(
-      'ip daddr set 10.77.2.11; udp sport set 16384; ip saddr set 10.77.2.1; fwd ip to 10.88.0.1 device "eth2"',
+      'counter name "cu1"; ip daddr set 10.77.2.11; udp sport set 16384; ip saddr set 10.77.2.1; fwd ip to 10.88.0.1 device "eth2"',
     );
     expect(fp.kernelSessions).toBe(1);
     expect(fp.stats.handovers).toBe(1);
-    // The same keys again, their counters restarted at zero: all of the new count is new.
+    // The same counters: the new count adds to the old one.
     nft.forward('up', '198.18.0.2|40000', 8, 100);
     nft.forward('down', '10.77.2.11|10000|16384', 9, 100);
     await fp.pollNow();
@@ -483,7 +597,7 @@ describe('NftFastPath', () => {
     fp.established(unrouted);
     fp.established(routed);
     await fp.flushNow();
-    expect(nft.scripts.at(-1)).toBe(script(addFlowLines(flow(40001, 16385), 1, LISTEN)));
+    expect(nft.scripts.at(-1)).toBe(script(install(flow(40001, 16385), 1)));
     expect(fp.kernelSessions).toBe(1);
     // Not retried: nothing is left to do.
     await fp.flushNow();
@@ -510,7 +624,7 @@ describe('NftFastPath', () => {
     advance(30);
     await fp.flushNow(); // still dirty: tried again
     expect(sources.resolved).toEqual(['10.77.2.11', '10.77.2.11']);
-    expect(nft.scripts.at(-1)).toBe(script(addFlowLines(flow(40000, 16384), 1, LISTEN)));
+    expect(nft.scripts.at(-1)).toBe(script(install(flow(40000, 16384), 1)));
     expect(handovers).toEqual([30]);
     await fp.stop();
   });
@@ -523,8 +637,8 @@ describe('NftFastPath', () => {
     await fp.flushNow();
     // The failed one (chains 1), then the table recreated with every flow (chains 2).
     expect(nft.scripts).toHaveLength(3);
-    expect(nft.scripts[1]).toBe(script(addFlowLines(flow(40000, 16384), 1, LISTEN)));
-    expect(nft.scripts[2]).toBe(tableScript(OPTS) + script(addFlowLines(flow(40000, 16384), 2, LISTEN)));
+    expect(nft.scripts[1]).toBe(script(install(flow(40000, 16384), 1)));
+    expect(nft.scripts[2]).toBe(tableScript(OPTS) + script(install(flow(40000, 16384), 2)));
     expect(nft.chainOf('up', '198.18.0.2|40000')).toContain('fwd ip to 10.77.2.11 device "eth1"');
     expect(fp.stats).toMatchObject({ transactions: 1, failures: 1, handovers: 1 });
     expect(fp.kernelSessions).toBe(1);
@@ -609,10 +723,11 @@ describe("NftFastPath in worker threads (attached to the main thread's table)", 
     await w0.fp.flushNow();
     await w1.fp.flushNow();
     expect(nft.scripts.slice(1)).toEqual([
-      script(addFlowLines(flow(40000, 16384), 1, LISTEN, 0)),
-      script(addFlowLines(flow(40001, 16385), 1, LISTEN, 1)),
+      script(install(flow(40000, 16384), 1, 0)),
+      script(install(flow(40001, 16385), 1, 1)),
     ]);
     expect([...nft.state.chains.keys()]).toEqual(['u0_1', 'd0_1', 'u1_1', 'd1_1']);
+    expect([...nft.state.counters.keys()]).toEqual(['cu0_1', 'cd0_1', 'cu1_1', 'cd1_1']);
     expect(w0.handovers).toHaveLength(1);
     expect(w0.fp.kernelSessions).toBe(1);
 
@@ -630,9 +745,12 @@ describe("NftFastPath in worker threads (attached to the main thread's table)", 
     await w0.fp.stop();
     // The last counts went in; its flows went out; the table and worker 1's flow stay.
     expect(w0.host.counts.get(a.id)).toMatchObject({ packetsUp: 12 });
-    expect(nft.scripts.at(-1)).toBe(script(deleteFlowLines(flow(40000, 16384), 1, LISTEN, 0)));
+    expect(nft.scripts.at(-1)).toBe(
+      script([...deleteFlowLines(flow(40000, 16384), 1, LISTEN, 0), ...deleteCounterLines(1, 0)]),
+    );
     expect(nft.state.table).toBe(true);
     expect([...nft.state.chains.keys()]).toEqual(['u1_1', 'd1_1']);
+    expect([...nft.state.counters.keys()]).toEqual(['cu1_1', 'cd1_1']);
     expect(nft.keys('up')).toEqual(['198.18.0.2|40001']);
     const n = nft.scripts.length;
     await w0.fp.stop(); // idempotent
@@ -660,9 +778,10 @@ describe("NftFastPath in worker threads (attached to the main thread's table)", 
     a.current = ep;
     w0.fp.currentChanged(a, ep);
     await w0.fp.flushNow();
-    expect(nft.lists.slice(-2)).toEqual([
+    expect(nft.lists.slice(-3)).toEqual([
       ['list', 'map', 'netdev', 'ice_ingress', 'flows'],
       ['list', 'chains', 'netdev'],
+      COUNTERS,
     ]);
     // What was left of worker 0's (its downstream element, both chains) goes; its live flow comes
     // back under a new name; worker 1's element and chains are not named.
@@ -671,8 +790,9 @@ describe("NftFastPath in worker threads (attached to the main thread's table)", 
         ...deleteOwnedLines({
           elements: ['10.77.2.11 . 10000 . 10.77.2.1 . 16384'],
           chains: ['u0_1', 'd0_1'],
+          counters: ['cu0_1', 'cd0_1'],
         }),
-        ...addFlowLines(flow(40999, 16384), 3, LISTEN, 0),
+        ...install(flow(40999, 16384), 3, 0),
       ]),
     );
     expect(w0.fp.stats).toMatchObject({ transactions: 2, failures: 1 });
@@ -682,7 +802,8 @@ describe("NftFastPath in worker threads (attached to the main thread's table)", 
     expect([...nft.state.chains.keys()]).toEqual(['u1_1', 'd1_1', 'u0_3', 'd0_3']);
     expect(nft.state.chains.get('u1_1')).toBe(theirs.chains.get('u1_1'));
     expect(nft.keys('up')).toEqual(['198.18.0.2|40001', '198.18.0.2|40999']);
-    // Its counters start again from the rewritten elements.
+    expect([...nft.state.counters.keys()]).toEqual(['cu1_1', 'cd1_1', 'cu0_3', 'cd0_3']);
+    // Its counters start again from zero, and so do their baselines.
     nft.forward('up', '198.18.0.2|40999', 4, 100);
     await w0.fp.pollNow();
     expect(w0.host.counts.get(a.id)).toMatchObject({ packetsUp: 4 });
@@ -708,6 +829,7 @@ describe("NftFastPath in worker threads (attached to the main thread's table)", 
         deleteOwnedLines({
           elements: ['198.18.0.2 . 40000 . 198.18.0.1 . 10000', '10.77.2.11 . 10000 . 10.77.2.1 . 16384'],
           chains: ['u0_1', 'd0_1'],
+          counters: ['cu0_1', 'cd0_1'],
         }),
       ),
     );
@@ -715,6 +837,7 @@ describe("NftFastPath in worker threads (attached to the main thread's table)", 
     expect(w0.fp.kernelSessions).toBe(0);
     expect(nft.state.table).toBe(true);
     expect([...nft.state.chains.keys()]).toEqual(['u1_1', 'd1_1']);
+    expect([...nft.state.counters.keys()]).toEqual(['cu1_1', 'cd1_1']);
     expect(nft.keys('up')).toEqual(['198.18.0.2|40001']);
     // Worker 0 is out: its events cost nothing, it lists nothing, its stop removes nothing.
     const n = nft.scripts.length;
@@ -729,7 +852,7 @@ describe("NftFastPath in worker threads (attached to the main thread's table)", 
     const c = session(40004, 16388);
     w1.fp.established(c);
     await w1.fp.flushNow();
-    expect(nft.scripts.at(-1)).toBe(script(addFlowLines(flow(40004, 16388), 2, LISTEN, 1)));
+    expect(nft.scripts.at(-1)).toBe(script(install(flow(40004, 16388), 2, 1)));
     expect(w1.fp.kernelSessions).toBe(2);
     expect(w1.fp.stats.failures).toBe(0);
   });

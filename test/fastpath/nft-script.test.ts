@@ -1,19 +1,21 @@
 import { describe, expect, it } from 'vitest';
 import { desiredFlow, type FlowLookup, FlowPlan } from '../../src/fastpath/flow-plan.ts';
-import { parseElementCounters } from '../../src/fastpath/kernel-counters.ts';
-import { ownedChains, ownedElements } from '../../src/fastpath/listing.ts';
+import { parseCounters } from '../../src/fastpath/kernel-counters.ts';
+import { ownedChains, ownedCounters, ownedElements } from '../../src/fastpath/listing.ts';
 import {
+  addCounterLines,
   addFlowLines,
   chainNames,
+  counterNames,
+  deleteCounterLines,
   deleteFlowLines,
   deleteOwnedLines,
   deleteTableScript,
-  downKey,
   type KernelFlow,
   type NextHop,
   ownsChain,
+  ownsCounter,
   tableScript,
-  upKey,
 } from '../../src/fastpath/nft-script.ts';
 import { checkFastPath } from '../../src/fastpath/preflight.ts';
 import { ClientEndpoint, Session, SessionState } from '../../src/session/session.ts';
@@ -92,7 +94,7 @@ describe('nftables script text', () => {
       'add table netdev ice_ingress',
       'delete table netdev ice_ingress',
       'table netdev ice_ingress {',
-      '  map flows { type ipv4_addr . inet_service . ipv4_addr . inet_service : verdict; counter; }',
+      '  map flows { type ipv4_addr . inet_service . ipv4_addr . inet_service : verdict; }',
       '  chain ingress {',
       '    type filter hook ingress devices = { "eth0", "eth1" } priority 0; policy accept;',
       // One lookup of the whole UDP 4-tuple for both directions; STUN (first byte 0-3) excluded.
@@ -121,8 +123,8 @@ describe('nftables script text', () => {
     const f = flowOf(['198.18.0.2', 40000], ['10.77.2.11', 10000], 16384);
     // The backend listens on our listening port: no dport rewrite up, no sport rewrite down.
     expect(addFlowLines(f, 7, LISTEN)).toEqual([
-      'add chain netdev ice_ingress u7 { ip daddr set 10.77.2.11; udp sport set 16384; ip saddr set 10.77.2.1; fwd ip to 10.77.2.11 device "eth1"; }',
-      'add chain netdev ice_ingress d7 { ip daddr set 198.18.0.2; udp dport set 40000; ip saddr set 198.18.0.1; fwd ip to 198.18.0.254 device "eth0"; }',
+      'add chain netdev ice_ingress u7 { counter name "cu7"; ip daddr set 10.77.2.11; udp sport set 16384; ip saddr set 10.77.2.1; fwd ip to 10.77.2.11 device "eth1"; }',
+      'add chain netdev ice_ingress d7 { counter name "cd7"; ip daddr set 198.18.0.2; udp dport set 40000; ip saddr set 198.18.0.1; fwd ip to 198.18.0.254 device "eth0"; }',
       'add element netdev ice_ingress flows { 198.18.0.2 . 40000 . 198.18.0.1 . 10000 : goto u7 }',
       'add element netdev ice_ingress flows { 10.77.2.11 . 10000 . 10.77.2.1 . 16384 : goto d7 }',
     ]);
@@ -141,8 +143,8 @@ describe('nftables script text', () => {
       toBackend: { via: '10.77.0.1', dev: 'eth2' },
     };
     expect(addFlowLines(f, 12, LISTEN)).toEqual([
-      'add chain netdev ice_ingress u12 { ip daddr set 10.77.2.11; udp dport set 20000; udp sport set 16390; ip saddr set 10.77.2.5; fwd ip to 10.77.0.1 device "eth2"; }',
-      'add chain netdev ice_ingress d12 { ip daddr set 198.18.0.2; udp dport set 40000; udp sport set 10000; ip saddr set 198.18.0.1; fwd ip to 198.18.0.254 device "eth0"; }',
+      'add chain netdev ice_ingress u12 { counter name "cu12"; ip daddr set 10.77.2.11; udp dport set 20000; udp sport set 16390; ip saddr set 10.77.2.5; fwd ip to 10.77.0.1 device "eth2"; }',
+      'add chain netdev ice_ingress d12 { counter name "cd12"; ip daddr set 198.18.0.2; udp dport set 40000; udp sport set 10000; ip saddr set 198.18.0.1; fwd ip to 198.18.0.254 device "eth0"; }',
       'add element netdev ice_ingress flows { 198.18.0.2 . 40000 . 198.18.0.1 . 10000 : goto u12 }',
       'add element netdev ice_ingress flows { 10.77.2.11 . 20000 . 10.77.2.5 . 16390 : goto d12 }',
     ]);
@@ -160,8 +162,8 @@ describe('nftables script text', () => {
     expect(chainNames(12, 31)).toEqual({ up: 'u31_12', down: 'd31_12' });
     const f = flowOf(['198.18.0.2', 40000], ['10.77.2.11', 10000], 16384);
     expect(addFlowLines(f, 7, LISTEN, 1)).toEqual([
-      'add chain netdev ice_ingress u1_7 { ip daddr set 10.77.2.11; udp sport set 16384; ip saddr set 10.77.2.1; fwd ip to 10.77.2.11 device "eth1"; }',
-      'add chain netdev ice_ingress d1_7 { ip daddr set 198.18.0.2; udp dport set 40000; ip saddr set 198.18.0.1; fwd ip to 198.18.0.254 device "eth0"; }',
+      'add chain netdev ice_ingress u1_7 { counter name "cu1_7"; ip daddr set 10.77.2.11; udp sport set 16384; ip saddr set 10.77.2.1; fwd ip to 10.77.2.11 device "eth1"; }',
+      'add chain netdev ice_ingress d1_7 { counter name "cd1_7"; ip daddr set 198.18.0.2; udp dport set 40000; ip saddr set 198.18.0.1; fwd ip to 198.18.0.254 device "eth0"; }',
       'add element netdev ice_ingress flows { 198.18.0.2 . 40000 . 198.18.0.1 . 10000 : goto u1_7 }',
       'add element netdev ice_ingress flows { 10.77.2.11 . 10000 . 10.77.2.1 . 16384 : goto d1_7 }',
     ]);
@@ -181,6 +183,7 @@ describe('nftables script text', () => {
       deleteOwnedLines({
         elements: ['198.18.0.2 . 40000 . 198.18.0.1 . 10000', '10.77.2.11 . 10000 . 10.77.2.1 . 16384'],
         chains: ['u0_3', 'd0_3', 'u0_9'],
+        counters: ['cu0_3', 'cd0_3'],
       }),
     ).toEqual([
       'delete element netdev ice_ingress flows { 198.18.0.2 . 40000 . 198.18.0.1 . 10000 }',
@@ -188,14 +191,33 @@ describe('nftables script text', () => {
       'delete chain netdev ice_ingress u0_3',
       'delete chain netdev ice_ingress d0_3',
       'delete chain netdev ice_ingress u0_9',
+      'delete counter netdev ice_ingress cu0_3',
+      'delete counter netdev ice_ingress cd0_3',
     ]);
-    expect(deleteOwnedLines({ elements: [], chains: [] })).toEqual([]);
+    expect(deleteOwnedLines({ elements: [], chains: [], counters: [] })).toEqual([]);
   });
 
-  it('counter keys are the 4-tuples: client . listening address, backend . upstream socket', () => {
-    const f = flowOf(['198.18.0.2', 40000], ['10.77.2.11', 20000], 16390);
-    expect(upKey(f, LISTEN)).toBe('198.18.0.2|40000|198.18.0.1|10000');
-    expect(downKey(f)).toBe('10.77.2.11|20000|10.77.2.1|16390');
+  it("a session's named counters: one per direction, a worker's carry its id, created and deleted by name", () => {
+    expect(counterNames(7)).toEqual({ up: 'cu7', down: 'cd7' });
+    expect(counterNames(7, 2)).toEqual({ up: 'cu2_7', down: 'cd2_7' });
+    expect(addCounterLines(7)).toEqual([
+      'add counter netdev ice_ingress cu7',
+      'add counter netdev ice_ingress cd7',
+    ]);
+    expect(deleteCounterLines(7, 2)).toEqual([
+      'delete counter netdev ice_ingress cu2_7',
+      'delete counter netdev ice_ingress cd2_7',
+    ]);
+    // A moved session's chains (a new chain id) keep counting into its counters.
+    const f = flowOf(['198.18.0.2', 40000], ['10.77.2.11', 10000], 16384);
+    expect(addFlowLines(f, 9, LISTEN, undefined, 3).slice(0, 2)).toEqual([
+      'add chain netdev ice_ingress u9 { counter name "cu3"; ip daddr set 10.77.2.11; udp sport set 16384; ip saddr set 10.77.2.1; fwd ip to 10.77.2.11 device "eth1"; }',
+      'add chain netdev ice_ingress d9 { counter name "cd3"; ip daddr set 198.18.0.2; udp dport set 40000; ip saddr set 198.18.0.1; fwd ip to 198.18.0.254 device "eth0"; }',
+    ]);
+    expect(ownsCounter('cu2_7', 2)).toBe(true);
+    expect(ownsCounter('cd2_7', 2)).toBe(true);
+    for (const c of ['cu12_7', 'cu7', 'u2_7', 'cx2_7', 'cu2_7x', 'cu2_'])
+      expect(ownsCounter(c, 2)).toBe(false);
   });
 });
 
@@ -253,8 +275,11 @@ describe('FlowPlan batches', () => {
     expect(plan.dirty).toBe(2);
     const batch = plan.take(look)!;
     expect(batch.resync).toBe(false);
+    // Each session's counters first, then the chains that count into them.
     expect(batch.lines).toEqual([
+      ...addCounterLines(1),
       ...addFlowLines(flowOf(['198.18.0.2', 40000], ['10.77.2.11', 10000], 16384), 1, LISTEN),
+      ...addCounterLines(2),
       ...addFlowLines(flowOf(['198.18.0.2', 40001], ['10.77.2.11', 10000], 16385), 2, LISTEN),
     ]);
     expect(batch.changes.map((c) => [c.s, c.from, c.to?.id])).toEqual([
@@ -283,13 +308,16 @@ describe('FlowPlan batches', () => {
       'delete element netdev ice_ingress flows { 10.77.2.11 . 10000 . 10.77.2.1 . 16384 }',
       'delete chain netdev ice_ingress u1',
       'delete chain netdev ice_ingress d1',
-      'add chain netdev ice_ingress u2 { ip daddr set 10.77.2.11; udp sport set 16384; ip saddr set 10.77.2.1; fwd ip to 10.77.2.11 device "eth1"; }',
-      'add chain netdev ice_ingress d2 { ip daddr set 198.18.0.2; udp dport set 40999; ip saddr set 198.18.0.1; fwd ip to 198.18.0.254 device "eth0"; }',
+      // New chains, the same counters: nothing counted before the move is lost.
+      'add chain netdev ice_ingress u2 { counter name "cu1"; ip daddr set 10.77.2.11; udp sport set 16384; ip saddr set 10.77.2.1; fwd ip to 10.77.2.11 device "eth1"; }',
+      'add chain netdev ice_ingress d2 { counter name "cd1"; ip daddr set 198.18.0.2; udp dport set 40999; ip saddr set 198.18.0.1; fwd ip to 198.18.0.254 device "eth0"; }',
       'add element netdev ice_ingress flows { 198.18.0.2 . 40999 . 198.18.0.1 . 10000 : goto u2 }',
       'add element netdev ice_ingress flows { 10.77.2.11 . 10000 . 10.77.2.1 . 16384 : goto d2 }',
     ]);
     // Not a first install: no hand-over time again.
     expect(plan.commit(batch, 3)).toEqual([]);
+    expect(plan.counters()).toEqual([{ s, up: 'cu1', down: 'cd1' }]);
+    expect(plan.takeRetired()).toBeUndefined();
     expect(plan.installedFlow(s)!.client).toEqual({ address: '198.18.0.2', port: 40999 });
   });
 
@@ -323,11 +351,17 @@ describe('FlowPlan batches', () => {
     plan.commit(plan.take(look)!, 1);
     plan.closed(s);
     const batch = plan.take(look)!;
+    // The chains and elements go; the counters stay for the next read.
     expect(batch.lines).toEqual(
       deleteFlowLines(flowOf(['198.18.0.2', 40001], ['10.77.2.12', 10000], 16385), 1, LISTEN),
     );
     plan.commit(batch, 2);
     expect(plan.installed).toBe(0);
+    expect(plan.counters()).toEqual([{ s, up: 'cu1', down: 'cd1' }]);
+    // After that read they are deleted, once.
+    expect(plan.takeRetired()).toEqual({ lines: deleteCounterLines(1), names: ['cu1', 'cd1'] });
+    expect(plan.counters()).toEqual([]);
+    expect(plan.takeRetired()).toBeUndefined();
     plan.changed(s);
     expect(plan.dirty).toBe(0);
     // Not tracked any more: a resync has nothing to say about either.
@@ -346,10 +380,17 @@ describe('FlowPlan batches', () => {
     const batch = plan.take(look)!;
     expect(batch.lines).toEqual([
       ...deleteFlowLines(flowOf(['198.18.0.2', 40000], ['10.77.2.11', 10000], 16384), 1, LISTEN),
+      ...addCounterLines(2),
       ...addFlowLines(flowOf(['198.18.0.2', 40000], ['10.77.2.12', 10000], 16390), 2, LISTEN),
     ]);
     expect(plan.commit(batch, 6)).toEqual([{ s: next, ms: 1 }]);
     expect(plan.installed).toBe(1);
+    // The taken-over session's counters are read once more, then deleted.
+    expect(plan.counters()).toEqual([
+      { s: next, up: 'cu2', down: 'cd2' },
+      { s: old, up: 'cu1', down: 'cd1' },
+    ]);
+    expect(plan.takeRetired()!.lines).toEqual(deleteCounterLines(1));
   });
 
   it('IPv6 sessions stay in userspace; one without a resolved source waits, dirty, until it has one', () => {
@@ -370,14 +411,15 @@ describe('FlowPlan batches', () => {
     look.sources.set('10.77.2.13', '10.77.2.9');
     expect(plan.missingSources(look)).toEqual([]);
     const batch = plan.take(look)!;
-    expect(batch.lines).toEqual(
-      addFlowLines(
+    expect(batch.lines).toEqual([
+      ...addCounterLines(1),
+      ...addFlowLines(
         { ...flowOf(['198.18.0.2', 40000], ['10.77.2.13', 10000], 16385), source: '10.77.2.9' },
         1,
         LISTEN,
       ),
-    );
-    expect(batch.lines[0]).toContain('ip saddr set 10.77.2.9;');
+    ]);
+    expect(batch.lines[2]).toContain('ip saddr set 10.77.2.9;');
     expect(plan.dirty).toBe(0);
   });
 
@@ -421,8 +463,8 @@ describe('FlowPlan batches', () => {
     const batch = plan.take(look)!;
     expect(batch.lines).toEqual([
       ...deleteFlowLines(flowOf(['198.18.0.2', 40000], ['10.77.2.11', 10000], 16384), 1, LISTEN),
-      'add chain netdev ice_ingress u2 { ip daddr set 10.77.2.11; udp sport set 16384; ip saddr set 10.77.2.1; fwd ip to 10.77.0.1 device "eth2"; }',
-      'add chain netdev ice_ingress d2 { ip daddr set 198.18.0.2; udp dport set 40000; ip saddr set 198.18.0.1; fwd ip to 198.18.0.254 device "eth0"; }',
+      'add chain netdev ice_ingress u2 { counter name "cu1"; ip daddr set 10.77.2.11; udp sport set 16384; ip saddr set 10.77.2.1; fwd ip to 10.77.0.1 device "eth2"; }',
+      'add chain netdev ice_ingress d2 { counter name "cd1"; ip daddr set 198.18.0.2; udp dport set 40000; ip saddr set 198.18.0.1; fwd ip to 198.18.0.254 device "eth0"; }',
       'add element netdev ice_ingress flows { 198.18.0.2 . 40000 . 198.18.0.1 . 10000 : goto u2 }',
       'add element netdev ice_ingress flows { 10.77.2.11 . 10000 . 10.77.2.1 . 16384 : goto d2 }',
     ]);
@@ -443,7 +485,7 @@ describe('FlowPlan batches', () => {
       ),
     );
     expect(lines[5]).toBe(
-      'add chain netdev ice_ingress d3 { ip daddr set 198.18.0.2; udp dport set 40000; ip saddr set 198.18.0.1; fwd ip to 198.18.0.253 device "eth0"; }',
+      'add chain netdev ice_ingress d3 { counter name "cd1"; ip daddr set 198.18.0.2; udp dport set 40000; ip saddr set 198.18.0.1; fwd ip to 198.18.0.253 device "eth0"; }',
     );
     expect(lines).toHaveLength(8);
   });
@@ -459,7 +501,7 @@ describe('FlowPlan batches', () => {
     const lines = plan.take(look)!.lines;
     expect(lines).toHaveLength(8);
     expect(lines[4]).toBe(
-      'add chain netdev ice_ingress u2 { ip daddr set 10.77.2.11; udp sport set 16384; ip saddr set 10.77.2.2; fwd ip to 10.77.2.11 device "eth1"; }',
+      'add chain netdev ice_ingress u2 { counter name "cu1"; ip daddr set 10.77.2.11; udp sport set 16384; ip saddr set 10.77.2.2; fwd ip to 10.77.2.11 device "eth1"; }',
     );
   });
 
@@ -480,10 +522,15 @@ describe('FlowPlan batches', () => {
     expect(r.resync).toBe(true);
     expect(r.lines).toEqual([
       tableScript(PARAMS).trimEnd(),
+      // The table's recreation took the old counters: new ones, from zero.
+      ...addCounterLines(3),
       ...addFlowLines(flowOf(['198.18.0.2', 40000], ['10.77.2.11', 10000], 16384), 3, LISTEN),
     ]);
     expect(plan.commit(r, 2)).toEqual([]);
     expect(plan.installed).toBe(1);
+    // The closed session's old counters went with the table: nothing to retire.
+    expect(plan.counters()).toEqual([{ s, up: 'cu3', down: 'cd3' }]);
+    expect(plan.takeRetired()).toBeUndefined();
     // The waiting one is still dirty; the closed one is forgotten.
     expect(plan.dirty).toBe(1);
     plan.changed(closing);
@@ -504,9 +551,10 @@ describe('FlowPlan batches', () => {
     plan.established(s, 4);
     plan.take(look); // the transaction fails: never committed
     const r = plan.resync(look);
-    expect(r.lines.slice(1)).toEqual(
-      addFlowLines(flowOf(['198.18.0.2', 40000], ['10.77.2.11', 10000], 16384), 2, LISTEN),
-    );
+    expect(r.lines.slice(1)).toEqual([
+      ...addCounterLines(2),
+      ...addFlowLines(flowOf(['198.18.0.2', 40000], ['10.77.2.11', 10000], 16384), 2, LISTEN),
+    ]);
     expect(plan.commit(r, 9)).toEqual([{ s, ms: 5 }]);
   });
 
@@ -565,7 +613,7 @@ describe("one worker's objects in the shared table, from nft -j", () => {
     expect(ownedElements(text, 2)).toEqual([]);
     // The keys delete the very elements they were listed from.
     const f = flowOf(['198.18.0.2', 40000], ['10.77.2.11', 10000], 16384);
-    expect(deleteOwnedLines({ elements: ownedElements(text, 0), chains: [] })).toEqual(
+    expect(deleteOwnedLines({ elements: ownedElements(text, 0), chains: [], counters: [] })).toEqual(
       deleteFlowLines(f, 1, LISTEN, 0).slice(0, 2),
     );
     // An empty map has no `elem`; malformed text names nothing.
@@ -619,7 +667,9 @@ describe('FlowPlan in a worker thread', () => {
     plan.established(closing, 0);
     const first = plan.take(look)!;
     expect(first.lines).toEqual([
+      ...addCounterLines(1, 1),
       ...addFlowLines(flowOf(['198.18.0.2', 40000], ['10.77.2.11', 10000], 16384), 1, LISTEN, 1),
+      ...addCounterLines(2, 1),
       ...addFlowLines(flowOf(['198.18.0.2', 40001], ['10.77.2.11', 10000], 16385), 2, LISTEN, 1),
     ]);
     plan.commit(first, 1);
@@ -630,11 +680,13 @@ describe('FlowPlan in a worker thread', () => {
     const owned = {
       elements: ['198.18.0.2 . 40000 . 198.18.0.1 . 10000', '10.77.2.11 . 10000 . 10.77.2.1 . 16384'],
       chains: ['u1_1', 'd1_1', 'u1_2', 'd1_2'],
+      counters: ['cu1_1', 'cd1_1', 'cu1_2', 'cd1_2'],
     };
     const r = plan.resyncOwned(owned, look);
     expect(r.resync).toBe(true);
     expect(r.lines).toEqual([
       ...deleteOwnedLines(owned),
+      ...addCounterLines(3, 1),
       ...addFlowLines(flowOf(['198.18.0.2', 40000], ['10.77.2.11', 10000], 16384), 3, LISTEN, 1),
     ]);
     expect(r.lines.join('\n')).not.toMatch(/table/);
@@ -661,65 +713,52 @@ describe('FlowPlan in a worker thread', () => {
     expect(plan.deleteAllLines()).toEqual([
       ...deleteFlowLines(flowOf(['198.18.0.2', 40000], ['10.77.2.11', 10000], 16384), 1, LISTEN, 0),
       ...deleteFlowLines(flowOf(['198.18.0.2', 40001], ['10.77.2.12', 10000], 16385), 2, LISTEN, 0),
+      ...deleteCounterLines(1, 0),
+      ...deleteCounterLines(2, 0),
+    ]);
+    // A closed session's counters, retiring, go too (after the chains that referenced them).
+    plan.closed(a);
+    plan.commit(plan.take(look)!, 2);
+    expect(plan.deleteAllLines()).toEqual([
+      ...deleteFlowLines(flowOf(['198.18.0.2', 40001], ['10.77.2.12', 10000], 16385), 2, LISTEN, 0),
+      ...deleteCounterLines(2, 0),
+      ...deleteCounterLines(1, 0),
     ]);
   });
 });
 
-describe('element counters from nft -j', () => {
-  it('reads per-element counters of the verdict map and ignores malformed input', () => {
-    const f = flowOf(['198.18.0.2', 40000], ['10.77.2.11', 10000], 16384);
-    const up = JSON.stringify({
-      nftables: [
-        { metainfo: { version: '1.0.6', release_name: 'Lester Gooch #5', json_schema_version: 1 } },
-        {
-          map: {
-            family: 'netdev',
-            name: 'flows',
-            table: 'ice_ingress',
-            type: ['ipv4_addr', 'inet_service', 'ipv4_addr', 'inet_service'],
-            handle: 1,
-            map: 'verdict',
-            elem: [
-              [
-                {
-                  elem: {
-                    val: { concat: ['198.18.0.2', 40000, '198.18.0.1', 10000] },
-                    counter: { packets: 7, bytes: 1428 },
-                  },
-                },
-                { goto: { target: 'u1' } },
-              ],
-              // Without a counter: not counted.
-              [{ concat: ['198.18.0.3', 40000, '198.18.0.1', 10000] }, { goto: { target: 'u2' } }],
-              [
-                {
-                  elem: {
-                    val: { concat: ['10.77.2.11', 10000, '10.77.2.1', 16384] },
-                    counter: { packets: 3, bytes: 300 },
-                  },
-                },
-                { goto: { target: 'd1' } },
-              ],
-            ],
-          },
-        },
-      ],
-    });
-    const c = parseElementCounters(up);
-    expect([...c]).toEqual([
-      ['flows:198.18.0.2|40000|198.18.0.1|10000', { packets: 7, bytes: 1428 }],
-      ['flows:10.77.2.11|10000|10.77.2.1|16384', { packets: 3, bytes: 300 }],
+/** `nft -j list counters table netdev ice_ingress`, as nftables 1.0.6 printed it in a scratch namespace. */
+const COUNTERS_LISTING =
+  '{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, ' +
+  '{"counter": {"family": "netdev", "name": "cu1", "table": "ice_ingress", "handle": 4, "packets": 7, "bytes": 1428}}, ' +
+  '{"counter": {"family": "netdev", "name": "cd1", "table": "ice_ingress", "handle": 5, "packets": 3, "bytes": 300}}, ' +
+  '{"counter": {"family": "netdev", "name": "cu0_2", "table": "ice_ingress", "handle": 9, "packets": 0, "bytes": 0}}]}';
+
+describe('named counters from nft -j', () => {
+  it("reads every counter of our table by name and ignores others' and malformed input", () => {
+    expect([...parseCounters(COUNTERS_LISTING)]).toEqual([
+      ['cu1', { packets: 7, bytes: 1428 }],
+      ['cd1', { packets: 3, bytes: 300 }],
+      ['cu0_2', { packets: 0, bytes: 0 }],
     ]);
-    // The keys are those the fast path looks a flow's counters up by.
-    expect(c.get(`flows:${upKey(f, LISTEN)}`)).toEqual({ packets: 7, bytes: 1428 });
-    expect(c.get(`flows:${downKey(f)}`)).toEqual({ packets: 3, bytes: 300 });
-    // An empty map has no `elem`.
-    expect(parseElementCounters('{"nftables":[{"map":{"name":"flows","table":"ice_ingress"}}]}').size).toBe(
-      0,
-    );
-    expect(parseElementCounters('not json').size).toBe(0);
-    expect(parseElementCounters('{"nftables":7}').size).toBe(0);
-    expect(parseElementCounters('null').size).toBe(0);
+    // A table with no counters prints only the metainfo.
+    expect(parseCounters('{"nftables": [{"metainfo": {"version": "1.0.6"}}]}').size).toBe(0);
+    expect(
+      parseCounters(
+        '{"nftables":[{"counter":{"family":"ip","table":"ice_ingress","name":"cu1","packets":1,"bytes":1}},' +
+          '{"counter":{"family":"netdev","table":"other","name":"cu1","packets":1,"bytes":1}},' +
+          '{"counter":{"family":"netdev","table":"ice_ingress","name":"cu2"}}]}',
+      ).size,
+    ).toBe(0);
+    expect(parseCounters('not json').size).toBe(0);
+    expect(parseCounters('{"nftables":7}').size).toBe(0);
+    expect(parseCounters('null').size).toBe(0);
+  });
+
+  it("a worker's own counters are those named for it", () => {
+    expect(ownedCounters(COUNTERS_LISTING, 0)).toEqual(['cu0_2']);
+    expect(ownedCounters(COUNTERS_LISTING, 1)).toEqual([]);
+    expect(ownedCounters('not json', 0)).toEqual([]);
   });
 });
 
