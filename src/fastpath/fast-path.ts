@@ -101,6 +101,11 @@ export class NftFastPath implements FlowListener {
   #poller: NodeJS.Timeout | undefined;
   #flushing = false;
   #pollsYielded = 0;
+  /**
+   * Closed sessions whose close log waits for their last kernel counts (the registry writes it
+   * when the promise `closed` returned settles): released once no counter of theirs is left to read.
+   */
+  readonly #closeLogs = new Map<Session, () => void>();
   #stopped = false;
   /** Set after a resynchronisation failed too: the table is gone, everything stays in Node. */
   #disabled = false;
@@ -172,10 +177,24 @@ export class NftFastPath implements FlowListener {
     this.#plan.changed(s);
     this.#schedule();
   }
-  closed(s: Session, _reason: CloseReason, established: boolean): void {
-    if (!established) return;
-    this.#plan.closed(s);
+  closed(s: Session, _reason: CloseReason, established: boolean): Promise<void> | undefined {
+    if (!established) return undefined;
+    // A session in the kernel (or, while a batch runs, maybe about to be) has counts to come: its
+    // close log waits for the read that takes its counters' last values (docs/fast-path.md,
+    // "Counters"), at most a poll interval or so.
+    const counted = this.#plan.closed(s) || this.#flushing;
     this.#schedule();
+    if (!counted || this.#stopped || this.#disabled) return undefined;
+    return new Promise((resolve) => this.#closeLogs.set(s, resolve));
+  }
+
+  /** Lets the close logs go of every waiting session with nothing left to read (all: `everyone`). */
+  #releaseCloseLogs(everyone = false): void {
+    for (const [s, resolve] of this.#closeLogs) {
+      if (!everyone && !this.#disabled && this.#plan.hasCounters(s)) continue;
+      this.#closeLogs.delete(s);
+      resolve();
+    }
   }
 
   /**
@@ -195,6 +214,7 @@ export class NftFastPath implements FlowListener {
     } catch {
       // Best effort; the table goes anyway.
     }
+    this.#releaseCloseLogs(true);
     if (this.#attached) {
       // Before the worker's sockets close, as one process deletes its table first: from here on
       // Node sees this worker's media. A failure leaves them to the table's deletion.
@@ -308,6 +328,15 @@ export class NftFastPath implements FlowListener {
   }
 
   async #resync(): Promise<void> {
+    try {
+      await this.#resyncTable();
+    } finally {
+      // Closed sessions' counters went with the rewrite (their counts since the last read are lost).
+      this.#releaseCloseLogs();
+    }
+  }
+
+  async #resyncTable(): Promise<void> {
     const batch = this.#plan.resync(this.#look);
     try {
       await this.#d.nft.apply(`${batch.lines.join('\n')}\n`);
@@ -334,6 +363,14 @@ export class NftFastPath implements FlowListener {
    * delete what it listed, and the other workers keep theirs.
    */
   async #resyncOwned(): Promise<void> {
+    try {
+      await this.#resyncOwnedObjects();
+    } finally {
+      this.#releaseCloseLogs();
+    }
+  }
+
+  async #resyncOwnedObjects(): Promise<void> {
     const worker = this.#opt.worker!;
     let owned: OwnedObjects | undefined;
     try {
@@ -371,6 +408,14 @@ export class NftFastPath implements FlowListener {
    * transaction; if it fails, a resynchronisation).
    */
   async #poll(): Promise<void> {
+    try {
+      await this.#read();
+    } finally {
+      this.#releaseCloseLogs();
+    }
+  }
+
+  async #read(): Promise<void> {
     // Nothing of ours to read (also: a worker's table may not exist yet before its first session).
     const sessions = this.#plan.counters();
     if (this.#disabled || sessions.length === 0) return;

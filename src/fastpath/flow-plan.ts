@@ -159,11 +159,18 @@ export class FlowPlan {
     this.#dirty.add(s);
   }
 
-  closed(s: Session): void {
+  /** Returns whether the session has (or had) a kernel flow, i.e. counters still to read. */
+  closed(s: Session): boolean {
     const t = this.#tracked.get(s);
-    if (t === undefined) return;
+    if (t === undefined) return false;
     t.closed = true;
     this.#dirty.add(s);
+    return t.counter !== undefined || t.installed !== undefined;
+  }
+
+  /** Whether `s` has counters in the kernel (live or retiring) that a read has yet to take. */
+  hasCounters(s: Session): boolean {
+    return this.#tracked.get(s)?.counter !== undefined || this.#retiring.some((r) => r.s === s);
   }
 
   /** The installed flow of `s`, if any (for counters). */

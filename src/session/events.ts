@@ -23,6 +23,11 @@ export interface FlowListener {
   currentChanged?(s: Session, ep: ClientEndpoint): void;
   /** A 5-tuple left an established session (idle extra endpoint, taken over by an ICE restart). */
   endpointLeft?(s: Session, ep: ClientEndpoint): void;
-  /** The session ended. `established` says whether it ever was (probing flows close too). */
-  closed?(s: Session, reason: CloseReason, established: boolean): void;
+  /**
+   * The session ended. `established` says whether it ever was (probing flows close too). A
+   * listener that still has counts of the session to add (the kernel fast path: what its counters
+   * counted since their last read) returns a promise, and the registry writes the session's close
+   * log once it has settled (docs/fast-path.md, "Counters").
+   */
+  closed?(s: Session, reason: CloseReason, established: boolean): void | Promise<void>;
 }

@@ -270,7 +270,13 @@ export class SessionRegistry {
     if (d.ports !== undefined && s.upstream.localPort > 0)
       d.ports.release(s.upstream.localPort, now, s.answered);
     d.counters.closed[CLOSE_REASONS.indexOf(reason)]!++;
-    if (wasEstablished) {
+    const pending: Array<Promise<void>> = [];
+    for (const l of this.#listeners) {
+      const p = l.closed?.(s, reason, wasEstablished);
+      if (p !== undefined) pending.push(p);
+    }
+    if (!wasEstablished) return;
+    const log = (): void =>
       d.log.info(
         {
           session: s.id,
@@ -286,8 +292,10 @@ export class SessionRegistry {
         },
         'session closed',
       );
-    }
-    for (const l of this.#listeners) l.closed?.(s, reason, wasEstablished);
+    // The kernel fast path's last counts of the session come with its next counter read
+    // (docs/fast-path.md, "Counters"): the log waits for them.
+    if (pending.length === 0) log();
+    else void Promise.allSettled(pending).then(log);
   }
 
   /** Marks an ICE restart of `s` in progress (the probing session `next`), or none. */

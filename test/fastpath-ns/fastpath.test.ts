@@ -136,6 +136,16 @@ async function c2bTarget(port: number): Promise<string | undefined> {
   return hit === undefined ? undefined : daddrOf.get(hit[1].goto.target);
 }
 
+/** The single proxy's `session closed` log line of session `id` (its agent's stderr), if written yet. */
+function closeLogOf(id: number): { reason: string; packetsUp: number; packetsDown: number } | undefined {
+  for (const line of readFileSync(t().logPath('proxy'), 'utf8').split('\n')) {
+    if (!line.includes('"session closed"')) continue;
+    const j = JSON.parse(line) as { session: number; reason: string; packetsUp: number; packetsDown: number };
+    if (j.session === id) return j;
+  }
+  return undefined;
+}
+
 /** The foreign table's rules without counter values, and its counters in order. */
 async function foreign(): Promise<{ rules: string; counters: number[] }> {
   const text = await nft('prx', ['list', 'table', 'inet', 'foreign_fw']);
@@ -318,8 +328,20 @@ describe('kernel fast path (nftables) in network namespaces', () => {
     expect(metrics).toMatch(/^ice_ingress_fastpath_handover_seconds_count 1$/m);
   });
 
-  it('NAT rebinding: the backend confirms the new 5-tuple through Node, then the kernel follows it', async () => {
-    const old = (await state()).sessions[0]!.current;
+  it('NAT rebinding: the backend confirms the new 5-tuple through Node, then the kernel follows it; no kernel count is lost across the move', async () => {
+    const pre = await state(true); // a counter read: what follows is since it
+    const old = pre.sessions[0]!.current;
+    // Media through the kernel, then the rebinding moves the session's chains and elements before
+    // the next read (every 1 s here): the session's counters are not the elements', so nothing is lost.
+    const b0 = await ask<Burst>(c1, {
+      cmd: 'burst',
+      target: PUBLIC,
+      count: 100,
+      intervalMs: 1,
+      size: 200,
+      waitMs: 2000,
+    });
+    expect(b0.echoed).toBe(100);
     await c1.request({ cmd: 'rebind' });
     await c1.request({ cmd: 'check', target: PUBLIC, server: s1 });
     const st = await until(
@@ -333,6 +355,12 @@ describe('kernel fast path (nftables) in network namespaces', () => {
       (n) => n === 1,
     );
     const before = await state(true);
+    // Every datagram of the burst before the move, in /metrics' kernel series and in the session.
+    expect(before.fastPath.totals.packetsUp - pre.fastPath.totals.packetsUp).toBe(100);
+    expect(before.fastPath.totals.packetsDown - pre.fastPath.totals.packetsDown).toBe(100);
+    expect(before.fastPath.totals.bytesUp - pre.fastPath.totals.bytesUp).toBe(100 * 200);
+    expect(before.sessions[0]!.packetsUp - pre.sessions[0]!.packetsUp).toBeGreaterThanOrEqual(100);
+    expect(before.sessions[0]!.packetsDown - pre.sessions[0]!.packetsDown).toBeGreaterThanOrEqual(100);
     // Paced: 200 back-to-back datagrams can overflow the fake JVB's receive buffer when its
     // process is not scheduled at once (RcvbufErrors in its namespace), which is not under test.
     const r = await ask<Burst>(c1, {
@@ -389,7 +417,19 @@ describe('kernel fast path (nftables) in network namespaces', () => {
     s2ufrag = s2.ufrag;
   });
 
-  it('backend removal deletes the entries: media then reaches Node, which drops it as an unknown flow', async () => {
+  it('backend removal deletes the entries: media then reaches Node, which drops it as an unknown flow; the close log has every kernel count', async () => {
+    const pre = await state(true);
+    const mine = pre.sessions.find((x: SessionRow) => x.serverUfrag === s2ufrag)!;
+    // A burst through the kernel, and the session closes before the next counter read.
+    const b0 = await ask<Burst>(c1, {
+      cmd: 'burst',
+      target: PUBLIC,
+      count: 100,
+      intervalMs: 1,
+      size: 200,
+      waitMs: 2000,
+    });
+    expect(b0.echoed).toBe(100);
     await proxy.request({ cmd: 'backends', text: `pod1=${ADDR.pods.pod1}:${PORT}` });
     const st = await until(
       'entries deleted',
@@ -409,6 +449,15 @@ describe('kernel fast path (nftables) in network namespaces', () => {
       (s) => s.drops.unknown_flow_rtp! - st.drops.unknown_flow_rtp! === 50,
     );
     expect(after.fastPath.totals.packetsUp).toBe(st.fastPath.totals.packetsUp);
+    // The close log waited for the read that took the session's counters' last values.
+    const log = await until(
+      'its close log',
+      async () => closeLogOf(mine.id),
+      (x) => x !== undefined,
+    );
+    expect(log).toMatchObject({ reason: 'backend_gone' });
+    expect(log!.packetsUp).toBe(mine.packetsUp + 100);
+    expect(log!.packetsDown).toBe(mine.packetsDown + 100);
     await proxy.request({ cmd: 'backends', text: BACKENDS });
   });
 

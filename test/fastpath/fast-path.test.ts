@@ -508,6 +508,37 @@ describe('NftFastPath', () => {
     expect(fp.stats).toMatchObject({ transactions: 3, failures: 0, polls: 1 });
   });
 
+  it("a closed session's close log waits for the read that takes its last counts", async () => {
+    const { nft, host, fp } = await setup();
+    const s = session(40001, 16385);
+    fp.established(s);
+    await fp.flushNow();
+    nft.forward('up', '198.18.0.2|40001', 9, 100);
+    let logged: KernelCounts | undefined;
+    const wait = fp.closed(s, 'idle', true);
+    expect(wait).toBeInstanceOf(Promise);
+    void wait!.then(() => {
+      logged = { ...host.counts.get(s.id)! };
+    });
+    await fp.flushNow();
+    await new Promise((r) => setImmediate(r));
+    expect(logged).toBeUndefined(); // chains gone, counters not read yet
+    await fp.pollNow();
+    await new Promise((r) => setImmediate(r));
+    expect(logged).toMatchObject({ packetsUp: 9 });
+    // Nothing to wait for: a session never in the kernel, a probing flow, and after stop.
+    const quick = session(40002, 16386);
+    fp.established(quick);
+    expect(fp.closed(quick, 'idle', true)).toBeUndefined();
+    expect(fp.closed(session(40003, 16387), 'probe_failed', false)).toBeUndefined();
+    const late = session(40004, 16388);
+    fp.established(late);
+    await fp.flushNow();
+    const lateWait = fp.closed(late, 'shutdown', true)!;
+    await fp.stop();
+    await lateWait; // released by stop's last read
+  });
+
   it('a failed deletion of retired counters is followed by a rewrite of the table', async () => {
     const { nft, host, fp } = await setup();
     const a = session(40000, 16384);

@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { pino } from 'pino';
 import { describe, expect, it } from 'vitest';
 import { CLOSE_REASONS, DROP_REASON_LABELS, ROUTE_LABELS } from '../../src/proxy/counters.ts';
 import { ACTIVATION_ROUNDS } from '../../src/routing/source-shares.ts';
@@ -828,6 +829,36 @@ describe('sessions over time', () => {
     expect(e3.up.closed).toBe(true);
     expect(r.transport.open()).toHaveLength(0);
     expect(r.transport.violations).toEqual([]);
+  });
+
+  it("a listener with counts still to add (the kernel fast path) holds the session's close log until they are in", async () => {
+    const lines: Array<Record<string, unknown>> = [];
+    const log = pino({ level: 'info' }, { write: (m: string) => lines.push(JSON.parse(m)) });
+    const r = rig({ log });
+    let release = (): void => {};
+    const held = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    r.datapath.addListener({ closed: (_s, _reason, wasEstablished) => (wasEstablished ? held : undefined) });
+    const e = established(r, r.backends[0]!, A);
+    const s = [...r.datapath.registry.sessions].find((x) => x.id === e.id)!;
+    const up = s.packetsUp;
+    const down = s.packetsDown;
+    r.datapath.registry.close(s, 'idle');
+    const closedLogs = () => lines.filter((l) => l['msg'] === 'session closed');
+    expect(closedLogs()).toEqual([]);
+    // What the kernel forwarded since the last read arrives after the close: the log has it.
+    r.datapath.registry.noteKernel(s, 7, 700, 3, 300);
+    release();
+    await held;
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(closedLogs()).toHaveLength(1);
+    expect(closedLogs()[0]).toMatchObject({
+      session: s.id,
+      reason: 'idle',
+      packetsUp: up + 7,
+      packetsDown: down + 3,
+    });
   });
 });
 
