@@ -84,7 +84,7 @@ export function createRegistry(src: MetricSources, withProcessMetrics = true): R
     labels.map((l, i) => [l, values[i]!]);
 
   // By direction and path: `userspace` (Node's sockets) and, with the fast path on, `kernel` (read
-  // from the nftables element counters every few seconds; the kernel forwards each datagram it
+  // from the nftables named counters every few seconds; the kernel forwards each datagram it
   // receives, so its in and out counts are equal).
   const k = src.kernel;
   const byPath = (name: string, help: string, user: () => number[], kernel: () => number[]): void => {

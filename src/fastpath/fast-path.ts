@@ -357,10 +357,10 @@ export class NftFastPath implements FlowListener {
 
   /**
    * Attached mode's resynchronisation: the kernel is asked what of this worker's is in the table
-   * (the map's elements that jump to its chains, its chains, its counters), and one transaction deletes all
-   * of it and writes the live flows again. Nothing of another worker's is named. If it fails, this
-   * worker stops using the kernel path (its sessions are relayed by Node), after a last attempt to
-   * delete what it listed, and the other workers keep theirs.
+   * (the map's elements that jump to its chains, its chains, its counters), and one transaction
+   * deletes all of it and writes the live flows again. Nothing of another worker's is named. If it
+   * fails, this worker stops using the kernel path (its sessions are relayed by Node), after a last
+   * attempt to delete what it listed, and the other workers keep theirs.
    */
   async #resyncOwned(): Promise<void> {
     try {

@@ -6,8 +6,9 @@ import { FAMILY, FLOWS, ownsChain, ownsCounter, TABLE } from './nft-script.ts';
  * libnftables-json(5)): the verdict map (`list map netdev ice_ingress flows`), the family's
  * chains (`list chains netdev`, headers only, no rules) and the table's counters (`list counters
  * table netdev ice_ingress`). A worker's objects are the chains and counters named for it
- * (nft-script.ts, `chainNames`, `counterNames`) and the elements that jump to its chains. Pure: text in, names
- * out; malformed input yields nothing (the resynchronisation then deletes nothing it cannot name).
+ * (nft-script.ts, `chainNames`, `counterNames`) and the elements that jump to its chains. Pure:
+ * text in, names out; malformed input yields nothing (the resynchronisation then deletes nothing
+ * it cannot name).
  *
  * Only a worker's resynchronisation needs this (docs/fast-path.md, "Hand-over, batching"): its
  * plan's view of the kernel is in doubt after a failed transaction, so it asks the kernel.

@@ -1,8 +1,8 @@
 /**
  * The text of every nftables transaction the fast path sends (`nft -f -`): the table with its
- * ingress chain and verdict map, and each session's two chains and two elements. Pure functions
- * of their arguments, so the exact rules are unit-tested without root. Design and rule-by-rule
- * reasons: docs/fast-path.md.
+ * ingress chain and verdict map, and each session's two named counters, two chains and two
+ * elements. Pure functions of their arguments, so the exact rules are unit-tested without root.
+ * Design and rule-by-rule reasons: docs/fast-path.md.
  *
  * Only one table is ever created or changed: `netdev ice_ingress`. Start-up also removes
  * `ip ice_ingress`, the table of earlier versions of this fast path (same owner, same name).
@@ -143,9 +143,9 @@ export function deleteCounterLines(id: number, worker?: number): string[] {
  * One flow: a chain per direction with the rewrites as constants, and the element that jumps to
  * it. Each chain first counts into the session's named counter for its direction (`counter`, the
  * session's counter id: {@link counterNames}; the chain id by default, which is the counter id of
- * a first install). A rewrite the rule's own match makes an identity (the listening port when the backend's port
- * is the same, as with JVB's 10000) is left out: each payload write with its checksum updates is
- * the largest per-datagram cost (docs/fast-path.md, "Performance").
+ * a first install). A rewrite the rule's own match makes an identity (the listening port when
+ * the backend's port is the same, as with JVB's 10000) is left out: each payload write with its
+ * checksum updates is the largest per-datagram cost (docs/fast-path.md, "Performance").
  */
 export function addFlowLines(
   f: KernelFlow,
@@ -204,8 +204,9 @@ export interface OwnedObjects {
 
 /**
  * Deletes every listed element, chain and counter of one worker, in that order (a chain an element
- * jumps to, a counter a chain references, cannot be deleted). The start of a worker's resynchronisation: nothing of another worker's is
- * named, so their flows are untouched whatever this worker's plan believed.
+ * jumps to, a counter a chain references, cannot be deleted). The start of a worker's
+ * resynchronisation: nothing of another worker's is named, so their flows are untouched whatever
+ * this worker's plan believed.
  */
 export function deleteOwnedLines(o: OwnedObjects): string[] {
   return [
