@@ -508,6 +508,30 @@ describe('NftFastPath', () => {
     expect(fp.stats).toMatchObject({ transactions: 3, failures: 0, polls: 1 });
   });
 
+  it('the model refuses what nftables 1.0.6 refused in a scratch namespace, as a whole transaction', async () => {
+    const { nft, fp } = await setup();
+    fp.established(session(40000, 16384));
+    await fp.flushNow();
+    const before = JSON.stringify([...nft.state.counters]);
+    const chains = nft.state.chains.size;
+    // A counter a chain still references (EBUSY), one that does not exist (ENOENT), a chain that
+    // counts into a missing counter (ENOENT).
+    await expect(nft.apply('delete counter netdev ice_ingress cu1\n')).rejects.toThrow(/busy/);
+    await expect(nft.apply('delete counter netdev ice_ingress cu9\n')).rejects.toThrow(/No such file/);
+    await expect(
+      nft.apply(
+        'add counter netdev ice_ingress cu9\nadd chain netdev ice_ingress u9 { counter name "cu8"; }\n',
+      ),
+    ).rejects.toThrow(/No such file/);
+    expect(JSON.stringify([...nft.state.counters])).toBe(before); // nothing of a refused one applied
+    expect(nft.state.chains.size).toBe(chains);
+    // Deleting the chains first frees the counters, in one transaction.
+    await nft.apply(
+      `${script([...deleteFlowLines(flow(40000, 16384), 1, LISTEN), ...deleteCounterLines(1)])}`,
+    );
+    expect(nft.state.counters.size).toBe(0);
+  });
+
   it("a closed session's close log waits for the read that takes its last counts", async () => {
     const { nft, host, fp } = await setup();
     const s = session(40001, 16385);
@@ -789,6 +813,27 @@ describe("NftFastPath in worker threads (attached to the main thread's table)", 
     const idle = attached(nft, 2);
     await idle.fp.stop();
     expect(nft.scripts).toHaveLength(n);
+  });
+
+  it("a worker retires its closed session's counters after its next read, naming only its own", async () => {
+    const nft = await sharedTable();
+    const w0 = attached(nft, 0);
+    const w1 = attached(nft, 1);
+    const a = session(40000, 16384);
+    const b = session(40001, 16385);
+    w0.fp.established(a);
+    w1.fp.established(b);
+    await w0.fp.flushNow();
+    await w1.fp.flushNow();
+    nft.forward('up', '198.18.0.2|40000', 5, 100);
+    const logged = w0.fp.closed(a, 'idle', true)!;
+    await w0.fp.flushNow();
+    expect([...nft.state.counters.keys()]).toEqual(['cu0_1', 'cd0_1', 'cu1_1', 'cd1_1']);
+    await w0.fp.pollNow();
+    await logged;
+    expect(w0.host.counts.get(a.id)).toMatchObject({ packetsUp: 5 });
+    expect(nft.scripts.at(-1)).toBe(script(deleteCounterLines(1, 0)));
+    expect([...nft.state.counters.keys()]).toEqual(['cu1_1', 'cd1_1']);
   });
 
   it("a failed transaction rewrites only the worker's own objects, as the kernel lists them", async () => {
