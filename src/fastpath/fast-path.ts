@@ -222,7 +222,7 @@ export class NftFastPath implements FlowListener {
       this.#plan.forgetAll();
       if (lines.length === 0) return;
       try {
-        await this.#d.nft.apply(`${lines.join('\n')}\n`);
+        await this.#apply(lines);
         this.#d.log.info({ table: `${FAMILY} ${TABLE}` }, "fast path: this worker's flows removed");
       } catch (err) {
         this.#d.log.warn({ err: (err as Error).message }, "fast path: could not remove this worker's flows");
@@ -297,16 +297,14 @@ export class NftFastPath implements FlowListener {
       const batch = this.#plan.take(this.#look);
       if (batch === undefined) return;
       try {
-        await this.#d.nft.apply(`${batch.lines.join('\n')}\n`);
+        await this.#apply(batch.lines);
       } catch (err) {
-        this.stats.failures++;
-        this.#d.log.warn(
-          { err: (err as Error).message },
+        await this.#repair(
+          err as Error,
           this.#attached
             ? "fast path: transaction failed; rewriting this worker's flows"
             : 'fast path: transaction failed; rewriting the table',
         );
-        await (this.#attached ? this.#resyncOwned() : this.#resync());
         return;
       }
       this.stats.transactions++;
@@ -339,16 +337,13 @@ export class NftFastPath implements FlowListener {
   async #resyncTable(): Promise<void> {
     const batch = this.#plan.resync(this.#look);
     try {
-      await this.#d.nft.apply(`${batch.lines.join('\n')}\n`);
+      await this.#apply(batch.lines);
       this.stats.transactions++;
       this.#afterCommit(batch);
     } catch (err) {
       // The kernel state is unknown and cannot be repaired: take the table away; Node relays all.
-      this.stats.failures++;
-      this.#disabled = true;
-      this.#plan.forgetAll();
-      this.#d.log.error(
-        { err: (err as Error).message },
+      this.#giveUp(
+        err as Error,
         'fast path: cannot repair the table; removed, every session relayed by Node',
       );
       await this.#d.nft.apply(deleteTableScript()).catch(() => {});
@@ -385,19 +380,16 @@ export class NftFastPath implements FlowListener {
         counters: ownedCounters(counters, worker),
       };
       const batch = this.#plan.resyncOwned(owned, this.#look);
-      await this.#d.nft.apply(`${batch.lines.join('\n')}\n`);
+      await this.#apply(batch.lines);
       this.stats.transactions++;
       this.#afterCommit(batch);
     } catch (err) {
-      this.stats.failures++;
-      this.#disabled = true;
-      this.#plan.forgetAll();
-      this.#d.log.error(
-        { err: (err as Error).message },
+      this.#giveUp(
+        err as Error,
         "fast path: cannot repair this worker's flows; its sessions are relayed by Node",
       );
       const lines = owned === undefined ? [] : deleteOwnedLines(owned);
-      if (lines.length > 0) await this.#d.nft.apply(`${lines.join('\n')}\n`).catch(() => {});
+      if (lines.length > 0) await this.#apply(lines).catch(() => {});
     }
   }
 
@@ -456,15 +448,30 @@ export class NftFastPath implements FlowListener {
     if (retired === undefined) return;
     for (const name of retired.names) this.#seen.delete(name);
     try {
-      await this.#d.nft.apply(`${retired.lines.join('\n')}\n`);
+      await this.#apply(retired.lines);
       this.stats.transactions++;
     } catch (err) {
-      this.stats.failures++;
-      this.#d.log.warn(
-        { err: (err as Error).message },
-        'fast path: could not delete retired counters; rewriting',
-      );
-      await (this.#attached ? this.#resyncOwned() : this.#resync());
+      await this.#repair(err as Error, 'fast path: could not delete retired counters; rewriting');
     }
+  }
+
+  /** One transaction of `lines`. */
+  #apply(lines: readonly string[]): Promise<void> {
+    return this.#d.nft.apply(`${lines.join('\n')}\n`);
+  }
+
+  /** A transaction failed: the kernel's state is unknown, so rewrite what is ours. */
+  async #repair(err: Error, message: string): Promise<void> {
+    this.stats.failures++;
+    this.#d.log.warn({ err: err.message }, message);
+    await (this.#attached ? this.#resyncOwned() : this.#resync());
+  }
+
+  /** The repair failed too: this fast path stops, its sessions are relayed by Node. */
+  #giveUp(err: Error, message: string): void {
+    this.stats.failures++;
+    this.#disabled = true;
+    this.#plan.forgetAll();
+    this.#d.log.error({ err: err.message }, message);
   }
 }
