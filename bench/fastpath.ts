@@ -159,6 +159,24 @@ function spawnWaiting(role: Role, cmd: string, args: string[], label: string, ma
   });
 }
 
+/** `nice` arguments that run `cmd` at the highest priority, pinned to `core`. */
+const pinned = (core: 0 | 1, ...cmd: string[]): string[] => [
+  '-n',
+  '-20',
+  'taskset',
+  '-c',
+  String(core),
+  ...cmd,
+];
+
+/** Runs the C load side in the client namespace on core 1; its last stdout line is its JSON result. */
+async function udpbench<T extends { error?: string }>(args: string[]): Promise<T> {
+  const out = await topo.exec('cli', 'nice', pinned(1, binary, ...args), (SECONDS + 30) * 1000);
+  const r = JSON.parse(out.trim().split('\n').at(-1)!) as T;
+  if (r.error) throw new Error(r.error);
+  return r;
+}
+
 type Variant = 'routing' | 'kernel' | 'userspace' | 'nginx';
 const ALL_VARIANTS: Variant[] = ['routing', 'kernel', 'userspace', 'nginx'];
 /** BENCH_VARIANTS=routing,kernel: a subset, in this order (the ratios need routing; the round-trip table nginx). */
@@ -201,7 +219,7 @@ async function startRelay(
     const child = topo.spawn(
       'prx',
       'nice',
-      ['-n', '-20', 'taskset', '-c', '0', 'nginx', '-c', NGINX_CONF, '-e', `${topo.logDir}/nginx-error.log`],
+      pinned(0, 'nginx', '-c', NGINX_CONF, '-e', `${topo.logDir}/nginx-error.log`),
       {
         label: 'nginx',
       },
@@ -211,12 +229,8 @@ async function startRelay(
       throw new Error(`nginx exited ${child.exitCode}; see ${topo.logDir}/nginx.log`);
     return { target: PRX_C, stop: async () => topo.kill(child), lines };
   }
-  const args = [
-    '-n',
-    '-20',
-    'taskset',
-    '-c',
-    '0',
+  const args = pinned(
+    0,
     NODE,
     `${root}src/cli.ts`,
     '--listen',
@@ -234,7 +248,7 @@ async function startRelay(
     '--drain-timeout',
     '0s',
     ...(v === 'kernel' ? ['--fast-path', 'nftables'] : []),
-  ];
+  );
   const child = await spawnWaiting('prx', 'nice', args, `ice-ingress-${v}`, 'ice-ingress started');
   child.stdout!.on('data', (d: Buffer) => lines.push(...d.toString().split('\n')));
   return {
@@ -289,32 +303,18 @@ async function roundTrips(
   target: string,
   size: number,
 ): Promise<{ rtps: number; usPerDgram: number; reprimed: number }> {
-  const m = await measure(async () => {
-    const out = await topo.exec(
-      'cli',
-      'nice',
-      [
-        '-n',
-        '-20',
-        'taskset',
-        '-c',
-        '1',
-        binary,
-        'load',
-        target,
-        String(PORT),
-        String(SESSIONS),
-        String(size),
-        String(SECONDS),
-        String(WINDOW),
-        '300',
-      ],
-      (SECONDS + 30) * 1000,
-    );
-    const r = JSON.parse(out.trim().split('\n').at(-1)!) as LoadResult;
-    if (r.error) throw new Error(r.error);
-    return r;
-  });
+  const m = await measure(() =>
+    udpbench<LoadResult>([
+      'load',
+      target,
+      String(PORT),
+      String(SESSIONS),
+      String(size),
+      String(SECONDS),
+      String(WINDOW),
+      '300',
+    ]),
+  );
   return { rtps: m.r.roundTripsPerSec, usPerDgram: (m.busyS * 1e6) / m.dgrams, reprimed: m.r.reprimed };
 }
 
@@ -325,31 +325,18 @@ async function oneWay(
     JSON.parse(await topo.exec('prx', 'ip', ['-j', 'link', 'show', 'vc'])) as Array<{ address: string }>
   )[0]!.address;
   const pod0 = await rxPackets('pod', 'eth0');
-  const m = await measure(async () => {
-    const out = await topo.exec(
-      'cli',
-      'nice',
-      [
-        '-n',
-        '-20',
-        'taskset',
-        '-c',
-        '1',
-        binary,
-        'blast',
-        target,
-        String(PORT),
-        String(SESSIONS),
-        '100',
-        String(SECONDS),
-        'eth0',
-        nextHopMac,
-      ],
-      (SECONDS + 30) * 1000,
-    );
-    return JSON.parse(out.trim().split('\n').at(-1)!) as { sent: number; seconds: number; error?: string };
-  });
-  if (m.r.error) throw new Error(m.r.error);
+  const m = await measure(() =>
+    udpbench<{ sent: number; seconds: number; error?: string }>([
+      'blast',
+      target,
+      String(PORT),
+      String(SESSIONS),
+      '100',
+      String(SECONDS),
+      'eth0',
+      nextHopMac,
+    ]),
+  );
   const delivered = (await rxPackets('pod', 'eth0')) - pod0;
   return {
     dps: delivered / m.r.seconds,
@@ -370,7 +357,7 @@ async function handOver(): Promise<{
   const pod = await spawnWaiting(
     'pod',
     'nice',
-    ['-n', '-20', 'taskset', '-c', '1', binary, 'echo', POD, String(PORT)],
+    pinned(1, binary, 'echo', POD, String(PORT)),
     'echo',
     'ready',
   );
@@ -405,13 +392,7 @@ try {
   await build();
   // The pod: echo for round trips; for one-way, a sink that answers the handshake and a raw-prerouting
   // drop of media (cheap, no socket), counted on its interface.
-  let pod = await spawnWaiting(
-    'pod',
-    'nice',
-    ['-n', '-20', 'taskset', '-c', '1', binary, 'echo', POD, String(PORT)],
-    'echo',
-    'ready',
-  );
+  let pod = await spawnWaiting('pod', 'nice', pinned(1, binary, 'echo', POD, String(PORT)), 'echo', 'ready');
 
   // Variants interleaved within each repetition, so a neighbour's burst on a shared machine hits
   // them alike; each run starts its relay afresh.
@@ -435,13 +416,7 @@ try {
   }
 
   topo.kill(pod);
-  pod = await spawnWaiting(
-    'pod',
-    'nice',
-    ['-n', '-20', 'taskset', '-c', '1', binary, 'sink', POD, String(PORT)],
-    'sink',
-    'ready',
-  );
+  pod = await spawnWaiting('pod', 'nice', pinned(1, binary, 'sink', POD, String(PORT)), 'sink', 'ready');
   // One-way: the pod's receive work (a raw-prerouting drop) moves to core 0 too, so core 1 does
   // nothing but generate and the proxy's core is what saturates; every variant pays the same drop.
   await sh('pod', 'echo 1 > /sys/class/net/eth0/queues/rx-0/rps_cpus');
