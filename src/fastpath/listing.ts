@@ -1,8 +1,8 @@
-import { keyText } from './kernel-counters.ts';
 import { FAMILY, FLOWS, ownsChain, ownsCounter, TABLE } from './nft-script.ts';
 
 /**
- * What one worker owns in the shared table, read from three `nft -j` listings (JSON schema of
+ * Reading our table's objects from `nft -j` listings (`tableObjects`, also behind
+ * kernel-counters.ts), and what one worker owns in the shared table, read from three of them (JSON schema of
  * libnftables-json(5)): the verdict map (`list map netdev ice_ingress flows`), the family's
  * chains (`list chains netdev`, headers only, no rules) and the table's counters (`list counters
  * table netdev ice_ingress`). A worker's objects are the chains and counters named for it
@@ -23,6 +23,37 @@ function items(text: string): Json[] {
   } catch {
     return [];
   }
+}
+
+/** A key from `nft -j` as text: a concatenation's parts joined by `sep`. */
+export function keyText(v: Json, sep = '|'): string | undefined {
+  if (typeof v === 'string' || typeof v === 'number') return String(v);
+  if (v !== null && typeof v === 'object' && 'concat' in v) {
+    const parts = (v as { concat: Json[] }).concat;
+    if (!Array.isArray(parts)) return undefined;
+    const texts = parts.map((p) => keyText(p, sep));
+    return texts.includes(undefined) ? undefined : texts.join(sep);
+  }
+  return undefined;
+}
+
+/**
+ * The named objects of one kind (`chain`, `counter`) of our table in a listing, with their
+ * fields (a counter's `packets`, `bytes`). Malformed → none.
+ */
+export function tableObjects(
+  text: string,
+  kind: 'chain' | 'counter',
+): Array<Record<string, Json> & { name: string }> {
+  const out: Array<Record<string, Json> & { name: string }> = [];
+  for (const item of items(text)) {
+    const o = (item as Record<string, { family?: string; table?: string; name?: Json } | undefined> | null)?.[
+      kind
+    ];
+    if (o === undefined || o.family !== FAMILY || o.table !== TABLE || typeof o.name !== 'string') continue;
+    out.push(o as Record<string, Json> & { name: string });
+  }
+  return out;
 }
 
 /** Keys of the elements of `flows` whose verdict jumps to one of `worker`'s chains. */
@@ -51,22 +82,14 @@ export function ownedElements(mapText: string, worker: number): string[] {
 
 /** Names of `worker`'s chains in our table. */
 export function ownedChains(chainsText: string, worker: number): string[] {
-  const out: string[] = [];
-  for (const item of items(chainsText)) {
-    const c = (item as { chain?: { family?: string; table?: string; name?: string } })?.chain;
-    if (c === undefined || c.family !== FAMILY || c.table !== TABLE || typeof c.name !== 'string') continue;
-    if (ownsChain(c.name, worker)) out.push(c.name);
-  }
-  return out;
+  return tableObjects(chainsText, 'chain')
+    .map((c) => c.name)
+    .filter((n) => ownsChain(n, worker));
 }
 
 /** Names of `worker`'s named counters in our table. */
 export function ownedCounters(countersText: string, worker: number): string[] {
-  const out: string[] = [];
-  for (const item of items(countersText)) {
-    const c = (item as { counter?: { family?: string; table?: string; name?: string } })?.counter;
-    if (c === undefined || c.family !== FAMILY || c.table !== TABLE || typeof c.name !== 'string') continue;
-    if (ownsCounter(c.name, worker)) out.push(c.name);
-  }
-  return out;
+  return tableObjects(countersText, 'counter')
+    .map((c) => c.name)
+    .filter((n) => ownsCounter(n, worker));
 }
