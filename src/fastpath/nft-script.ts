@@ -9,6 +9,8 @@
  * IPv4 only (docs/fast-path.md, "IPv6").
  */
 
+import { carrierWords, ipv4Words, wordsHex } from './checksum.ts';
+
 export const TABLE = 'ice_ingress';
 export const FAMILY = 'netdev';
 const T = `${FAMILY} ${TABLE}`;
@@ -140,12 +142,34 @@ export function deleteCounterLines(id: number, worker?: number): string[] {
 }
 
 /**
+ * The writes that take a datagram's two adjacent fields `from` → `to` (addresses: `ip saddr`,
+ * `ip daddr`; ports: `udp sport`, `udp dport`). A field the match already fixes to its new value
+ * (the listening port when the backend's port is the same, as with JVB's 10000) is not written.
+ * When both change, one raw write sets the first field and a carrier in the second, and one
+ * checksummed write sets the second, which moves the checksums by the pair's whole difference
+ * (checksum.ts): each checksummed write is the largest per-datagram cost (docs/fast-path.md,
+ * "Performance").
+ */
+function pairWrites(
+  from: readonly [string, string],
+  to: readonly [string, string],
+  kind: 'address' | 'port',
+): string[] {
+  const [first, second] = kind === 'address' ? ['ip saddr', 'ip daddr'] : ['udp sport', 'udp dport'];
+  if (from[0] === to[0]) return from[1] === to[1] ? [] : [`${second} set ${to[1]}`];
+  if (from[1] === to[1]) return [`${first} set ${to[0]}`];
+  const words = kind === 'address' ? ipv4Words : (p: string): number[] => [Number(p)];
+  const x = carrierWords(words(from[0]), words(from[1]), words(to[0]));
+  const raw = kind === 'address' ? '@nh,96,64' : '@th,0,32';
+  return [`${raw} set 0x${wordsHex([...words(to[0]), ...x])}`, `${second} set ${to[1]}`];
+}
+
+/**
  * One flow: a chain per direction with the rewrites as constants, and the element that jumps to
  * it. Each chain first counts into the session's named counter for its direction (`counter`, the
  * session's counter id: {@link counterNames}; the chain id by default, which is the counter id of
- * a first install). A rewrite the rule's own match makes an identity (the listening port when
- * the backend's port is the same, as with JVB's 10000) is left out: each payload write with its
- * checksum updates is the largest per-datagram cost (docs/fast-path.md, "Performance").
+ * a first install), then writes the addresses and the ports ({@link pairWrites}) and hands the
+ * datagram to the next hop.
  */
 export function addFlowLines(
   f: KernelFlow,
@@ -157,18 +181,22 @@ export function addFlowLines(
   const n = counterNames(counter, worker);
   const up = [
     `counter name "${n.up}"`,
-    `ip daddr set ${f.backend.address}`,
-    ...(f.backend.port === listen.port ? [] : [`udp dport set ${f.backend.port}`]),
-    `udp sport set ${f.upstreamPort}`,
-    `ip saddr set ${f.source}`,
+    ...pairWrites([f.client.address, listen.address], [f.source, f.backend.address], 'address'),
+    ...pairWrites(
+      [String(f.client.port), String(listen.port)],
+      [String(f.upstreamPort), String(f.backend.port)],
+      'port',
+    ),
     `fwd ip to ${f.toBackend.via} device "${f.toBackend.dev}"`,
   ];
   const down = [
     `counter name "${n.down}"`,
-    `ip daddr set ${f.client.address}`,
-    `udp dport set ${f.client.port}`,
-    ...(f.backend.port === listen.port ? [] : [`udp sport set ${listen.port}`]),
-    `ip saddr set ${listen.address}`,
+    ...pairWrites([f.backend.address, f.source], [listen.address, f.client.address], 'address'),
+    ...pairWrites(
+      [String(f.backend.port), String(f.upstreamPort)],
+      [String(listen.port), String(f.client.port)],
+      'port',
+    ),
     `fwd ip to ${f.toClient.via} device "${f.toClient.dev}"`,
   ];
   const c = chainNames(id, worker);

@@ -634,7 +634,7 @@ describe('NftFastPath', () => {
       ]),
     );
     expect(nft.chainOf('up', '198.18.0.2|40000')).toBe(
-      'counter name "cu1"; ip daddr set 10.77.2.11; udp sport set 16384; ip saddr set 10.77.2.1; fwd ip to 10.88.0.1 device "eth2"',
+      'counter name "cu1"; @nh,96,64 set 0x0a4d02017fda0000; ip daddr set 10.77.2.11; udp sport set 16384; fwd ip to 10.88.0.1 device "eth2"',
     );
     expect(fp.kernelSessions).toBe(1);
     expect(fp.stats.handovers).toBe(1);

@@ -123,8 +123,8 @@ describe('nftables script text', () => {
     const f = flowOf(['198.18.0.2', 40000], ['10.77.2.11', 10000], 16384);
     // The backend listens on our listening port: no dport rewrite up, no sport rewrite down.
     expect(addFlowLines(f, 7, LISTEN)).toEqual([
-      'add chain netdev ice_ingress u7 { counter name "cu7"; ip daddr set 10.77.2.11; udp sport set 16384; ip saddr set 10.77.2.1; fwd ip to 10.77.2.11 device "eth1"; }',
-      'add chain netdev ice_ingress d7 { counter name "cd7"; ip daddr set 198.18.0.2; udp dport set 40000; ip saddr set 198.18.0.1; fwd ip to 198.18.0.254 device "eth0"; }',
+      'add chain netdev ice_ingress u7 { counter name "cu7"; @nh,96,64 set 0x0a4d02017fda0000; ip daddr set 10.77.2.11; udp sport set 16384; fwd ip to 10.77.2.11 device "eth1"; }',
+      'add chain netdev ice_ingress d7 { counter name "cd7"; @nh,96,64 set 0xc612000152920000; ip daddr set 198.18.0.2; udp dport set 40000; fwd ip to 198.18.0.254 device "eth0"; }',
       'add element netdev ice_ingress flows { 198.18.0.2 . 40000 . 198.18.0.1 . 10000 : goto u7 }',
       'add element netdev ice_ingress flows { 10.77.2.11 . 10000 . 10.77.2.1 . 16384 : goto d7 }',
     ]);
@@ -143,8 +143,8 @@ describe('nftables script text', () => {
       toBackend: { via: '10.77.0.1', dev: 'eth2' },
     };
     expect(addFlowLines(f, 12, LISTEN)).toEqual([
-      'add chain netdev ice_ingress u12 { counter name "cu12"; ip daddr set 10.77.2.11; udp dport set 20000; udp sport set 16390; ip saddr set 10.77.2.5; fwd ip to 10.77.0.1 device "eth2"; }',
-      'add chain netdev ice_ingress d12 { counter name "cd12"; ip daddr set 198.18.0.2; udp dport set 40000; udp sport set 10000; ip saddr set 198.18.0.1; fwd ip to 198.18.0.254 device "eth0"; }',
+      'add chain netdev ice_ingress u12 { counter name "cu12"; @nh,96,64 set 0x0a4d02057fd60000; ip daddr set 10.77.2.11; @th,0,32 set 0x4006834a; udp dport set 20000; fwd ip to 10.77.0.1 device "eth2"; }',
+      'add chain netdev ice_ingress d12 { counter name "cd12"; @nh,96,64 set 0xc612000152960000; ip daddr set 198.18.0.2; @th,0,32 set 0x27106716; udp dport set 40000; fwd ip to 198.18.0.254 device "eth0"; }',
       'add element netdev ice_ingress flows { 198.18.0.2 . 40000 . 198.18.0.1 . 10000 : goto u12 }',
       'add element netdev ice_ingress flows { 10.77.2.11 . 20000 . 10.77.2.5 . 16390 : goto d12 }',
     ]);
@@ -162,8 +162,8 @@ describe('nftables script text', () => {
     expect(chainNames(12, 31)).toEqual({ up: 'u31_12', down: 'd31_12' });
     const f = flowOf(['198.18.0.2', 40000], ['10.77.2.11', 10000], 16384);
     expect(addFlowLines(f, 7, LISTEN, 1)).toEqual([
-      'add chain netdev ice_ingress u1_7 { counter name "cu1_7"; ip daddr set 10.77.2.11; udp sport set 16384; ip saddr set 10.77.2.1; fwd ip to 10.77.2.11 device "eth1"; }',
-      'add chain netdev ice_ingress d1_7 { counter name "cd1_7"; ip daddr set 198.18.0.2; udp dport set 40000; ip saddr set 198.18.0.1; fwd ip to 198.18.0.254 device "eth0"; }',
+      'add chain netdev ice_ingress u1_7 { counter name "cu1_7"; @nh,96,64 set 0x0a4d02017fda0000; ip daddr set 10.77.2.11; udp sport set 16384; fwd ip to 10.77.2.11 device "eth1"; }',
+      'add chain netdev ice_ingress d1_7 { counter name "cd1_7"; @nh,96,64 set 0xc612000152920000; ip daddr set 198.18.0.2; udp dport set 40000; fwd ip to 198.18.0.254 device "eth0"; }',
       'add element netdev ice_ingress flows { 198.18.0.2 . 40000 . 198.18.0.1 . 10000 : goto u1_7 }',
       'add element netdev ice_ingress flows { 10.77.2.11 . 10000 . 10.77.2.1 . 16384 : goto d1_7 }',
     ]);
@@ -211,8 +211,8 @@ describe('nftables script text', () => {
     // A moved session's chains (a new chain id) keep counting into its counters.
     const f = flowOf(['198.18.0.2', 40000], ['10.77.2.11', 10000], 16384);
     expect(addFlowLines(f, 9, LISTEN, undefined, 3).slice(0, 2)).toEqual([
-      'add chain netdev ice_ingress u9 { counter name "cu3"; ip daddr set 10.77.2.11; udp sport set 16384; ip saddr set 10.77.2.1; fwd ip to 10.77.2.11 device "eth1"; }',
-      'add chain netdev ice_ingress d9 { counter name "cd3"; ip daddr set 198.18.0.2; udp dport set 40000; ip saddr set 198.18.0.1; fwd ip to 198.18.0.254 device "eth0"; }',
+      'add chain netdev ice_ingress u9 { counter name "cu3"; @nh,96,64 set 0x0a4d02017fda0000; ip daddr set 10.77.2.11; udp sport set 16384; fwd ip to 10.77.2.11 device "eth1"; }',
+      'add chain netdev ice_ingress d9 { counter name "cd3"; @nh,96,64 set 0xc612000152920000; ip daddr set 198.18.0.2; udp dport set 40000; fwd ip to 198.18.0.254 device "eth0"; }',
     ]);
     expect(ownsCounter('cu2_7', 2)).toBe(true);
     expect(ownsCounter('cd2_7', 2)).toBe(true);
@@ -309,8 +309,8 @@ describe('FlowPlan batches', () => {
       'delete chain netdev ice_ingress u1',
       'delete chain netdev ice_ingress d1',
       // New chains, the same counters: nothing counted before the move is lost.
-      'add chain netdev ice_ingress u2 { counter name "cu1"; ip daddr set 10.77.2.11; udp sport set 16384; ip saddr set 10.77.2.1; fwd ip to 10.77.2.11 device "eth1"; }',
-      'add chain netdev ice_ingress d2 { counter name "cd1"; ip daddr set 198.18.0.2; udp dport set 40999; ip saddr set 198.18.0.1; fwd ip to 198.18.0.254 device "eth0"; }',
+      'add chain netdev ice_ingress u2 { counter name "cu1"; @nh,96,64 set 0x0a4d02017fda0000; ip daddr set 10.77.2.11; udp sport set 16384; fwd ip to 10.77.2.11 device "eth1"; }',
+      'add chain netdev ice_ingress d2 { counter name "cd1"; @nh,96,64 set 0xc612000152920000; ip daddr set 198.18.0.2; udp dport set 40999; fwd ip to 198.18.0.254 device "eth0"; }',
       'add element netdev ice_ingress flows { 198.18.0.2 . 40999 . 198.18.0.1 . 10000 : goto u2 }',
       'add element netdev ice_ingress flows { 10.77.2.11 . 10000 . 10.77.2.1 . 16384 : goto d2 }',
     ]);
@@ -419,7 +419,8 @@ describe('FlowPlan batches', () => {
         LISTEN,
       ),
     ]);
-    expect(batch.lines[2]).toContain('ip saddr set 10.77.2.9;');
+    // The raw write carries the new source address (10.77.2.9 = 0a4d0209) before the carrier.
+    expect(batch.lines[2]).toContain('@nh,96,64 set 0x0a4d0209');
     expect(plan.dirty).toBe(0);
   });
 
@@ -463,8 +464,8 @@ describe('FlowPlan batches', () => {
     const batch = plan.take(look)!;
     expect(batch.lines).toEqual([
       ...deleteFlowLines(flowOf(['198.18.0.2', 40000], ['10.77.2.11', 10000], 16384), 1, LISTEN),
-      'add chain netdev ice_ingress u2 { counter name "cu1"; ip daddr set 10.77.2.11; udp sport set 16384; ip saddr set 10.77.2.1; fwd ip to 10.77.0.1 device "eth2"; }',
-      'add chain netdev ice_ingress d2 { counter name "cd1"; ip daddr set 198.18.0.2; udp dport set 40000; ip saddr set 198.18.0.1; fwd ip to 198.18.0.254 device "eth0"; }',
+      'add chain netdev ice_ingress u2 { counter name "cu1"; @nh,96,64 set 0x0a4d02017fda0000; ip daddr set 10.77.2.11; udp sport set 16384; fwd ip to 10.77.0.1 device "eth2"; }',
+      'add chain netdev ice_ingress d2 { counter name "cd1"; @nh,96,64 set 0xc612000152920000; ip daddr set 198.18.0.2; udp dport set 40000; fwd ip to 198.18.0.254 device "eth0"; }',
       'add element netdev ice_ingress flows { 198.18.0.2 . 40000 . 198.18.0.1 . 10000 : goto u2 }',
       'add element netdev ice_ingress flows { 10.77.2.11 . 10000 . 10.77.2.1 . 16384 : goto d2 }',
     ]);
@@ -485,7 +486,7 @@ describe('FlowPlan batches', () => {
       ),
     );
     expect(lines[5]).toBe(
-      'add chain netdev ice_ingress d3 { counter name "cd1"; ip daddr set 198.18.0.2; udp dport set 40000; ip saddr set 198.18.0.1; fwd ip to 198.18.0.253 device "eth0"; }',
+      'add chain netdev ice_ingress d3 { counter name "cd1"; @nh,96,64 set 0xc612000152920000; ip daddr set 198.18.0.2; udp dport set 40000; fwd ip to 198.18.0.253 device "eth0"; }',
     );
     expect(lines).toHaveLength(8);
   });
@@ -501,7 +502,7 @@ describe('FlowPlan batches', () => {
     const lines = plan.take(look)!.lines;
     expect(lines).toHaveLength(8);
     expect(lines[4]).toBe(
-      'add chain netdev ice_ingress u2 { counter name "cu1"; ip daddr set 10.77.2.11; udp sport set 16384; ip saddr set 10.77.2.2; fwd ip to 10.77.2.11 device "eth1"; }',
+      'add chain netdev ice_ingress u2 { counter name "cu1"; @nh,96,64 set 0x0a4d02027fd90000; ip daddr set 10.77.2.11; udp sport set 16384; fwd ip to 10.77.2.11 device "eth1"; }',
     );
   });
 
