@@ -64,6 +64,12 @@ export interface KernelFlow {
  * - `@th,64,8 > 3`: the first UDP payload byte. RFC 7983: 0-3 is STUN, which always goes to Node
  *   (consent checks, rebinding, ICE restart); DTLS, SRTP/SRTCP (and SCTP over DTLS) take the
  *   kernel path.
+ * - `ip frag-off & 0x3fff == 0`: no IP fragment. Only a first fragment carries the ports; the
+ *   kernel path would send it on alone and leave the rest to the IP stack, which could never
+ *   reassemble the datagram. Fragments go to the stack, and Node relays the reassembled datagram.
+ * - `udp checksum != 0`: a UDP checksum of 0 means "none" (RFC 768), but nftables' port write
+ *   updates the field regardless, which would leave a wrong checksum the receiver drops. Such
+ *   datagrams (rare: WebRTC stacks checksum theirs) are relayed by Node.
  * - One verdict-map lookup per datagram, keyed by its whole UDP 4-tuple, so one map serves both
  *   directions (client → listening address; backend → upstream socket) and matches nothing not
  *   addressed to us: its element jumps (`goto`) to the session's own chain of constant rewrites.
@@ -81,7 +87,7 @@ table ${T} {
   map ${FLOWS} { type ipv4_addr . inet_service . ipv4_addr . inet_service : verdict; }
   chain ingress {
     type filter hook ingress devices = { ${devices} } priority 0; policy accept;
-    meta l4proto udp @th,64,8 > 3 ip saddr . udp sport . ip daddr . udp dport vmap @${FLOWS}
+    meta l4proto udp @th,64,8 > 3 ip frag-off & 0x3fff == 0 udp checksum != 0 ip saddr . udp sport . ip daddr . udp dport vmap @${FLOWS}
   }
 }
 `;

@@ -328,6 +328,27 @@ describe('kernel fast path (nftables) in network namespaces', () => {
     expect(metrics).toMatch(/^ice_ingress_fastpath_handover_seconds_count 1$/m);
   });
 
+  it('a datagram larger than the MTU (IP fragments) is relayed by Node, both ways, on a kernel-path session', async () => {
+    // Only a first fragment carries the ports: sent on alone by the kernel path, the datagram could
+    // never be reassembled. The ingress rule leaves fragments to the IP stack and Node.
+    const before = await state(true);
+    const big = await ask<Burst>(c1, {
+      cmd: 'burst',
+      target: PUBLIC,
+      count: 5,
+      intervalMs: 5,
+      size: 3000,
+      waitMs: 2000,
+    });
+    expect(big.echoed).toBe(5);
+    const after = await state(true);
+    expect(after.fastPath.kernelSessions).toBe(1);
+    expect(after.counters.packetsFromClients - before.counters.packetsFromClients).toBe(5);
+    expect(after.counters.packetsFromBackends - before.counters.packetsFromBackends).toBe(5);
+    expect(after.fastPath.totals.packetsUp - before.fastPath.totals.packetsUp).toBe(0);
+    expect(Object.keys(await received(pod1))).toEqual([upstreamSource]);
+  });
+
   it('NAT rebinding: the backend confirms the new 5-tuple through Node, then the kernel follows it; no kernel count is lost across the move', async () => {
     const pre = await state(true); // a counter read: what follows is since it
     const old = pre.sessions[0]!.current;

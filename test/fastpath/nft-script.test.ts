@@ -98,7 +98,7 @@ describe('nftables script text', () => {
       '  chain ingress {',
       '    type filter hook ingress devices = { "eth0", "eth1" } priority 0; policy accept;',
       // One lookup of the whole UDP 4-tuple for both directions; STUN (first byte 0-3) excluded.
-      '    meta l4proto udp @th,64,8 > 3 ip saddr . udp sport . ip daddr . udp dport vmap @flows',
+      '    meta l4proto udp @th,64,8 > 3 ip frag-off & 0x3fff == 0 udp checksum != 0 ip saddr . udp sport . ip daddr . udp dport vmap @flows',
       '  }',
       '}',
       '',
