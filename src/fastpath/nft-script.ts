@@ -67,9 +67,10 @@ export interface KernelFlow {
  * - `ip frag-off & 0x3fff == 0`: no IP fragment. Only a first fragment carries the ports; the
  *   kernel path would send it on alone and leave the rest to the IP stack, which could never
  *   reassemble the datagram. Fragments go to the stack, and Node relays the reassembled datagram.
- * - `udp checksum != 0`: a UDP checksum of 0 means "none" (RFC 768), but nftables' port write
- *   updates the field regardless, which would leave a wrong checksum the receiver drops. Such
- *   datagrams (rare: WebRTC stacks checksum theirs) are relayed by Node.
+ * - `udp checksum != 0`: a UDP checksum of 0 means "none" (RFC 768). The kernel's address write
+ *   gives up on such a datagram before writing (nft_payload_l4csum_offset: no checksum to update),
+ *   and its port write updates the field regardless, leaving a wrong checksum the receiver drops.
+ *   Such datagrams (rare: WebRTC stacks checksum theirs) are relayed by Node.
  * - One verdict-map lookup per datagram, keyed by its whole UDP 4-tuple, so one map serves both
  *   directions (client → listening address; backend → upstream socket) and matches nothing not
  *   addressed to us: its element jumps (`goto`) to the session's own chain of constant rewrites.
