@@ -199,6 +199,19 @@ async function ask<T>(a: Agent, msg: Msg, timeoutMs?: number): Promise<T> {
   return (await a.request(msg, timeoutMs)) as unknown as T;
 }
 
+/**
+ * `count` RTP-looking datagrams from `client` to the public address, `intervalMs` apart (0: as
+ * fast as the agent sends), and the distinct ones echoed back within `waitMs` (peer-agent.ts).
+ */
+function burst(
+  client: Agent,
+  count: number,
+  o: { intervalMs?: number; size: number; waitMs: number },
+  timeoutMs?: number,
+): Promise<Burst> {
+  return ask<Burst>(client, { cmd: 'burst', target: PUBLIC, count, ...o }, timeoutMs);
+}
+
 function state(poll = false): Promise<ProxyState> {
   return ask<ProxyState>(proxy, { cmd: 'state', poll });
 }
@@ -283,11 +296,7 @@ describe('kernel fast path (nftables) in network namespaces', () => {
     s1 = await ask<Creds>(pod1, { cmd: 'addSession' });
     await c1.request({ cmd: 'check', target: PUBLIC, server: s1 });
     // Straight after the success, while the hand-over is in flight: 300 datagrams, 1 ms apart.
-    const during = await ask<Burst>(
-      c1,
-      { cmd: 'burst', target: PUBLIC, count: 300, intervalMs: 1, size: 1200, waitMs: 2000 },
-      20_000,
-    );
+    const during = await burst(c1, 300, { intervalMs: 1, size: 1200, waitMs: 2000 }, 20_000);
     expect(during.echoed).toBe(300);
     expect(during.from).toEqual([`${PUBLIC.address}:${PUBLIC.port}`]);
     const st = await until(
@@ -303,14 +312,7 @@ describe('kernel fast path (nftables) in network namespaces', () => {
 
     // Established media now: not one datagram through Node's sockets, every one counted by the kernel.
     const before = await state(true);
-    const after1 = await ask<Burst>(c1, {
-      cmd: 'burst',
-      target: PUBLIC,
-      count: 500,
-      intervalMs: 1,
-      size: 100,
-      waitMs: 2000,
-    });
+    const after1 = await burst(c1, 500, { intervalMs: 1, size: 100, waitMs: 2000 });
     expect(after1.echoed).toBe(500);
     const after = await state(true);
     expect(after.counters.packetsFromClients - before.counters.packetsFromClients).toBe(0);
@@ -332,14 +334,7 @@ describe('kernel fast path (nftables) in network namespaces', () => {
     // Only a first fragment carries the ports: sent on alone by the kernel path, the datagram could
     // never be reassembled. The ingress rule leaves fragments to the IP stack and Node.
     const before = await state(true);
-    const big = await ask<Burst>(c1, {
-      cmd: 'burst',
-      target: PUBLIC,
-      count: 5,
-      intervalMs: 5,
-      size: 3000,
-      waitMs: 2000,
-    });
+    const big = await burst(c1, 5, { intervalMs: 5, size: 3000, waitMs: 2000 });
     expect(big.echoed).toBe(5);
     const after = await state(true);
     expect(after.fastPath.kernelSessions).toBe(1);
@@ -354,14 +349,7 @@ describe('kernel fast path (nftables) in network namespaces', () => {
     const old = pre.sessions[0]!.current;
     // Media through the kernel, then the rebinding moves the session's chains and elements before
     // the next read (every 1 s here): the session's counters are not the elements', so nothing is lost.
-    const b0 = await ask<Burst>(c1, {
-      cmd: 'burst',
-      target: PUBLIC,
-      count: 100,
-      intervalMs: 1,
-      size: 200,
-      waitMs: 2000,
-    });
+    const b0 = await burst(c1, 100, { intervalMs: 1, size: 200, waitMs: 2000 });
     expect(b0.echoed).toBe(100);
     await c1.request({ cmd: 'rebind' });
     await c1.request({ cmd: 'check', target: PUBLIC, server: s1 });
@@ -384,14 +372,7 @@ describe('kernel fast path (nftables) in network namespaces', () => {
     expect(before.sessions[0]!.packetsDown - pre.sessions[0]!.packetsDown).toBeGreaterThanOrEqual(100);
     // Paced: 200 back-to-back datagrams can overflow the fake JVB's receive buffer when its
     // process is not scheduled at once (RcvbufErrors in its namespace), which is not under test.
-    const r = await ask<Burst>(c1, {
-      cmd: 'burst',
-      target: PUBLIC,
-      count: 200,
-      intervalMs: 1,
-      size: 200,
-      waitMs: 2000,
-    });
+    const r = await burst(c1, 200, { intervalMs: 1, size: 200, waitMs: 2000 });
     expect(r.echoed).toBe(200);
     const after = await state(true);
     expect(after.fastPath.totals.packetsUp - before.fastPath.totals.packetsUp).toBe(200);
@@ -420,14 +401,7 @@ describe('kernel fast path (nftables) in network namespaces', () => {
     expect(await c2bTarget(Number(restarted.current.split(':')[1]))).toBe(ADDR.pods.pod2);
     // No other session keeps the 5-tuple.
     expect(st.sessions.filter((x: SessionRow) => x.current === restarted.current)).toHaveLength(1);
-    const r = await ask<Burst>(c1, {
-      cmd: 'burst',
-      target: PUBLIC,
-      count: 200,
-      intervalMs: 1,
-      size: 200,
-      waitMs: 2000,
-    });
+    const r = await burst(c1, 200, { intervalMs: 1, size: 200, waitMs: 2000 });
     expect(r.echoed).toBe(200);
     expect(r.port).toBe(r0.port);
     const after = await state(true);
@@ -442,14 +416,7 @@ describe('kernel fast path (nftables) in network namespaces', () => {
     const pre = await state(true);
     const mine = pre.sessions.find((x: SessionRow) => x.serverUfrag === s2ufrag)!;
     // A burst through the kernel, and the session closes before the next counter read.
-    const b0 = await ask<Burst>(c1, {
-      cmd: 'burst',
-      target: PUBLIC,
-      count: 100,
-      intervalMs: 1,
-      size: 200,
-      waitMs: 2000,
-    });
+    const b0 = await burst(c1, 100, { intervalMs: 1, size: 200, waitMs: 2000 });
     expect(b0.echoed).toBe(100);
     await proxy.request({ cmd: 'backends', text: `pod1=${ADDR.pods.pod1}:${PORT}` });
     const st = await until(
@@ -462,7 +429,7 @@ describe('kernel fast path (nftables) in network namespaces', () => {
       () => nft('prx', ['list', 'table', 'netdev', 'ice_ingress']),
       (x) => !x.includes(ADDR.pods.pod2),
     );
-    const r = await ask<Burst>(c1, { cmd: 'burst', target: PUBLIC, count: 50, size: 200, waitMs: 500 });
+    const r = await burst(c1, 50, { size: 200, waitMs: 500 });
     expect(r.echoed).toBe(0);
     const after = await until(
       'drops counted',
@@ -493,11 +460,7 @@ describe('kernel fast path (nftables) in network namespaces', () => {
     );
     const before = await state(true);
     // 1.5 × the idle timeout of media only (no STUN at all): the kernel's counters keep it alive.
-    const r = await ask<Burst>(
-      c2,
-      { cmd: 'burst', target: PUBLIC, count: 120, intervalMs: 50, size: 200, waitMs: 1000 },
-      30_000,
-    );
+    const r = await burst(c2, 120, { intervalMs: 50, size: 200, waitMs: 1000 }, 30_000);
     expect(r.echoed).toBe(120);
     const mid = await state(true);
     expect(mid.sessions.filter(mine)).toHaveLength(1);
@@ -723,13 +686,7 @@ describe('kernel fast path with worker threads (--workers 2)', () => {
 
     const before = await settled();
     const [ra, rb] = await Promise.all(
-      [c1, c2].map((c) =>
-        ask<Burst>(
-          c,
-          { cmd: 'burst', target: PUBLIC, count: 200, intervalMs: 1, size: 100, waitMs: 2000 },
-          20_000,
-        ),
-      ),
+      [c1, c2].map((c) => burst(c, 200, { intervalMs: 1, size: 100, waitMs: 2000 }, 20_000)),
     );
     expect(ra!.echoed).toBe(200);
     expect(rb!.echoed).toBe(200);
@@ -804,11 +761,7 @@ describe('kernel fast path with worker threads (--workers 2)', () => {
     expect(Object.keys(mine.chains).sort()).toEqual([...targets].sort());
     // Worker b's elements and chains were not touched, and it keeps forwarding.
     expect(await objectsOf(b.worker)).toEqual(theirs);
-    const [ra, rb] = await Promise.all(
-      [c1, c2].map((c) =>
-        ask<Burst>(c, { cmd: 'burst', target: PUBLIC, count: 100, size: 100, waitMs: 2000 }),
-      ),
-    );
+    const [ra, rb] = await Promise.all([c1, c2].map((c) => burst(c, 100, { size: 100, waitMs: 2000 })));
     expect(ra!.echoed).toBe(100);
     expect(rb!.echoed).toBe(100);
     expect(await upElement(port)).toMatchObject({ packets: 100 });
