@@ -172,6 +172,28 @@ function pairWrites(
 }
 
 /**
+ * One direction's statements: count, rewrite the datagram's source and destination endpoints
+ * `from` → `to` ({@link pairWrites}: addresses, then ports), hand it to the next hop.
+ */
+function chainStatements(
+  counter: string,
+  from: readonly [Endpoint, Endpoint],
+  to: readonly [Endpoint, Endpoint],
+  hop: NextHop,
+): string[] {
+  return [
+    `counter name "${counter}"`,
+    ...pairWrites([from[0].address, from[1].address], [to[0].address, to[1].address], 'address'),
+    ...pairWrites(
+      [String(from[0].port), String(from[1].port)],
+      [String(to[0].port), String(to[1].port)],
+      'port',
+    ),
+    `fwd ip to ${hop.via} device "${hop.dev}"`,
+  ];
+}
+
+/**
  * One flow: a chain per direction with the rewrites as constants, and the element that jumps to
  * it. Each chain first counts into the session's named counter for its direction (`counter`, the
  * session's counter id: {@link counterNames}; the chain id by default, which is the counter id of
@@ -186,26 +208,9 @@ export function addFlowLines(
   counter: number = id,
 ): string[] {
   const n = counterNames(counter, worker);
-  const up = [
-    `counter name "${n.up}"`,
-    ...pairWrites([f.client.address, listen.address], [f.source, f.backend.address], 'address'),
-    ...pairWrites(
-      [String(f.client.port), String(listen.port)],
-      [String(f.upstreamPort), String(f.backend.port)],
-      'port',
-    ),
-    `fwd ip to ${f.toBackend.via} device "${f.toBackend.dev}"`,
-  ];
-  const down = [
-    `counter name "${n.down}"`,
-    ...pairWrites([f.backend.address, f.source], [listen.address, f.client.address], 'address'),
-    ...pairWrites(
-      [String(f.backend.port), String(f.upstreamPort)],
-      [String(listen.port), String(f.client.port)],
-      'port',
-    ),
-    `fwd ip to ${f.toClient.via} device "${f.toClient.dev}"`,
-  ];
+  const source = { address: f.source, port: f.upstreamPort };
+  const up = chainStatements(n.up, [f.client, listen], [source, f.backend], f.toBackend);
+  const down = chainStatements(n.down, [f.backend, source], [listen, f.client], f.toClient);
   const c = chainNames(id, worker);
   return [
     `add chain ${T} ${c.up} { ${up.join('; ')}; }`,
