@@ -325,9 +325,10 @@ export class NftFastPath implements FlowListener {
     }
   }
 
+  /** Rewrites what is ours: the whole table (one process) or this worker's objects (attached). */
   async #resync(): Promise<void> {
     try {
-      await this.#resyncTable();
+      await (this.#attached ? this.#resyncOwnedObjects() : this.#resyncTable());
     } finally {
       // Closed sessions' counters went with the rewrite (their counts since the last read are lost).
       this.#releaseCloseLogs();
@@ -357,14 +358,6 @@ export class NftFastPath implements FlowListener {
    * fails, this worker stops using the kernel path (its sessions are relayed by Node), after a last
    * attempt to delete what it listed, and the other workers keep theirs.
    */
-  async #resyncOwned(): Promise<void> {
-    try {
-      await this.#resyncOwnedObjects();
-    } finally {
-      this.#releaseCloseLogs();
-    }
-  }
-
   async #resyncOwnedObjects(): Promise<void> {
     const worker = this.#opt.worker!;
     let owned: OwnedObjects | undefined;
@@ -464,7 +457,7 @@ export class NftFastPath implements FlowListener {
   async #repair(err: Error, message: string): Promise<void> {
     this.stats.failures++;
     this.#d.log.warn({ err: err.message }, message);
-    await (this.#attached ? this.#resyncOwned() : this.#resync());
+    await this.#resync();
   }
 
   /** The repair failed too: this fast path stops, its sessions are relayed by Node. */
