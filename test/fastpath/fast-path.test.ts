@@ -763,6 +763,20 @@ async function sharedTable(): Promise<FakeNft> {
   return nft;
 }
 
+/** Workers 0 and 1 attached to one table, each with one session in the kernel (a: 40000, b: 40001). */
+async function twoWorkersInstalled() {
+  const nft = await sharedTable();
+  const w0 = attached(nft, 0);
+  const w1 = attached(nft, 1);
+  const a = session(40000, 16384);
+  const b = session(40001, 16385);
+  w0.fp.established(a);
+  w1.fp.established(b);
+  await w0.fp.flushNow();
+  await w1.fp.flushNow();
+  return { nft, w0, w1, a, b };
+}
+
 describe("NftFastPath in worker threads (attached to the main thread's table)", () => {
   it('each worker adds its own chains, reads only its own counters, and at stop removes only its own flows', async () => {
     const nft = await sharedTable();
@@ -816,15 +830,7 @@ describe("NftFastPath in worker threads (attached to the main thread's table)", 
   });
 
   it("a worker retires its closed session's counters after its next read, naming only its own", async () => {
-    const nft = await sharedTable();
-    const w0 = attached(nft, 0);
-    const w1 = attached(nft, 1);
-    const a = session(40000, 16384);
-    const b = session(40001, 16385);
-    w0.fp.established(a);
-    w1.fp.established(b);
-    await w0.fp.flushNow();
-    await w1.fp.flushNow();
+    const { nft, w0, a } = await twoWorkersInstalled();
     nft.forward('up', '198.18.0.2|40000', 5, 100);
     const logged = w0.fp.closed(a, 'idle', true)!;
     await w0.fp.flushNow();
@@ -837,15 +843,7 @@ describe("NftFastPath in worker threads (attached to the main thread's table)", 
   });
 
   it("a failed transaction rewrites only the worker's own objects, as the kernel lists them", async () => {
-    const nft = await sharedTable();
-    const w0 = attached(nft, 0);
-    const w1 = attached(nft, 1);
-    const a = session(40000, 16384);
-    const b = session(40001, 16385);
-    w0.fp.established(a);
-    w1.fp.established(b);
-    await w0.fp.flushNow();
-    await w1.fp.flushNow();
+    const { nft, w0, a } = await twoWorkersInstalled();
     const theirs = { chains: new Map(nft.state.chains), up: nft.chainOf('up', '198.18.0.2|40001') };
     // Someone deleted worker 0's upstream element: its next change (deleting it) fails.
     nft.state.flows.delete('198.18.0.2|40000|198.18.0.1|10000');
@@ -886,15 +884,7 @@ describe("NftFastPath in worker threads (attached to the main thread's table)", 
   });
 
   it('if the rewrite fails too, only that worker gives up: what it listed is deleted, the others keep theirs', async () => {
-    const nft = await sharedTable();
-    const w0 = attached(nft, 0);
-    const w1 = attached(nft, 1);
-    const a = session(40000, 16384);
-    const b = session(40001, 16385);
-    w0.fp.established(a);
-    w1.fp.established(b);
-    await w0.fp.flushNow();
-    await w1.fp.flushNow();
+    const { nft, w0, w1 } = await twoWorkersInstalled();
     const a2 = session(40002, 16386);
     w0.fp.established(a2);
     nft.failNext = 2; // the batch, then the rewrite
