@@ -33,7 +33,7 @@ import type { ChildProcess } from 'node:child_process';
 import dgram from 'node:dgram';
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { tokenFor } from '../src/routing/token.ts';
+import { tokenFor } from '../src/backends/token.ts';
 import { FakeIceClient } from '../test/fixtures/ice-client.ts';
 import { FakeMediaServer } from '../test/fixtures/media-server.ts';
 import {

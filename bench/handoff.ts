@@ -22,7 +22,7 @@ import dgram from 'node:dgram';
 import { mkdirSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
-import { tokenFor } from '../src/routing/token.ts';
+import { tokenFor } from '../src/backends/token.ts';
 import { NODE_FLAGS } from '../src/runtime.ts';
 import { Doorbell, HandoffRing } from '../src/workers/ring.ts';
 import { buildBindingRequest } from '../test/fixtures/stun-bytes.ts';

@@ -9,9 +9,9 @@
  */
 import { performance } from 'node:perf_hooks';
 import { pino } from 'pino';
-import { Datapath } from '../src/proxy/datapath.ts';
-import type { Transport, Upstream, UpstreamHandler } from '../src/proxy/io.ts';
-import { BackendTable } from '../src/routing/backends.ts';
+import { BackendTable } from '../src/backends/backend-table.ts';
+import { Datapath } from '../src/datapath/datapath.ts';
+import type { Transport, Upstream, UpstreamHandler } from '../src/defs/interfaces.ts';
 import { newUsernameView, parseBindingRequest } from '../src/stun/parse.ts';
 import { buildBindingRequest, buildBindingSuccess } from '../test/fixtures/stun-bytes.ts';
 

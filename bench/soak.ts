@@ -25,7 +25,7 @@
 import { randomBytes, randomInt } from 'node:crypto';
 import dgram from 'node:dgram';
 import { parseArgs } from 'node:util';
-import { tokenFor } from '../src/routing/token.ts';
+import { tokenFor } from '../src/backends/token.ts';
 import { FakeIceClient } from '../test/fixtures/ice-client.ts';
 import { FakeMediaServer } from '../test/fixtures/media-server.ts';
 import type { Endpoint } from '../test/fixtures/stun-bytes.ts';

@@ -1,6 +1,6 @@
 import { isIP } from 'node:net';
+import type { DatapathOptions } from './datapath/datapath.ts';
 import { parseBackends } from './discovery/static.ts';
-import type { DatapathOptions } from './proxy/datapath.ts';
 import { MAX_WORKERS } from './workers/cpus.ts';
 
 /**

@@ -1,6 +1,6 @@
 import { writeFileSync } from 'node:fs';
 import { isIP } from 'node:net';
-import { tokenFor } from './routing/token.ts';
+import { tokenFor } from './backends/token.ts';
 
 /**
  * What a Jitsi Videobridge behind ice-ingress needs: advertise the proxy's public address instead

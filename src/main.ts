@@ -8,7 +8,9 @@ import {
   type KernelPathSource,
 } from './admin/metrics.ts';
 import { startAdminServer } from './admin/server.ts';
+import { BackendTable } from './backends/backend-table.ts';
 import type { Config } from './config.ts';
+import { Datapath, type DatapathDeps } from './datapath/datapath.ts';
 import { createDiscovery, type DiscoveryOptions } from './discovery/index.ts';
 import type { DiscoverySource } from './discovery/types.ts';
 import { type FastPathDeps, type KernelCounts, NftFastPath } from './fastpath/fast-path.ts';
@@ -16,10 +18,8 @@ import { NftCommand } from './fastpath/nft-runner.ts';
 import { checkFastPath, FastPathUnavailable, systemProbes } from './fastpath/preflight.ts';
 import { ingressDevices, NextHops } from './fastpath/routes.ts';
 import { SourceAddresses } from './fastpath/source-address.ts';
+import { UdpTransport } from './io/udp.ts';
 import { createLogger } from './log.ts';
-import { Datapath, type DatapathDeps } from './proxy/datapath.ts';
-import { UdpTransport } from './proxy/udp.ts';
-import { BackendTable } from './routing/backends.ts';
 import { PortPool } from './session/port-pool.ts';
 import type { Session } from './session/session.ts';
 

@@ -9,9 +9,9 @@
  * real UDP on loopback.
  */
 import { parseConfig } from '../src/config.ts';
+import { DROP_REASON_LABELS, ROUTE_LABELS } from '../src/defs/reasons.ts';
 import { createLogger } from '../src/log.ts';
 import { startProxy } from '../src/main.ts';
-import { DROP_REASON_LABELS, ROUTE_LABELS } from '../src/proxy/counters.ts';
 import { FakeIceClient } from './fixtures/ice-client.ts';
 import { FakeMediaServer } from './fixtures/media-server.ts';
 

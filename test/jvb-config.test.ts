@@ -1,11 +1,11 @@
 import { describe, expect, it } from 'vitest';
+import { TOKEN_LENGTH, tokenFor } from '../src/backends/token.ts';
 import {
   parsePublicAddress,
   renderJvbConfig,
   runJvbConfigCommand,
   runTokenCommand,
 } from '../src/jvb-config.ts';
-import { TOKEN_LENGTH, tokenFor } from '../src/routing/token.ts';
 
 // The parser ships no type declarations; a computed specifier keeps it `any` without a .d.ts.
 const HOCON_PARSER = '@pushcorn/hocon-parser';

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { envName, OPTIONS } from '../src/config.ts';
-import { CLOSE_REASONS, DROP_REASON_LABELS, ROUTE_LABELS } from '../src/proxy/counters.ts';
+import { CLOSE_REASONS, DROP_REASON_LABELS, ROUTE_LABELS } from '../src/defs/reasons.ts';
 
 /** The README is the user's reference: it must list every flag and every label value the code has. */
 const readme = readFileSync(new URL('../README.md', import.meta.url), 'utf8');

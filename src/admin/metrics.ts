@@ -1,5 +1,6 @@
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
-import { CLOSE_REASONS, type Counters, DROP_REASON_LABELS, ROUTE_LABELS } from '../proxy/counters.ts';
+import type { Counters } from '../defs/counters.ts';
+import { CLOSE_REASONS, DROP_REASON_LABELS, ROUTE_LABELS } from '../defs/reasons.ts';
 import type { SessionRegistry } from '../session/registry.ts';
 
 /**

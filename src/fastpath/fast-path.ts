@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import type { CloseReason } from '../proxy/counters.ts';
+import type { CloseReason } from '../defs/reasons.ts';
 import type { FlowListener } from '../session/events.ts';
 import type { ClientEndpoint, Session } from '../session/session.ts';
 import { type FlowLookup, FlowPlan } from './flow-plan.ts';

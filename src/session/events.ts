@@ -1,4 +1,4 @@
-import type { CloseReason } from '../proxy/counters.ts';
+import type { CloseReason } from '../defs/reasons.ts';
 import type { ClientEndpoint, Session } from './session.ts';
 
 /**

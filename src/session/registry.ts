@@ -1,7 +1,8 @@
 import type { Logger } from 'pino';
-import { CLOSE_REASONS, type CloseReason, type Counters, DropReason } from '../proxy/counters.ts';
-import type { Transport } from '../proxy/io.ts';
-import type { Backend } from '../routing/backends.ts';
+import type { Backend } from '../backends/backend-table.ts';
+import type { Counters } from '../defs/counters.ts';
+import type { Transport } from '../defs/interfaces.ts';
+import { CLOSE_REASONS, type CloseReason, DropReason } from '../defs/reasons.ts';
 import type { UsernameView } from '../stun/parse.ts';
 import { usernameEquals } from '../stun/parse.ts';
 import type { FlowListener } from './events.ts';

@@ -1,6 +1,6 @@
-import type { Upstream } from '../proxy/io.ts';
-import type { Backend } from '../routing/backends.ts';
-import type { BudgetClass } from '../routing/source-shares.ts';
+import type { BudgetClass } from '../admission/source-shares.ts';
+import type { Backend } from '../backends/backend-table.ts';
+import type { Upstream } from '../defs/interfaces.ts';
 import { sameTransaction } from '../stun/parse.ts';
 
 /**

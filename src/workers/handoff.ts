@@ -1,5 +1,5 @@
-import type { CloseReason } from '../proxy/counters.ts';
-import type { FlowHandoff } from '../proxy/io.ts';
+import type { FlowHandoff } from '../defs/interfaces.ts';
+import type { CloseReason } from '../defs/reasons.ts';
 import type { FlowListener } from '../session/events.ts';
 import type { Session } from '../session/session.ts';
 import type { UsernameView } from '../stun/parse.ts';

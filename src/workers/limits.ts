@@ -1,4 +1,4 @@
-import type { Budget } from '../routing/token-bucket.ts';
+import type { Budget } from '../admission/token-bucket.ts';
 import type { SessionSlots } from '../session/registry.ts';
 
 /**

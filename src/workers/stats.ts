@@ -1,4 +1,5 @@
-import { CLOSE_REASONS, Counters, DROP_REASON_LABELS, ROUTE_LABELS } from '../proxy/counters.ts';
+import { Counters } from '../defs/counters.ts';
+import { CLOSE_REASONS, DROP_REASON_LABELS, ROUTE_LABELS } from '../defs/reasons.ts';
 
 /**
  * Per-worker statistics in one SharedArrayBuffer: each worker copies its Counters and gauges into

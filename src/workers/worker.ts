@@ -1,10 +1,10 @@
 import { performance } from 'node:perf_hooks';
 import { parentPort, workerData } from 'node:worker_threads';
+import { SOURCE_SLOTS } from '../admission/admission.ts';
+import { ACTIVATION_ROUNDS, SourceShares } from '../admission/source-shares.ts';
 import type { BackendSpec, DiscoverySource, SnapshotListener } from '../discovery/types.ts';
 import { createLogger } from '../log.ts';
 import { startProxy } from '../main.ts';
-import { SOURCE_SLOTS } from '../routing/admission.ts';
-import { ACTIVATION_ROUNDS, SourceShares } from '../routing/source-shares.ts';
 import { SharedDirectory } from './directory.ts';
 import { HandoffNode } from './handoff.ts';
 import { perWorkerLimits, SharedSessionSlots, SharedTokenBucket } from './limits.ts';

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
-import { tokenFor } from '../../src/routing/token.ts';
+import { tokenFor } from '../../src/backends/token.ts';
 import { chartJvb, loadValues, releaseIn, VALUES_FILE } from './jitsi-helm.ts';
 import { type Manifest, type Obj, ROOT, schemaProblems } from './k8s.ts';
 

@@ -9,6 +9,7 @@
 // the pod). The workers log to stdout (src/log.ts), between the replies, which the runner ignores.
 import { pino } from 'pino';
 import { parseConfig } from '../../src/config.ts';
+import { CLOSE_REASONS, DROP_REASON_LABELS } from '../../src/defs/reasons.ts';
 import { parseBackends } from '../../src/discovery/static.ts';
 import type { BackendSpec, SnapshotListener } from '../../src/discovery/types.ts';
 import {
@@ -18,7 +19,6 @@ import {
   startIngress,
   startProxy,
 } from '../../src/main.ts';
-import { CLOSE_REASONS, DROP_REASON_LABELS } from '../../src/proxy/counters.ts';
 import { emit, type Json, serve } from '../interop/jsonl.ts';
 
 const parsed = parseConfig(process.argv.slice(2), {});

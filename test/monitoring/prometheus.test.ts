@@ -5,7 +5,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { tokenFor } from '../../src/routing/token.ts';
+import { tokenFor } from '../../src/backends/token.ts';
 import { FakeIceClient } from '../fixtures/ice-client.ts';
 import { FakeMediaServer } from '../fixtures/media-server.ts';
 import {

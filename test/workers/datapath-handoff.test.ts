@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import { DROP_REASON_LABELS } from '../../src/proxy/counters.ts';
-import type { FlowHandoff } from '../../src/proxy/io.ts';
-import { type Shares, SourceShares } from '../../src/routing/source-shares.ts';
+import { type Shares, SourceShares } from '../../src/admission/source-shares.ts';
+import type { FlowHandoff } from '../../src/defs/interfaces.ts';
+import { DROP_REASON_LABELS } from '../../src/defs/reasons.ts';
 import { SessionState } from '../../src/session/session.ts';
 import type { UsernameView } from '../../src/stun/parse.ts';
 import { type CoreRig, check, makeCore, media } from '../fixtures/fake-transport.ts';

@@ -1,8 +1,8 @@
 import { Worker } from 'node:worker_threads';
 import { describe, expect, it } from 'vitest';
+import { TokenBucket } from '../../src/admission/token-bucket.ts';
 import { parseConfig } from '../../src/config.ts';
-import { Counters } from '../../src/proxy/counters.ts';
-import { TokenBucket } from '../../src/routing/token-bucket.ts';
+import { Counters } from '../../src/defs/counters.ts';
 import { SharedDirectory } from '../../src/workers/directory.ts';
 import { usernameKey } from '../../src/workers/hash.ts';
 import { perWorkerLimits, SharedSessionSlots, SharedTokenBucket } from '../../src/workers/limits.ts';

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { afterEach, describe, expect, it } from 'vitest';
-import { tokenFor } from '../../src/routing/token.ts';
+import { tokenFor } from '../../src/backends/token.ts';
 import { FakeIceClient } from '../fixtures/ice-client.ts';
 import { RawPeer } from '../fixtures/raw-peer.ts';
 import { rejection } from '../fixtures/stun-agent.ts';

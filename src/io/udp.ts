@@ -1,5 +1,5 @@
 import dgram from 'node:dgram';
-import type { Transport, Upstream, UpstreamHandler } from './io.ts';
+import type { Transport, Upstream, UpstreamHandler } from '../defs/interfaces.ts';
 
 /**
  * The `node:dgram` adapter: the public listening socket and one upstream socket per session.

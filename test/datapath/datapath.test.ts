@@ -1,8 +1,8 @@
 import { randomBytes } from 'node:crypto';
 import { pino } from 'pino';
 import { describe, expect, it } from 'vitest';
-import { CLOSE_REASONS, DROP_REASON_LABELS, ROUTE_LABELS } from '../../src/proxy/counters.ts';
-import { ACTIVATION_ROUNDS } from '../../src/routing/source-shares.ts';
+import { ACTIVATION_ROUNDS } from '../../src/admission/source-shares.ts';
+import { CLOSE_REASONS, DROP_REASON_LABELS, ROUTE_LABELS } from '../../src/defs/reasons.ts';
 import { SessionState } from '../../src/session/session.ts';
 import {
   type CoreRig,

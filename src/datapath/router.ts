@@ -1,13 +1,14 @@
 import type { Logger } from 'pino';
-import { ADMIT, type Admission, newAdmitted } from '../routing/admission.ts';
-import type { Backend, BackendTable } from '../routing/backends.ts';
-import { BudgetClass } from '../routing/source-shares.ts';
+import { ADMIT, type Admission, newAdmitted } from '../admission/admission.ts';
+import { BudgetClass } from '../admission/source-shares.ts';
+import type { Backend, BackendTable } from '../backends/backend-table.ts';
+import type { Counters } from '../defs/counters.ts';
+import type { Transport } from '../defs/interfaces.ts';
+import { DropReason, ROUTE_LABELS, RouteCounter } from '../defs/reasons.ts';
 import type { SessionRegistry } from '../session/registry.ts';
 import { ClientEndpoint, Probe, type Session, SessionState } from '../session/session.ts';
 import { hashBytes } from '../stun/hash.ts';
 import { bindingResponseKind, type UsernameView, usernameEquals } from '../stun/parse.ts';
-import { type Counters, DropReason, ROUTE_LABELS, RouteCounter } from './counters.ts';
-import type { Transport } from './io.ts';
 
 /**
  * The router: where a first check goes, and who owns its ufrag (docs/architecture.md, "Routing").

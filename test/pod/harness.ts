@@ -1,8 +1,8 @@
 import type { Config } from '../../src/config.ts';
 import { parseConfig } from '../../src/config.ts';
+import { DROP_REASON_LABELS, ROUTE_LABELS } from '../../src/defs/reasons.ts';
 import { createLogger } from '../../src/log.ts';
 import { type ProxyHandle, startProxy } from '../../src/main.ts';
-import { DROP_REASON_LABELS, ROUTE_LABELS } from '../../src/proxy/counters.ts';
 import { FakeMediaServer, type FakeMediaServerOptions } from '../fixtures/media-server.ts';
 import type { Endpoint } from '../fixtures/stun-bytes.ts';
 

@@ -1,9 +1,9 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { parseConfig } from '../../src/config.ts';
+import { CLOSE_REASONS } from '../../src/defs/reasons.ts';
 import { createDiscovery, registerDiscoveryMetrics } from '../../src/discovery/index.ts';
 import { createLogger } from '../../src/log.ts';
 import { type ProxyHandle, startProxy } from '../../src/main.ts';
-import { CLOSE_REASONS } from '../../src/proxy/counters.ts';
 import { FakeApiServer, kubeConfigFor, slice } from '../discovery/fake-apiserver.ts';
 import { FakeIceClient } from '../fixtures/ice-client.ts';
 import { FakeMediaServer } from '../fixtures/media-server.ts';

@@ -1,11 +1,11 @@
 import type { LRUCache } from 'lru-cache';
-import { DropReason } from '../proxy/counters.ts';
+import type { Backend, BackendTable } from '../backends/backend-table.ts';
+import { ufragTokenBits } from '../backends/token.ts';
+import { DropReason } from '../defs/reasons.ts';
 import type { RouteOutcome } from '../session/session.ts';
 import { hashBytes } from '../stun/hash.ts';
 import type { UsernameView } from '../stun/parse.ts';
-import type { Backend, BackendTable } from './backends.ts';
 import { BudgetClass, type Shares, SourceShares } from './source-shares.ts';
-import { ufragTokenBits } from './token.ts';
 import type { Budget } from './token-bucket.ts';
 import { createLearnedUfrags, NegativeUfrags } from './ufrag-caches.ts';
 

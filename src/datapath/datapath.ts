@@ -1,16 +1,17 @@
 import type { Logger } from 'pino';
+import { Admission, type AdmissionOptions } from '../admission/admission.ts';
+import type { Shares } from '../admission/source-shares.ts';
+import { type Budget, TokenBucket } from '../admission/token-bucket.ts';
+import type { BackendTable } from '../backends/backend-table.ts';
+import { Counters } from '../defs/counters.ts';
+import type { FlowHandoff, Transport } from '../defs/interfaces.ts';
+import type { CloseReason } from '../defs/reasons.ts';
 import type { BackendSpec } from '../discovery/types.ts';
-import { Admission, type AdmissionOptions } from '../routing/admission.ts';
-import type { BackendTable } from '../routing/backends.ts';
-import type { Shares } from '../routing/source-shares.ts';
-import { type Budget, TokenBucket } from '../routing/token-bucket.ts';
 import type { FlowListener } from '../session/events.ts';
 import type { PortPool } from '../session/port-pool.ts';
 import { LocalSessionSlots, SessionRegistry, type SessionSlots } from '../session/registry.ts';
 import { type Session, SessionState } from '../session/session.ts';
-import { type CloseReason, Counters } from './counters.ts';
 import { Forwarder } from './forwarder.ts';
-import type { FlowHandoff, Transport } from './io.ts';
 import { Router } from './router.ts';
 
 /**

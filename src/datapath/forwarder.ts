@@ -1,4 +1,7 @@
-import type { Backend, BackendTable } from '../routing/backends.ts';
+import type { Backend, BackendTable } from '../backends/backend-table.ts';
+import type { Counters } from '../defs/counters.ts';
+import type { FlowHandoff, Transport } from '../defs/interfaces.ts';
+import { DropReason, RouteCounter } from '../defs/reasons.ts';
 import type { SessionRegistry } from '../session/registry.ts';
 import { type ClientEndpoint, type Session, SessionState } from '../session/session.ts';
 import { classifyFirstByte, PacketClass } from '../stun/demux.ts';
@@ -10,8 +13,6 @@ import {
   parseBindingRequest,
   usernameEquals,
 } from '../stun/parse.ts';
-import { type Counters, DropReason, RouteCounter } from './counters.ts';
-import type { FlowHandoff, Transport } from './io.ts';
 import type { Router } from './router.ts';
 
 /**

@@ -1,7 +1,6 @@
 /**
- * Plain numeric counters that the data path bumps per packet (a field increment, no label hashing);
- * the admin layer turns them into Prometheus metrics only when scraped. Every label set is fixed
- * here, so no client address can ever become a label.
+ * Every reason the data path counts: why a datagram was dropped, how a new flow was routed, why a
+ * session ended. Each is a fixed label set, so no client address can ever become a label.
  *
  * Each enum and its label list derive from one table, so a reason cannot exist without its label
  * (an increment of a missing index would silently do nothing).
@@ -100,21 +99,3 @@ export const CLOSE_REASONS = [
   'upstream_error',
 ] as const;
 export type CloseReason = (typeof CLOSE_REASONS)[number];
-
-export class Counters {
-  packetsFromClients = 0;
-  bytesFromClients = 0;
-  packetsToBackends = 0;
-  bytesToBackends = 0;
-  packetsFromBackends = 0;
-  bytesFromBackends = 0;
-  packetsToClients = 0;
-  bytesToClients = 0;
-  /** Probe datagrams sent, fan-out and directed (each is also counted in packetsToBackends). */
-  probesSent = 0;
-  directedProbesSent = 0;
-  sessionsOpened = 0;
-  readonly drops = new Float64Array(DROP_REASON_LABELS.length);
-  readonly routes = new Float64Array(ROUTE_LABELS.length);
-  readonly closed = new Float64Array(CLOSE_REASONS.length);
-}

@@ -1,7 +1,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
+import { CLOSE_REASONS, DROP_REASON_LABELS, ROUTE_LABELS } from '../../src/defs/reasons.ts';
 import type { BackendSpec } from '../../src/discovery/types.ts';
-import { CLOSE_REASONS, DROP_REASON_LABELS, ROUTE_LABELS } from '../../src/proxy/counters.ts';
 import type { SessionSlots } from '../../src/session/registry.ts';
 import { type Session, SessionState } from '../../src/session/session.ts';
 import { newUsernameView, ParseResult, parseBindingRequest } from '../../src/stun/parse.ts';

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import { BudgetClass, SourceShares, sourceKeyHash } from '../../src/routing/source-shares.ts';
-import { tokenBits, tokenFor, ufragTokenBits } from '../../src/routing/token.ts';
-import { NegativeUfrags } from '../../src/routing/ufrag-caches.ts';
+import { BudgetClass, SourceShares, sourceKeyHash } from '../../src/admission/source-shares.ts';
+import { NegativeUfrags } from '../../src/admission/ufrag-caches.ts';
+import { tokenBits, tokenFor, ufragTokenBits } from '../../src/backends/token.ts';
 import { hashBytes } from '../../src/stun/hash.ts';
 
 /** The fixed-size tables admission consults (docs/architecture.md, "Admission"). */
