@@ -83,7 +83,7 @@ handler!.onMessage(
   '10.0.0.1',
   10000,
 );
-if (dp.table.size !== 1) throw new Error('session not established');
+if (dp.size !== 1) throw new Error('session not established');
 
 const media = Buffer.alloc(1200, 0x80);
 const N = 5_000_000;

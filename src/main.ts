@@ -1,19 +1,15 @@
 import { performance } from 'node:perf_hooks';
 import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
-import {
-  createHandoverHistogram,
-  createRegistry,
-  createRoutingHistogram,
-  type KernelPathSource,
-} from './admin/metrics.ts';
+import { createHandoverHistogram, createRegistry, createRoutingHistogram } from './admin/metrics.ts';
 import { startAdminServer } from './admin/server.ts';
 import { BackendTable } from './backends/backend-table.ts';
 import type { Config } from './config.ts';
 import { Datapath, type DatapathDeps } from './datapath/datapath.ts';
+import type { KernelPathSource } from './defs/interfaces.ts';
 import { createDiscovery, type DiscoveryOptions } from './discovery/index.ts';
 import type { DiscoverySource } from './discovery/types.ts';
-import { type FastPathDeps, type KernelCounts, NftFastPath } from './fastpath/fast-path.ts';
+import { type FastPathDeps, NftFastPath } from './fastpath/fast-path.ts';
 import { NftCommand } from './fastpath/nft-runner.ts';
 import { checkFastPath, FastPathUnavailable, systemProbes } from './fastpath/preflight.ts';
 import { ingressDevices, NextHops } from './fastpath/routes.ts';
@@ -21,7 +17,6 @@ import { SourceAddresses } from './fastpath/source-address.ts';
 import { UdpTransport } from './io/udp.ts';
 import { createLogger } from './log.ts';
 import { PortPool } from './session/port-pool.ts';
-import type { Session } from './session/session.ts';
 
 /**
  * The composition root: the only place that builds real sockets, clients, timers and the clock,
@@ -167,7 +162,6 @@ export async function startProxy(config: Config, opts: StartOptions = {}): Promi
           get kernelSessions() {
             return fastPath?.kernelSessions ?? 0;
           },
-          handover,
         }
       : undefined;
   datapath = new Datapath({
@@ -186,12 +180,12 @@ export async function startProxy(config: Config, opts: StartOptions = {}): Promi
   const registry = createRegistry(
     {
       counters: datapath.counters,
-      sessions: datapath.registry,
-      activeSources: () => datapath.admission.shares.active,
+      sessions: datapath,
+      activeSources: () => datapath.activeSources,
       freePorts: ports === undefined ? undefined : () => ports.available,
       openUpstreams: () => transport.openUpstreams,
       routing,
-      ...(kernel === undefined ? {} : { kernel }),
+      ...(kernel === undefined ? {} : { kernel, handover }),
     },
     opts.processMetrics ?? true,
   );
@@ -213,11 +207,7 @@ export async function startProxy(config: Config, opts: StartOptions = {}): Promi
     try {
       const deps: FastPathDeps = {
         nft: new NftCommand(),
-        host: {
-          touch: (s: Session, now: number) => datapath.registry.touch(s, now),
-          addKernelCounts: (s: Session, c: KernelCounts) =>
-            datapath.registry.noteKernel(s, c.packetsUp, c.bytesUp, c.packetsDown, c.bytesDown),
-        },
+        host: datapath,
         sources: new SourceAddresses(config.upstreamBind),
         nextHops: new NextHops(),
         clock,
@@ -312,9 +302,9 @@ export async function startProxy(config: Config, opts: StartOptions = {}): Promi
     async drain(ms: number): Promise<void> {
       draining = true;
       datapath.stopAccepting();
-      log.info({ drainMs: ms, sessions: datapath.table.size }, 'draining');
+      log.info({ drainMs: ms, sessions: datapath.size }, 'draining');
       const deadline = performance.now() + ms;
-      while (performance.now() < deadline && datapath.table.size > 0) {
+      while (performance.now() < deadline && datapath.size > 0) {
         await new Promise((r) => setTimeout(r, Math.min(250, Math.max(1, deadline - performance.now()))));
       }
       await close();

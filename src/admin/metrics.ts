@@ -1,7 +1,7 @@
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
 import type { Counters } from '../defs/counters.ts';
+import type { KernelPathSource } from '../defs/interfaces.ts';
 import { CLOSE_REASONS, DROP_REASON_LABELS, ROUTE_LABELS } from '../defs/reasons.ts';
-import type { SessionRegistry } from '../session/registry.ts';
 
 /**
  * Prometheus metrics (prom-client). The data path keeps plain numbers; each metric here reads them
@@ -11,7 +11,8 @@ import type { SessionRegistry } from '../session/registry.ts';
 export interface MetricSources {
   /** The data path's counters, or a function that returns them at scrape time (summed workers). */
   readonly counters: Counters | (() => Counters);
-  readonly sessions: Pick<SessionRegistry, 'size' | 'endpointCount'>;
+  /** Sessions (established and probing) and client 5-tuples mapped to them. */
+  readonly sessions: { readonly size: number; readonly endpointCount: number };
   /** Sources active in the last second (admission's fair-share table). */
   readonly activeSources?: () => number;
   /** Upstream ports free for new sessions (clean, or rested), when a range is configured. */
@@ -21,15 +22,8 @@ export interface MetricSources {
   readonly routing?: Histogram<'outcome'>;
   /** The kernel fast path, when on (docs/fast-path.md): its totals get `path="kernel"`. */
   readonly kernel?: KernelPathSource;
-}
-
-/** What /metrics reads from the kernel fast path. */
-export interface KernelPathSource {
-  readonly totals: { packetsUp: number; bytesUp: number; packetsDown: number; bytesDown: number };
-  readonly stats: { transactions: number; failures: number };
-  readonly kernelSessions: number;
-  /** From {@link createHandoverHistogram}; registered here. */
-  readonly handover: Histogram;
+  /** From {@link createHandoverHistogram}, with the kernel fast path; registered here. */
+  readonly handover?: Histogram;
 }
 
 /** Time from a session's establishment to its elements being in the kernel (once per session). */
@@ -125,7 +119,7 @@ export function createRegistry(src: MetricSources, withProcessMetrics = true): R
     () => [k!.totals.bytesUp, k!.totals.bytesUp, k!.totals.bytesDown, k!.totals.bytesDown],
   );
   if (k !== undefined) {
-    registry.registerMetric(k.handover);
+    if (src.handover !== undefined) registry.registerMetric(src.handover);
     mirror(
       'ice_ingress_fastpath_transactions_total',
       'nftables transactions of the fast path, by result (ok, failed).',

@@ -1,12 +1,13 @@
 import type { LRUCache } from 'lru-cache';
 import type { Backend, BackendTable } from '../backends/backend-table.ts';
 import { ufragTokenBits } from '../backends/token.ts';
+import type { Budget } from '../defs/interfaces.ts';
+import { BudgetClass, type Shares } from '../defs/interfaces.ts';
+import type { RouteOutcome } from '../defs/reasons.ts';
 import { DropReason } from '../defs/reasons.ts';
-import type { RouteOutcome } from '../session/session.ts';
 import { hashBytes } from '../stun/hash.ts';
 import type { UsernameView } from '../stun/parse.ts';
-import { BudgetClass, type Shares, SourceShares } from './source-shares.ts';
-import type { Budget } from './token-bucket.ts';
+import { SourceShares } from './source-shares.ts';
 import { createLearnedUfrags, NegativeUfrags } from './ufrag-caches.ts';
 
 /**

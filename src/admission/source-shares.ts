@@ -1,3 +1,4 @@
+import type { BudgetClass, Shares } from '../defs/interfaces.ts';
 import { hashString } from '../stun/hash.ts';
 
 /**
@@ -23,33 +24,12 @@ import { hashString } from '../stun/hash.ts';
  *
  * Pure: typed arrays, an injected `now`, no allocation per call.
  */
-export const BudgetClass = {
-  /** A fan-out probe: one datagram to each candidate backend. */
-  Fanout: 0,
-  /** A directed probe (prefix token, learned ufrag, rebinding check): one datagram, one backend. */
-  Directed: 1,
-} as const;
-export type BudgetClass = (typeof BudgetClass)[keyof typeof BudgetClass];
-
 /** A source counts as active for this long after its last first check. */
 export const ACTIVE_WINDOW_MS = 1000;
 /** Slots a source may look at from its home slot (linear probing). */
 export const PROBE = 8;
 /** Probe rounds a source may make at once when it (re)activates, per class. */
 export const ACTIVATION_ROUNDS = 8;
-
-/**
- * What admission needs from a fair-share table: {@link SourceShares} in one process; a pod's
- * workers each pass their own, at 1/N of the shared budgets (docs/workers.md, "Shared limits").
- */
-export interface Shares {
-  /** Sources active in the last second. */
-  readonly active: number;
-  slotOf(address: string, now: number): number;
-  take(slot: number, cls: BudgetClass, n: number, now: number): boolean;
-  refund(slot: number, cls: BudgetClass, n: number): void;
-  sweep(now: number): void;
-}
 
 export class SourceShares implements Shares {
   readonly slots: number;

@@ -1,11 +1,4 @@
-/**
- * A budget of datagrams on an injected clock. Admission takes from two of them (fan-out and
- * directed probes); the interface lets a pod's workers share one (docs/architecture.md).
- */
-export interface Budget {
-  /** Takes `n` tokens if all are there; otherwise takes none and returns false. */
-  take(now: number, n: number): boolean;
-}
+import type { Budget } from '../defs/interfaces.ts';
 
 /**
  * A token bucket on an injected clock: `rate` tokens per second, at most `burst` saved up.

@@ -1,4 +1,4 @@
-import type { BackendSpec, BackendState } from '../discovery/types.ts';
+import type { BackendSpec, BackendState } from '../defs/interfaces.ts';
 import { TOKEN_LENGTH, tokenBits, tokenFor } from './token.ts';
 
 /**

@@ -1,26 +1,38 @@
 import type { Logger } from 'pino';
 import { Admission, type AdmissionOptions } from '../admission/admission.ts';
-import type { Shares } from '../admission/source-shares.ts';
-import { type Budget, TokenBucket } from '../admission/token-bucket.ts';
+import { TokenBucket } from '../admission/token-bucket.ts';
 import type { BackendTable } from '../backends/backend-table.ts';
 import { Counters } from '../defs/counters.ts';
-import type { FlowHandoff, Transport } from '../defs/interfaces.ts';
+import type {
+  BackendRef,
+  BackendSpec,
+  Budget,
+  Clock,
+  FastPathHost,
+  FlowHandoff,
+  FlowListener,
+  FlowSession,
+  SessionSlots,
+  Shares,
+  Transport,
+} from '../defs/interfaces.ts';
+import type { KernelCounts } from '../defs/kernel-counts.ts';
 import type { CloseReason } from '../defs/reasons.ts';
-import type { BackendSpec } from '../discovery/types.ts';
-import type { FlowListener } from '../session/events.ts';
 import type { PortPool } from '../session/port-pool.ts';
-import { LocalSessionSlots, SessionRegistry, type SessionSlots } from '../session/registry.ts';
-import { type Session, SessionState } from '../session/session.ts';
+import { LocalSessionSlots, SessionRegistry } from '../session/registry.ts';
+import { type ClientEndpoint, type Session, SessionState } from '../session/session.ts';
 import { Forwarder } from './forwarder.ts';
 import { Router } from './router.ts';
 
 /**
- * The I/O-free data path (docs/architecture.md): one session registry (the only owner of session
- * state, announcing flow events), admission (what a first check may cost), the router (who owns
- * a ufrag) and the forwarder (the two hot paths), wired together here. A transport adapter
- * (udp.ts) owns the sockets and calls {@link Datapath.onClientDatagram}; each upstream socket's
- * datagrams reach the forwarder through the registry. The clock is injected so tests can drive
- * time; nothing here sleeps, spawns or binds on its own.
+ * The I/O-free data path's front door (docs/architecture.md, "Data path"): the operations its
+ * callers need — datagrams in, the periodic sweep, backend snapshots, draining, flow listeners,
+ * what the kernel fast path and a pod's other workers tell it, and read-only views for metrics
+ * and tests. Its parts are private: one session registry (the only owner of session state,
+ * announcing flow events), admission (what a first check may cost), the router (who owns a ufrag)
+ * and the forwarder (the two hot paths). A transport adapter (src/io/udp.ts) owns the sockets and
+ * calls {@link Datapath.onClientDatagram}; each upstream socket's datagrams go to the forwarder
+ * directly. The clock is injected so tests can drive time; nothing here sleeps, spawns or binds.
  */
 
 export interface DatapathOptions extends AdmissionOptions {
@@ -37,7 +49,7 @@ export interface DatapathDeps {
   readonly backends: BackendTable;
   /** Upstream ports with quarantine; undefined = let the kernel pick (no quarantine guarantee). */
   readonly ports: PortPool | undefined;
-  readonly clock: () => number;
+  readonly clock: Clock;
   readonly log: Logger;
   readonly options: DatapathOptions;
   /** Called once per session whose owner was found: routing time and outcome (a metrics hook). */
@@ -53,14 +65,15 @@ export interface DatapathDeps {
   readonly handoff?: FlowHandoff;
 }
 
-export class Datapath {
+export class Datapath implements FastPathHost {
+  /** The counter table (read by /metrics and tests; written only by the data path). */
   readonly counters = new Counters();
-  readonly registry: SessionRegistry;
-  readonly admission: Admission;
-  readonly router: Router;
-  readonly forwarder: Forwarder;
+  readonly #registry: SessionRegistry;
+  readonly #admission: Admission;
+  readonly #router: Router;
+  readonly #forwarder: Forwarder;
   readonly #backends: BackendTable;
-  readonly #clock: () => number;
+  readonly #clock: Clock;
   readonly #log: Logger;
   readonly #opt: DatapathOptions;
 
@@ -72,23 +85,17 @@ export class Datapath {
     this.#opt = options;
     const counters = this.counters;
     let forwarder!: Forwarder;
-    this.registry = new SessionRegistry(
-      {
-        transport,
-        ports: deps.ports,
-        slots: deps.slots ?? new LocalSessionSlots(options.maxSessions),
-        clock,
-        log,
-        counters,
-      },
-      {
-        upstreamDatagram: (s, buf, address, port) => forwarder.onUpstreamDatagram(s, buf, address, port),
-        upstreamError: (s, err) => this.#onUpstreamError(s, err),
-      },
-    );
-    const registry = this.registry;
+    const registry = new SessionRegistry({
+      openUpstream: (family, localPort, s) => forwarder.openUpstream(family, localPort, s),
+      ports: deps.ports,
+      slots: deps.slots ?? new LocalSessionSlots(options.maxSessions),
+      clock,
+      log,
+      counters,
+    });
+    this.#registry = registry;
     const now = clock();
-    this.admission = new Admission({
+    this.#admission = new Admission({
       backends,
       budgets: deps.budgets ?? [
         new TokenBucket(options.probeRate, options.probeRate, now),
@@ -99,10 +106,10 @@ export class Datapath {
       shares: deps.shares,
       options,
     });
-    this.router = new Router({
+    this.#router = new Router({
       registry,
       backends,
-      admission: this.admission,
+      admission: this.#admission,
       transport,
       counters,
       clock,
@@ -113,36 +120,22 @@ export class Datapath {
     });
     forwarder = new Forwarder({
       registry,
-      router: this.router,
+      router: this.#router,
       backends,
       transport,
       counters,
       clock,
+      log,
       handoff: deps.handoff,
     });
-    this.forwarder = forwarder;
+    this.#forwarder = forwarder;
   }
 
-  /** The registry, under the name the metrics and tests know (sessions, endpoints). */
-  get table(): SessionRegistry {
-    return this.registry;
-  }
-
-  get accepting(): boolean {
-    return this.router.accepting;
-  }
-
-  addListener(l: FlowListener): void {
-    this.registry.addListener(l);
-  }
-
-  /** Draining: existing sessions keep flowing, new flows are dropped (reason `draining`). */
-  stopAccepting(): void {
-    this.router.stopAccepting();
-  }
+  // ---------------------------------------------------------------------------------------------
+  // Datagrams, time, backends, draining
 
   onClientDatagram(buf: Buffer, address: string, port: number): void {
-    this.forwarder.onClientDatagram(buf, address, port);
+    this.#forwarder.onClientDatagram(buf, address, port);
   }
 
   /**
@@ -152,20 +145,20 @@ export class Datapath {
   sweep(): void {
     const now = this.#clock();
     const idle = this.#opt.idleTimeoutMs;
-    this.admission.sweep(now);
-    for (const s of this.registry.sessions) {
+    this.#admission.sweep(now);
+    for (const s of this.#registry.sessions) {
       if (s.state === SessionState.Probing) {
-        if (now - s.createdAt >= this.#opt.probeTimeoutMs) this.router.fail(s);
+        if (now - s.createdAt >= this.#opt.probeTimeoutMs) this.#router.fail(s);
         continue;
       }
       if (now - s.lastClientAt >= idle) {
-        this.registry.close(s, 'idle');
+        this.#registry.close(s, 'idle');
         continue;
       }
       if (s.endpoints.length > 1) {
         for (let i = s.endpoints.length - 1; i >= 0; i--) {
           const ep = s.endpoints[i]!;
-          if (now - ep.lastSeen >= idle) this.registry.dropEndpoint(ep);
+          if (now - ep.lastSeen >= idle) this.#registry.dropEndpoint(ep);
         }
       }
     }
@@ -175,9 +168,9 @@ export class Datapath {
   updateBackends(specs: readonly BackendSpec[]): void {
     const changes = this.#backends.update(specs);
     for (const b of changes.removed) {
-      for (const s of [...this.registry.sessionsOf(b)]) this.registry.close(s, 'backend_gone');
+      for (const s of [...this.#registry.sessionsOf(b)]) this.#registry.close(s, 'backend_gone');
     }
-    if (changes.added.length > 0 || changes.changed.length > 0) this.admission.negative.clear();
+    if (changes.added.length > 0 || changes.changed.length > 0) this.#admission.negative.clear();
     if (changes.added.length + changes.removed.length + changes.changed.length > 0) {
       this.#log.info(
         {
@@ -197,16 +190,82 @@ export class Datapath {
     }
   }
 
-  /** Ends every session (shutdown). */
-  closeAll(reason: CloseReason = 'shutdown'): void {
-    for (const s of [...this.registry.sessions]) this.registry.close(s, reason);
+  get accepting(): boolean {
+    return this.#router.accepting;
   }
 
-  #onUpstreamError(s: Session, err: NodeJS.ErrnoException): void {
-    // A connected UDP socket reports ICMP port unreachable as ECONNREFUSED: the backend may be
-    // restarting. Keep the session; idle expiry or discovery will end it.
-    if (err.code === 'ECONNREFUSED') return;
-    this.#log.warn({ session: s.id, err: err.message, code: err.code }, 'upstream socket error');
-    this.registry.close(s, 'upstream_error');
+  /** Draining: existing sessions keep flowing, new flows are dropped (reason `draining`). */
+  stopAccepting(): void {
+    this.#router.stopAccepting();
+  }
+
+  /** Ends every session (shutdown). */
+  closeAll(reason: CloseReason = 'shutdown'): void {
+    for (const s of [...this.#registry.sessions]) this.#registry.close(s, reason);
+  }
+
+  addListener(l: FlowListener): void {
+    this.#registry.addListener(l);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // What a pod's other workers tell this one (docs/workers.md, "Shared limits and state")
+
+  /** Another worker's owner of a server ufrag: later flows of that ufrag go to it directly. */
+  learn(serverUfragHash: number, backend: string): void {
+    this.#admission.learn(serverUfragHash, backend);
+  }
+
+  /** Another worker found no owner for a server ufrag: not probed again for the negative TTL. */
+  reject(serverUfragHash: number): void {
+    this.#admission.reject(serverUfragHash, this.#clock());
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // The kernel fast path's host (FastPathHost). It hears of sessions only as flow events, and
+  // every flow event carries one of this registry's sessions: the casts below name that.
+
+  touch(s: FlowSession, now: number): void {
+    this.#registry.touch(s as Session, now);
+  }
+
+  addKernelCounts(s: FlowSession, c: KernelCounts): void {
+    this.#registry.noteKernel(s as Session, c);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Read-only views (metrics, tests)
+
+  /** Sessions, established and probing. */
+  get sessions(): ReadonlySet<Session> {
+    return this.#registry.sessions;
+  }
+
+  get size(): number {
+    return this.#registry.size;
+  }
+
+  /** Client 5-tuples mapped to sessions. */
+  get endpointCount(): number {
+    return this.#registry.endpointCount;
+  }
+
+  lookup(address: string, port: number): ClientEndpoint | undefined {
+    return this.#registry.lookup(address, port);
+  }
+
+  /** Flows from `source` being routed now, in one budget class (0 fan-out, 1 directed). */
+  pending(source: string, budget: number): number {
+    return this.#registry.pending(source, budget);
+  }
+
+  /** The sessions a backend owns. */
+  sessionsOf(b: BackendRef): ReadonlySet<Session> {
+    return this.#registry.sessionsOf(b);
+  }
+
+  /** Sources active in the last second (admission's fair-share table). */
+  get activeSources(): number {
+    return this.#admission.shares.active;
   }
 }

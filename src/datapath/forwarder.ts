@@ -1,6 +1,7 @@
+import type { Logger } from 'pino';
 import type { Backend, BackendTable } from '../backends/backend-table.ts';
 import type { Counters } from '../defs/counters.ts';
-import type { FlowHandoff, Transport } from '../defs/interfaces.ts';
+import type { Clock, FlowHandoff, Transport, Upstream, UpstreamHandler } from '../defs/interfaces.ts';
 import { DropReason, RouteCounter } from '../defs/reasons.ts';
 import type { SessionRegistry } from '../session/registry.ts';
 import { type ClientEndpoint, type Session, SessionState } from '../session/session.ts';
@@ -25,13 +26,34 @@ import type { Router } from './router.ts';
  * Everything rarer — first checks, probing, rebinding, ICE restarts — goes to the router.
  */
 
+/**
+ * The handler of one session's upstream socket: the socket layer calls it, and it calls the
+ * forwarder with the session, so a backend's datagram goes from the socket to the forwarder in
+ * one step (docs/architecture.md, "The walk of a first check").
+ */
+class UpstreamLink implements UpstreamHandler {
+  readonly #f: Forwarder;
+  readonly #s: Session;
+  constructor(f: Forwarder, s: Session) {
+    this.#f = f;
+    this.#s = s;
+  }
+  onMessage(buf: Buffer, address: string, port: number): void {
+    this.#f.onUpstreamDatagram(this.#s, buf, address, port);
+  }
+  onError(err: NodeJS.ErrnoException): void {
+    this.#f.onUpstreamError(this.#s, err);
+  }
+}
+
 export interface ForwarderDeps {
   readonly registry: SessionRegistry;
   readonly router: Router;
   readonly backends: BackendTable;
   readonly transport: Transport;
   readonly counters: Counters;
-  readonly clock: () => number;
+  readonly clock: Clock;
+  readonly log: Logger;
   /** A pod's other workers (docs/workers.md); undefined in a single process. */
   readonly handoff?: FlowHandoff | undefined;
 }
@@ -153,6 +175,19 @@ export class Forwarder {
 
   // ---------------------------------------------------------------------------------------------
   // Backend → client
+
+  /** Opens the upstream socket of a new session (the registry's `openUpstream`). */
+  openUpstream(family: 4 | 6, localPort: number, s: Session): Upstream {
+    return this.#d.transport.openUpstream(family, localPort, new UpstreamLink(this, s));
+  }
+
+  onUpstreamError(s: Session, err: NodeJS.ErrnoException): void {
+    // A connected UDP socket reports ICMP port unreachable as ECONNREFUSED: the backend may be
+    // restarting. Keep the session; idle expiry or discovery will end it.
+    if (err.code === 'ECONNREFUSED') return;
+    this.#d.log.warn({ session: s.id, err: err.message, code: err.code }, 'upstream socket error');
+    this.#registry.close(s, 'upstream_error');
+  }
 
   onUpstreamDatagram(s: Session, buf: Buffer, address: string, port: number): void {
     const c = this.#c;

@@ -1,14 +1,15 @@
 import type { Logger } from 'pino';
 import { ADMIT, type Admission, newAdmitted } from '../admission/admission.ts';
-import { BudgetClass } from '../admission/source-shares.ts';
 import type { Backend, BackendTable } from '../backends/backend-table.ts';
 import type { Counters } from '../defs/counters.ts';
 import type { Transport } from '../defs/interfaces.ts';
+import { BudgetClass } from '../defs/interfaces.ts';
 import { DropReason, ROUTE_LABELS, RouteCounter } from '../defs/reasons.ts';
 import type { SessionRegistry } from '../session/registry.ts';
-import { ClientEndpoint, Probe, type Session, SessionState } from '../session/session.ts';
+import { ClientEndpoint, type Session, SessionState } from '../session/session.ts';
 import { hashBytes } from '../stun/hash.ts';
 import { bindingResponseKind, type UsernameView, usernameEquals } from '../stun/parse.ts';
+import { Probe, probeOf } from './probe.ts';
 
 /**
  * The router: where a first check goes, and who owns its ufrag (docs/architecture.md, "Routing").
@@ -93,6 +94,7 @@ export class Router {
       serverUfragHash: a.serverUfragHash,
       address,
       port,
+      family: probe.candidates[0]!.address.includes(':') ? 6 : 4,
       probe,
       routedBy: restartOf !== undefined ? 'restart' : a.outcome,
       restartOf,
@@ -149,7 +151,7 @@ export class Router {
    * endpoint that sent it (a restart's checks may come from any endpoint of the session).
    */
   round(s: Session, buf: Buffer, now: number, from: ClientEndpoint = s.current): void {
-    const p = s.probe!;
+    const p = probeOf(s);
     if (p.rounds >= this.#d.probeRounds) {
       this.#drop(DropReason.ProbeRounds);
       return;
@@ -183,7 +185,7 @@ export class Router {
   /** A datagram from a backend on a probing session's socket. */
   probeAnswer(s: Session, buf: Buffer, address: string, port: number): void {
     const d = this.#d;
-    const p = s.probe!;
+    const p = probeOf(s);
     let from: Backend | undefined;
     for (const b of p.candidates) {
       if (b.port === port && b.address === address) {
@@ -228,7 +230,10 @@ export class Router {
     d.counters.routes[RouteCounter.ProbeFailed]!++;
     d.admission.reject(s.serverUfragHash, d.clock());
     if (this.#debug)
-      d.log.debug({ serverUfrag: s.serverUfrag, rounds: s.probe?.rounds }, 'no backend owns ufrag');
+      d.log.debug(
+        { serverUfrag: s.serverUfrag, rounds: s.probe === undefined ? undefined : probeOf(s).rounds },
+        'no backend owns ufrag',
+      );
     d.registry.close(s, 'probe_failed');
   }
 

@@ -1,14 +1,27 @@
 import type { UsernameView } from '../stun/parse.ts';
+import type { KernelCounts } from './kernel-counts.ts';
+import type { CloseReason } from './reasons.ts';
 
 /**
- * Every interface between the I/O-free data path and the outside world, in one module: the socket
- * layer (implemented by `udp.ts` with `node:dgram`, and by fakes in tests), a pod's other workers
- * (hand-off of flows they own) and the listeners that hear about flows.
- *
- * See docs/architecture.md, "Data path".
+ * Every interface between the I/O-free data path and the outside, in one module
+ * (docs/architecture.md, "Layers"): the socket layer (src/io/udp.ts, fakes in tests), the clock,
+ * the backend set discovery hands in, the limits a pod's workers share (budgets, session slots,
+ * fair shares), the hand-off to a pod's other workers (src/workers/handoff.ts), the flow events
+ * that listeners hear (the kernel fast path, the workers' directory), and what the kernel fast
+ * path asks of the data path and shows /metrics. Everything below the data path may import this
+ * module; it imports only the STUN view and the other definitions.
  */
 
-/** Callbacks of one upstream socket, set by the data path when it opens the socket. */
+// ---------------------------------------------------------------------------------------------
+// Time
+
+/** Milliseconds on a monotonic clock; injected, so tests drive time without sleeping. */
+export type Clock = () => number;
+
+// ---------------------------------------------------------------------------------------------
+// Sockets
+
+/** Callbacks of one upstream socket: the forwarder's, for the session that holds the socket. */
 export interface UpstreamHandler {
   onMessage(buf: Buffer, address: string, port: number): void;
   onError(err: NodeJS.ErrnoException): void;
@@ -39,6 +52,80 @@ export interface Transport {
   openUpstream(family: 4 | 6, localPort: number, handler: UpstreamHandler): Upstream;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Backends
+
+/**
+ * Lifecycle of a backend, from EndpointSlice conditions (discovery.k8s.io/v1):
+ * - `ready`: takes new sessions and answers probes.
+ * - `terminating`: serving + terminating; keeps its sessions and learned ufrags and still answers
+ *   probes (a draining JVB keeps its conferences for hours): only the owner of a ufrag answers a
+ *   probe with a Binding success, so probing it costs nothing wrong.
+ * - `unready`: neither ready nor serving; keeps existing sessions, gets no new probes.
+ * A backend missing from the snapshot is gone: its sessions close.
+ */
+export type BackendState = 'ready' | 'terminating' | 'unready';
+
+/** One backend of a discovery snapshot (src/discovery); a snapshot is always the whole set. */
+export interface BackendSpec {
+  /** Stable identity: the pod name (targetRef), the static NAME, or the address for DNS. */
+  readonly name: string;
+  /** IP literal (v4 or v6). */
+  readonly address: string;
+  readonly port: number;
+  readonly state: BackendState;
+}
+
+/** A backend as sessions and flow listeners see it (src/backends/backend-table.ts holds them). */
+export interface BackendRef {
+  readonly name: string;
+  readonly address: string;
+  readonly port: number;
+  readonly state: BackendState;
+  /** Set once the backend left the snapshot. */
+  readonly removed: boolean;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Limits (one process keeps its own; a pod's workers share them: docs/workers.md)
+
+/** The two probe budgets of admission (docs/architecture.md, "Admission"). */
+export const BudgetClass = {
+  /** A fan-out probe: one datagram to each candidate backend. */
+  Fanout: 0,
+  /** A directed probe (prefix token, learned ufrag, rebinding check): one datagram, one backend. */
+  Directed: 1,
+} as const;
+export type BudgetClass = (typeof BudgetClass)[keyof typeof BudgetClass];
+
+/** A budget of datagrams on an injected clock (a token bucket; shared by a pod's workers). */
+export interface Budget {
+  /** Takes `n` tokens if all are there; otherwise takes none and returns false. */
+  take(now: number, n: number): boolean;
+}
+
+/** The global session cap; a pod's workers share one. */
+export interface SessionSlots {
+  tryAcquire(): boolean;
+  release(): void;
+}
+
+/**
+ * What admission needs from a fair-share table: src/admission/source-shares.ts in one process; a
+ * pod's workers each pass their own, at 1/N of the shared budgets (docs/workers.md, "Shared limits").
+ */
+export interface Shares {
+  /** Sources active in the last second. */
+  readonly active: number;
+  slotOf(address: string, now: number): number;
+  take(slot: number, cls: BudgetClass, n: number, now: number): boolean;
+  refund(slot: number, cls: BudgetClass, n: number): void;
+  sweep(now: number): void;
+}
+
+// ---------------------------------------------------------------------------------------------
+// A pod's other workers
+
 /**
  * A pod's other workers, as the forwarder sees them (docs/workers.md): absent in a single process,
  * and then not even looked at. Asked only for datagrams on 5-tuples that no session of this worker
@@ -57,4 +144,79 @@ export interface FlowHandoff {
   ownerOf(buf: Buffer, view: UsernameView): number;
   /** Hands the first check to `owner` (just returned by {@link FlowHandoff.ownerOf}). */
   handoff(buf: Buffer, address: string, port: number, owner: number): void;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Flow events (docs/architecture.md, "Flow events")
+
+/** A client 5-tuple of a session, as listeners see it. */
+export interface FlowEndpoint {
+  readonly address: string;
+  readonly port: number;
+}
+
+/**
+ * A session as listeners see it: read-only (src/session/session.ts is the whole object; the
+ * session registry is its only writer).
+ */
+export interface FlowSession {
+  readonly id: number;
+  /** USERNAME bytes: the ufrag pair. */
+  readonly usernameBytes: Uint8Array;
+  /** hashBytes() of the server ufrag: the learned and negative cache key. */
+  readonly serverUfragHash: number;
+  /** The owner, once established. */
+  readonly backend: BackendRef | undefined;
+  /** Where downstream traffic goes. */
+  readonly current: FlowEndpoint;
+  /** The session's upstream socket: its port is the remote address the backend sees. */
+  readonly upstream: { readonly localPort: number };
+}
+
+/**
+ * What the session registry announces after each change it makes. The registry is the only writer
+ * of sessions, endpoints and indexes; everything else that must follow them (the kernel fast
+ * path, the cross-worker directory) listens here instead of reading or writing session fields.
+ *
+ * Listeners are called synchronously, right after the change, with the live objects: they must
+ * treat them as read-only and must not call back into the data path from inside the callback.
+ * Events are per session, never per datagram (latching fires only when the target changes).
+ */
+export interface FlowListener {
+  /** The owner answered the first check with a success: media may flow. `s.current` is set. */
+  established?(s: FlowSession): void;
+  /**
+   * Another client 5-tuple joined an established session after the backend answered its check with
+   * a success: a NAT rebinding, a second candidate of the same agent, or an ICE restart won.
+   */
+  endpointJoined?(s: FlowSession, ep: FlowEndpoint): void;
+  /** Downstream traffic now goes to `ep` (a join, or latching onto the 5-tuple that sent media). */
+  currentChanged?(s: FlowSession, ep: FlowEndpoint): void;
+  /** A 5-tuple left an established session (idle extra endpoint, taken over by an ICE restart). */
+  endpointLeft?(s: FlowSession, ep: FlowEndpoint): void;
+  /**
+   * The session ended. `established` says whether it ever was (probing flows close too). A
+   * listener that still has counts of the session to add (the kernel fast path: what its counters
+   * counted since their last read) returns a promise, and the registry writes the session's close
+   * log once it has settled (docs/fast-path.md, "Counters").
+   */
+  closed?(s: FlowSession, reason: CloseReason, established: boolean): void | Promise<void>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The kernel fast path (docs/fast-path.md)
+
+/** What the kernel fast path asks of the data path (for sessions it heard of as a listener). */
+export interface FastPathHost {
+  /** The kernel forwarded client datagrams of `s`: refresh its idle clock. */
+  touch(s: FlowSession, now: number): void;
+  /** Datagrams and UDP payload bytes the kernel forwarded for `s` since the last call. */
+  addKernelCounts(s: FlowSession, c: KernelCounts): void;
+}
+
+/** What /metrics reads from the kernel fast path (one, or a pod's workers' summed). */
+export interface KernelPathSource {
+  readonly totals: KernelCounts;
+  readonly stats: { readonly transactions: number; readonly failures: number };
+  readonly kernelSessions: number;
 }

@@ -99,3 +99,6 @@ export const CLOSE_REASONS = [
   'upstream_error',
 ] as const;
 export type CloseReason = (typeof CLOSE_REASONS)[number];
+
+/** How a session was (or is being) routed: its close and open logs say it (`routedBy`). */
+export type RouteOutcome = 'rebind' | 'prefix' | 'learned' | 'probe' | 'restart';

@@ -1,6 +1,7 @@
 import { promises as dnsPromises } from 'node:dns';
 import type { Logger } from 'pino';
-import type { BackendSpec, DiscoverySource, SnapshotListener } from './types.ts';
+import type { BackendSpec } from '../defs/interfaces.ts';
+import type { DiscoverySource, SnapshotListener } from './types.ts';
 
 /**
  * Backends from the A/AAAA records of a headless Service (`clusterIP: None`): cluster DNS answers

@@ -2,10 +2,11 @@ import { readFileSync } from 'node:fs';
 import type { KubeConfig } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 import { Counter, Gauge, type Registry } from 'prom-client';
+import type { BackendSpec, BackendState } from '../defs/interfaces.ts';
 import type { DnsResolver } from './dns.ts';
 import type { BackoffOptions, MakeInformer } from './k8s.ts';
 import { parseBackends, StaticDiscovery } from './static.ts';
-import type { BackendSpec, BackendState, DiscoverySource, SnapshotListener } from './types.ts';
+import type { DiscoverySource, SnapshotListener } from './types.ts';
 
 /**
  * The one place that turns configuration into a discovery source, and the discovery metrics.

@@ -11,7 +11,8 @@ import {
   Watch,
 } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
-import type { BackendSpec, BackendState, DiscoverySource, SnapshotListener } from './types.ts';
+import type { BackendSpec, BackendState } from '../defs/interfaces.ts';
+import type { DiscoverySource, SnapshotListener } from './types.ts';
 
 /**
  * Backends from the EndpointSlices of one Service in one namespace (discovery.k8s.io/v1).

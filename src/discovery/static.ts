@@ -1,5 +1,6 @@
 import { isIP } from 'node:net';
-import type { BackendSpec, DiscoverySource, SnapshotListener } from './types.ts';
+import type { BackendSpec } from '../defs/interfaces.ts';
+import type { DiscoverySource, SnapshotListener } from './types.ts';
 
 export interface ParsedBackends {
   readonly backends: BackendSpec[];

@@ -1,7 +1,7 @@
 import type { Logger } from 'pino';
+import type { FastPathHost, FlowEndpoint, FlowListener, FlowSession } from '../defs/interfaces.ts';
+import type { KernelCounts } from '../defs/kernel-counts.ts';
 import type { CloseReason } from '../defs/reasons.ts';
-import type { FlowListener } from '../session/events.ts';
-import type { ClientEndpoint, Session } from '../session/session.ts';
 import { type FlowLookup, FlowPlan } from './flow-plan.ts';
 import { type CounterValue, parseCounters } from './kernel-counters.ts';
 import { ownedChains, ownedCounters, ownedElements } from './listing.ts';
@@ -36,21 +36,6 @@ const LIST_COUNTERS = ['list', 'counters', 'table', FAMILY, TABLE] as const;
  * never creates or deletes the table: the other workers' flows are in it (docs/workers.md,
  * "Kernel fast path").
  */
-
-/** What the fast path asks of the session registry. */
-export interface FastPathHost {
-  /** The kernel forwarded client datagrams of `s`: refresh its idle clock. */
-  touch(s: Session, now: number): void;
-  /** Datagrams and UDP payload bytes the kernel forwarded for `s` since the last call. */
-  addKernelCounts(s: Session, c: KernelCounts): void;
-}
-
-export interface KernelCounts {
-  packetsUp: number;
-  bytesUp: number;
-  packetsDown: number;
-  bytesDown: number;
-}
 
 export interface FastPathOptions extends TableParams {
   /** Events within this window go into one transaction. */
@@ -105,7 +90,7 @@ export class NftFastPath implements FlowListener {
    * Closed sessions whose close log waits for their last kernel counts (the registry writes it
    * when the promise `closed` returned settles): released once no counter of theirs is left to read.
    */
-  readonly #closeLogs = new Map<Session, () => void>();
+  readonly #closeLogs = new Map<FlowSession, () => void>();
   #stopped = false;
   /** Set after a resynchronisation failed too: the table is gone, everything stays in Node. */
   #disabled = false;
@@ -160,24 +145,24 @@ export class NftFastPath implements FlowListener {
 
   // FlowListener: only marks; the batch reads the sessions when it runs. Once stopped or given
   // up, nothing is tracked any more.
-  established(s: Session): void {
+  established(s: FlowSession): void {
     if (this.#stopped || this.#disabled) return;
     this.#plan.established(s, this.#d.clock());
     this.#schedule();
   }
-  endpointJoined(s: Session, _ep: ClientEndpoint): void {
+  endpointJoined(s: FlowSession, _ep: FlowEndpoint): void {
     this.#plan.changed(s);
     this.#schedule();
   }
-  currentChanged(s: Session, _ep: ClientEndpoint): void {
+  currentChanged(s: FlowSession, _ep: FlowEndpoint): void {
     this.#plan.changed(s);
     this.#schedule();
   }
-  endpointLeft(s: Session, _ep: ClientEndpoint): void {
+  endpointLeft(s: FlowSession, _ep: FlowEndpoint): void {
     this.#plan.changed(s);
     this.#schedule();
   }
-  closed(s: Session, _reason: CloseReason, established: boolean): Promise<void> | undefined {
+  closed(s: FlowSession, _reason: CloseReason, established: boolean): Promise<void> | undefined {
     if (!established) return undefined;
     // A session in the kernel (or, while a batch runs, maybe about to be) has counts to come: its
     // close log waits for the read that takes its counters' last values (docs/fast-path.md,

@@ -1,4 +1,4 @@
-import type { Session } from '../session/session.ts';
+import type { FlowSession } from '../defs/interfaces.ts';
 import {
   addCounterLines,
   addFlowLines,
@@ -34,7 +34,7 @@ export interface FlowLookup {
 }
 
 /** The kernel path of a session right now: a flow, 'userspace' (stays in Node) or 'pending'. */
-export function desiredFlow(s: Session, look: FlowLookup): KernelFlow | 'userspace' | 'pending' {
+export function desiredFlow(s: FlowSession, look: FlowLookup): KernelFlow | 'userspace' | 'pending' {
   const b = s.backend;
   const c = s.current;
   const port = s.upstream.localPort;
@@ -93,14 +93,14 @@ interface Tracked {
 }
 
 export interface Change {
-  readonly s: Session;
+  readonly s: FlowSession;
   readonly from: Installed | undefined;
   readonly to: Installed | undefined;
 }
 
 /** A session's two counters by name, for a counter read. */
 export interface SessionCounters {
-  readonly s: Session;
+  readonly s: FlowSession;
   readonly up: string;
   readonly down: string;
 }
@@ -117,8 +117,8 @@ export interface Batch {
 }
 
 export class FlowPlan {
-  readonly #tracked = new Map<Session, Tracked>();
-  readonly #dirty = new Set<Session>();
+  readonly #tracked = new Map<FlowSession, Tracked>();
+  readonly #dirty = new Set<FlowSession>();
   readonly #table: TableParams;
   readonly #listen: Endpoint;
   /** Set in a worker thread: its chains carry this id (nft-script.ts, `chainNames`). */
@@ -127,7 +127,7 @@ export class FlowPlan {
    * Counters of closed sessions whose chains are gone: the next read takes their final values,
    * then they are deleted ({@link takeRetired}).
    */
-  #retiring: Array<{ s: Session; counter: number }> = [];
+  #retiring: Array<{ s: FlowSession; counter: number }> = [];
   #nextId = 1;
 
   constructor(table: TableParams, worker?: number) {
@@ -147,20 +147,20 @@ export class FlowPlan {
     return n;
   }
 
-  established(s: Session, now: number): void {
+  established(s: FlowSession, now: number): void {
     this.#track(s).establishedAt = now;
     this.#dirty.add(s);
   }
 
   /** Any other change of an established session (join, latch, leave). */
-  changed(s: Session): void {
+  changed(s: FlowSession): void {
     const t = this.#tracked.get(s);
     if (t === undefined || t.closed) return;
     this.#dirty.add(s);
   }
 
   /** Returns whether the session has (or had) a kernel flow, i.e. counters still to read. */
-  closed(s: Session): boolean {
+  closed(s: FlowSession): boolean {
     const t = this.#tracked.get(s);
     if (t === undefined) return false;
     t.closed = true;
@@ -169,17 +169,17 @@ export class FlowPlan {
   }
 
   /** Whether `s` has counters in the kernel (live or retiring) that a read has yet to take. */
-  hasCounters(s: Session): boolean {
+  hasCounters(s: FlowSession): boolean {
     return this.#tracked.get(s)?.counter !== undefined || this.#retiring.some((r) => r.s === s);
   }
 
   /** The installed flow of `s`, if any (for counters). */
-  installedFlow(s: Session): KernelFlow | undefined {
+  installedFlow(s: FlowSession): KernelFlow | undefined {
     return this.#tracked.get(s)?.installed?.flow;
   }
 
   /** Every session with a flow in the kernel. */
-  *installedFlows(): IterableIterator<[Session, KernelFlow]> {
+  *installedFlows(): IterableIterator<[FlowSession, KernelFlow]> {
     for (const [s, t] of this.#tracked) if (t.installed !== undefined) yield [s, t.installed.flow];
   }
 
@@ -206,13 +206,13 @@ export class FlowPlan {
     return { lines, names };
   }
 
-  #named(s: Session, counter: number): SessionCounters {
+  #named(s: FlowSession, counter: number): SessionCounters {
     const n = counterNames(counter, this.#worker);
     return { s, up: n.up, down: n.down };
   }
 
   /** The counters of a closed session leave with the next read. */
-  #retire(s: Session, t: Tracked): void {
+  #retire(s: FlowSession, t: Tracked): void {
     if (t.counter !== undefined) this.#retiring.push({ s, counter: t.counter });
     t.counter = undefined;
   }
@@ -272,8 +272,8 @@ export class FlowPlan {
    * The transaction ran. Returns the sessions installed for the first time with the time since
    * their establishment (hand-over latency).
    */
-  commit(b: Batch, now: number): Array<{ s: Session; ms: number }> {
-    const handed: Array<{ s: Session; ms: number }> = [];
+  commit(b: Batch, now: number): Array<{ s: FlowSession; ms: number }> {
+    const handed: Array<{ s: FlowSession; ms: number }> = [];
     for (const c of b.changes) {
       const t = this.#tracked.get(c.s);
       if (t === undefined) continue;
@@ -360,7 +360,7 @@ export class FlowPlan {
     this.#retiring = [];
   }
 
-  #track(s: Session): Tracked {
+  #track(s: FlowSession): Tracked {
     let t = this.#tracked.get(s);
     if (t === undefined) {
       t = { installed: undefined, counter: undefined, closed: false, establishedAt: undefined };

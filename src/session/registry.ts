@@ -1,20 +1,13 @@
 import type { Logger } from 'pino';
-import type { Backend } from '../backends/backend-table.ts';
 import type { Counters } from '../defs/counters.ts';
-import type { Transport } from '../defs/interfaces.ts';
-import { CLOSE_REASONS, type CloseReason, DropReason } from '../defs/reasons.ts';
+import type { BackendRef, Clock, FlowListener, SessionSlots, Upstream } from '../defs/interfaces.ts';
+import type { KernelCounts } from '../defs/kernel-counts.ts';
+import { CLOSE_REASONS, type CloseReason, DropReason, type RouteOutcome } from '../defs/reasons.ts';
 import type { UsernameView } from '../stun/parse.ts';
 import { usernameEquals } from '../stun/parse.ts';
-import type { FlowListener } from './events.ts';
+import { FlowEvents } from './events.ts';
 import type { PortPool } from './port-pool.ts';
-import {
-  type ClientEndpoint,
-  type Probe,
-  type RouteOutcome,
-  Session,
-  SessionState,
-  TX_SLOTS,
-} from './session.ts';
+import { type ClientEndpoint, type ProbeState, Session, SessionState, TX_SLOTS } from './session.ts';
 
 /**
  * The one owner of session state (docs/architecture.md, "One owner of session state"). Only this
@@ -27,18 +20,6 @@ import {
  * The router decides (who owns a ufrag, what admission allows) and the forwarder moves datagrams;
  * both call the named operations here instead of writing fields.
  */
-
-/** Where an upstream socket's datagrams go: set once by the data path. */
-export interface UpstreamSink {
-  upstreamDatagram(s: Session, buf: Buffer, address: string, port: number): void;
-  upstreamError(s: Session, err: NodeJS.ErrnoException): void;
-}
-
-/** The global session cap; a pod's workers share one (docs/workers.md). */
-export interface SessionSlots {
-  tryAcquire(): boolean;
-  release(): void;
-}
 
 /** A session cap for one process. */
 export class LocalSessionSlots implements SessionSlots {
@@ -58,11 +39,15 @@ export class LocalSessionSlots implements SessionSlots {
 }
 
 export interface RegistryDeps {
-  readonly transport: Transport;
+  /**
+   * Opens the upstream socket of a new session, its datagrams going straight to the data path's
+   * forwarder (src/datapath/forwarder.ts): the registry takes the port, not the socket's traffic.
+   */
+  readonly openUpstream: (family: 4 | 6, localPort: number, s: Session) => Upstream;
   /** Upstream ports with quarantine; undefined = let the kernel pick (no quarantine guarantee). */
   readonly ports: PortPool | undefined;
   readonly slots: SessionSlots;
-  readonly clock: () => number;
+  readonly clock: Clock;
   readonly log: Logger;
   readonly counters: Counters;
 }
@@ -75,7 +60,9 @@ export interface OpenFlow {
   readonly serverUfragHash: number;
   readonly address: string;
   readonly port: number;
-  readonly probe: Probe;
+  /** The address family of the backends it will be sent to: its upstream socket's. */
+  readonly family: 4 | 6;
+  readonly probe: ProbeState;
   readonly routedBy: RouteOutcome;
   /** The endpoint of an established session whose client started an ICE restart. */
   readonly restartOf: ClientEndpoint | undefined;
@@ -88,22 +75,20 @@ export class SessionRegistry {
   readonly #byAddress = new Map<string, Map<number, ClientEndpoint>>();
   /** usernameHash → established sessions with that hash (a chain: hashes may collide). */
   readonly #byUsername = new Map<number, Session[]>();
-  readonly #byBackend = new Map<Backend, Set<Session>>();
+  readonly #byBackend = new Map<BackendRef, Set<Session>>();
   /** Flows being routed per source address, [fan-out, directed]. */
   readonly #pending = [new Map<string, number>(), new Map<string, number>()] as const;
-  readonly #listeners: FlowListener[] = [];
+  readonly #events = new FlowEvents();
   readonly #deps: RegistryDeps;
-  readonly #sink: UpstreamSink;
   #endpointCount = 0;
   #nextId = 1;
 
-  constructor(deps: RegistryDeps, sink: UpstreamSink) {
+  constructor(deps: RegistryDeps) {
     this.#deps = deps;
-    this.#sink = sink;
   }
 
   addListener(l: FlowListener): void {
-    this.#listeners.push(l);
+    this.#events.add(l);
   }
 
   get size(): number {
@@ -135,7 +120,7 @@ export class SessionRegistry {
     return this.#pending[budget]!.get(source) ?? 0;
   }
 
-  sessionsOf(b: Backend): ReadonlySet<Session> {
+  sessionsOf(b: BackendRef): ReadonlySet<Session> {
     return this.#byBackend.get(b) ?? EMPTY;
   }
 
@@ -160,21 +145,15 @@ export class SessionRegistry {
     const now = d.clock();
     const v = f.view;
     const username = f.buf.toString('latin1', v.start, v.end);
-    const family = f.probe.candidates[0]!.address.includes(':') ? 6 : 4;
-    let session!: Session;
-    const upstream = d.transport.openUpstream(family, localPort, {
-      onMessage: (b, a, p) => this.#sink.upstreamDatagram(session, b, a, p),
-      onError: (err) => this.#sink.upstreamError(session, err),
-    });
-    session = new Session(
+    const session = new Session(
       this.#nextId++,
       username,
       v.colon - v.start,
       { username: f.usernameHash, serverUfrag: f.serverUfragHash },
-      upstream,
       { address: f.address, port: f.port },
       now,
     );
+    session.upstream = d.openUpstream(f.family, localPort, session);
     session.routedBy = f.routedBy;
     session.probe = f.probe;
     const pending = this.#pending[f.probe.budget]!;
@@ -189,7 +168,7 @@ export class SessionRegistry {
    * The owner answered the first check (or the restart's check) with a success. The endpoint that
    * sent the answered check joins (an ICE restart takes the 5-tuple over from its old session).
    */
-  establish(s: Session, owner: Backend, first: ClientEndpoint = s.current): void {
+  establish(s: Session, owner: BackendRef, first: ClientEndpoint = s.current): void {
     const d = this.#deps;
     this.#unpend(s);
     s.state = SessionState.Established;
@@ -221,7 +200,7 @@ export class SessionRegistry {
       },
       'session opened',
     );
-    for (const l of this.#listeners) l.established?.(s);
+    this.#events.established(s);
   }
 
   /**
@@ -231,14 +210,14 @@ export class SessionRegistry {
   join(s: Session, ep: ClientEndpoint): void {
     if (s.state !== SessionState.Established) return;
     this.#adopt(s, ep);
-    for (const l of this.#listeners) l.endpointJoined?.(s, ep);
-    for (const l of this.#listeners) l.currentChanged?.(s, ep);
+    this.#events.endpointJoined(s, ep);
+    this.#events.currentChanged(s, ep);
   }
 
   /** Downstream follows the endpoint that sent media (latching). Called only on a change. */
   latch(s: Session, ep: ClientEndpoint): void {
     s.current = ep;
-    for (const l of this.#listeners) l.currentChanged?.(s, ep);
+    this.#events.currentChanged(s, ep);
   }
 
   /** Ends a session and everything it holds; idempotent. A probing restart of it ends too. */
@@ -271,11 +250,7 @@ export class SessionRegistry {
     if (d.ports !== undefined && s.upstream.localPort > 0)
       d.ports.release(s.upstream.localPort, now, s.answered);
     d.counters.closed[CLOSE_REASONS.indexOf(reason)]!++;
-    const pending: Array<Promise<void>> = [];
-    for (const l of this.#listeners) {
-      const p = l.closed?.(s, reason, wasEstablished);
-      if (p !== undefined) pending.push(p);
-    }
+    const pending = this.#events.closed(s, reason, wasEstablished);
     if (!wasEstablished) return;
     const log = (): void =>
       d.log.info(
@@ -334,11 +309,11 @@ export class SessionRegistry {
   }
 
   /** Datagrams and bytes the kernel fast path forwarded for `s`, for its close log. */
-  noteKernel(s: Session, packetsUp: number, bytesUp: number, packetsDown: number, bytesDown: number): void {
-    s.packetsUp += packetsUp;
-    s.bytesUp += bytesUp;
-    s.packetsDown += packetsDown;
-    s.bytesDown += bytesDown;
+  noteKernel(s: Session, c: KernelCounts): void {
+    s.packetsUp += c.packetsUp;
+    s.bytesUp += c.bytesUp;
+    s.packetsDown += c.packetsDown;
+    s.bytesDown += c.bytesDown;
   }
 
   /** Remembers a client request so its response reaches the endpoint that sent it. */
@@ -387,9 +362,8 @@ export class SessionRegistry {
     const wasCurrent = s.current === ep;
     if (wasCurrent && s.endpoints.length > 0) s.current = s.endpoints[s.endpoints.length - 1]!;
     if (s.state !== SessionState.Established) return;
-    for (const l of this.#listeners) l.endpointLeft?.(s, ep);
-    if (wasCurrent && s.endpoints.length > 0)
-      for (const l of this.#listeners) l.currentChanged?.(s, s.current);
+    this.#events.endpointLeft(s, ep);
+    if (wasCurrent && s.endpoints.length > 0) this.#events.currentChanged(s, s.current);
   }
 
   #index(s: Session, ep: ClientEndpoint): void {

@@ -1,6 +1,5 @@
-import type { BudgetClass } from '../admission/source-shares.ts';
-import type { Backend } from '../backends/backend-table.ts';
-import type { Upstream } from '../defs/interfaces.ts';
+import type { BackendRef, BudgetClass, FlowEndpoint, FlowSession, Upstream } from '../defs/interfaces.ts';
+import type { RouteOutcome } from '../defs/reasons.ts';
 import { sameTransaction } from '../stun/parse.ts';
 
 /**
@@ -31,7 +30,7 @@ export const SessionState = {
 } as const;
 export type SessionState = (typeof SessionState)[keyof typeof SessionState];
 
-export class ClientEndpoint {
+export class ClientEndpoint implements FlowEndpoint {
   readonly address: string;
   readonly port: number;
   session: Session;
@@ -50,32 +49,15 @@ export class ClientEndpoint {
 /** How many outstanding client→backend transactions a session remembers (a small ring). */
 export const TX_SLOTS = 8;
 
-/** Routing state of a session whose owner is not known yet; written only by the router. */
-export class Probe {
-  candidates: Backend[];
-  /** Candidates that answered with an error: "not mine". */
-  readonly excluded = new Set<Backend>();
-  /** Probing began with a directed guess (prefix token or learned ufrag); fan out on failure. */
-  directed: boolean;
-  rounds = 0;
-  /** The class this flow was admitted under: whose pending count it holds (registry.ts). */
+/**
+ * Routing state of a flow whose owner is not known yet: the router's (src/datapath/probe.ts). The
+ * registry reads only the budget class the flow was admitted under (whose pending count it holds).
+ */
+export interface ProbeState {
   readonly budget: BudgetClass;
-
-  constructor(candidates: Backend[], directed: boolean, budget: BudgetClass) {
-    this.candidates = candidates;
-    this.directed = directed;
-    this.budget = budget;
-  }
-
-  /** Candidates still worth a datagram: not excluded, not removed. */
-  remaining(): number {
-    let n = 0;
-    for (const b of this.candidates) if (!this.excluded.has(b) && !b.removed) n++;
-    return n;
-  }
 }
 
-export class Session {
+export class Session implements FlowSession {
   readonly id: number;
   readonly username: string;
   readonly serverUfrag: string;
@@ -86,11 +68,12 @@ export class Session {
   /** hashBytes() of the server ufrag: the learned and negative cache key. */
   readonly serverUfragHash: number;
   readonly createdAt: number;
-  readonly upstream: Upstream;
+  /** Set once, by the registry, right after construction (its handler needs the session). */
+  upstream!: Upstream;
   /** Source address whose pending count this flow holds while it probes. */
   readonly source: string;
   state: SessionState = SessionState.Probing;
-  backend: Backend | undefined;
+  backend: BackendRef | undefined;
   /** Endpoints in the 5-tuple index. */
   readonly endpoints: ClientEndpoint[] = [];
   /** Where downstream traffic goes. */
@@ -101,7 +84,7 @@ export class Session {
   answered = false;
   routedBy: RouteOutcome = 'probe';
   /** Set while the owner is unknown. */
-  probe: Probe | undefined;
+  probe: ProbeState | undefined;
 
   // Outstanding client transactions: request bytes (for the transaction id) and who sent them.
   readonly txRequests: (Uint8Array | undefined)[] = new Array(TX_SLOTS).fill(undefined);
@@ -122,7 +105,6 @@ export class Session {
     username: string,
     colonIndex: number,
     hashes: { readonly username: number; readonly serverUfrag: number },
-    upstream: Upstream,
     first: { address: string; port: number },
     now: number,
   ) {
@@ -132,7 +114,6 @@ export class Session {
     this.usernameBytes = Buffer.from(username, 'latin1');
     this.usernameHash = hashes.username;
     this.serverUfragHash = hashes.serverUfrag;
-    this.upstream = upstream;
     this.createdAt = now;
     this.lastClientAt = now;
     this.source = first.address;
@@ -152,5 +133,3 @@ export class Session {
     return -1;
   }
 }
-
-export type RouteOutcome = 'rebind' | 'prefix' | 'learned' | 'probe' | 'restart';

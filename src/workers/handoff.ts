@@ -1,7 +1,5 @@
-import type { FlowHandoff } from '../defs/interfaces.ts';
+import type { FlowHandoff, FlowListener, FlowSession } from '../defs/interfaces.ts';
 import type { CloseReason } from '../defs/reasons.ts';
-import type { FlowListener } from '../session/events.ts';
-import type { Session } from '../session/session.ts';
 import type { UsernameView } from '../stun/parse.ts';
 import type { SharedDirectory } from './directory.ts';
 import { hashHi, hashLo } from './hash.ts';
@@ -77,7 +75,7 @@ export class HandoffNode implements FlowListener, FlowHandoff {
 
   // --- Directory side: flow events of the sessions this worker owns -----------------------------
 
-  established(s: Session): void {
+  established(s: FlowSession): void {
     const hi = hashHi(s.usernameBytes);
     const lo = hashLo(s.usernameBytes);
     if (!this.#o.directory.insert(hi, lo, this.id)) {
@@ -86,7 +84,7 @@ export class HandoffNode implements FlowListener, FlowHandoff {
     if (s.backend !== undefined) this.#o.onLearned?.(s.serverUfragHash, s.backend.name);
   }
 
-  closed(s: Session, reason: CloseReason, established: boolean): void {
+  closed(s: FlowSession, reason: CloseReason, established: boolean): void {
     if (established) this.#o.directory.remove(hashHi(s.usernameBytes), hashLo(s.usernameBytes), this.id);
     if (reason === 'probe_failed') this.#o.onNegative?.(s.serverUfragHash);
   }

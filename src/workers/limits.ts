@@ -1,5 +1,4 @@
-import type { Budget } from '../admission/token-bucket.ts';
-import type { SessionSlots } from '../session/registry.ts';
+import type { Budget, SessionSlots } from '../defs/interfaces.ts';
 
 /**
  * Admission limits shared by every worker thread, in SharedArrayBuffers (docs/workers.md, "Shared

@@ -1,5 +1,5 @@
 import type { Config } from '../config.ts';
-import type { BackendSpec } from '../discovery/types.ts';
+import type { BackendSpec } from '../defs/interfaces.ts';
 
 /** What the main thread and the data-path workers tell each other (docs/workers.md). */
 

@@ -1,16 +1,11 @@
 import { performance } from 'node:perf_hooks';
 import { Worker } from 'node:worker_threads';
 import type { Logger } from 'pino';
-import {
-  createHandoverHistogram,
-  createRegistry,
-  createRoutingHistogram,
-  type KernelPathSource,
-} from '../admin/metrics.ts';
+import { createHandoverHistogram, createRegistry, createRoutingHistogram } from '../admin/metrics.ts';
 import { startAdminServer } from '../admin/server.ts';
 import type { Config } from '../config.ts';
+import type { BackendSpec, KernelPathSource } from '../defs/interfaces.ts';
 import { createDiscovery } from '../discovery/index.ts';
-import type { BackendSpec } from '../discovery/types.ts';
 import { NftCommand } from '../fastpath/nft-runner.ts';
 import { deleteTableScript, FAMILY, TABLE, tableScript } from '../fastpath/nft-script.ts';
 import { checkFastPath, FastPathUnavailable, systemProbes } from '../fastpath/preflight.ts';
@@ -107,7 +102,6 @@ export async function startWorkerPool(
         get kernelSessions() {
           return stats.kernel().kernelSessions;
         },
-        handover,
       }
     : undefined;
   const registry = createRegistry(
@@ -125,7 +119,7 @@ export async function startWorkerPool(
       freePorts: config.upstreamPorts === undefined ? undefined : () => stats.sum(Stat.freePorts),
       openUpstreams: () => stats.sum(Stat.upstreams),
       routing,
-      ...(kernel === undefined ? {} : { kernel }),
+      ...(kernel === undefined ? {} : { kernel, handover }),
     },
     opts.processMetrics ?? true,
   );

@@ -2,7 +2,8 @@ import { performance } from 'node:perf_hooks';
 import { parentPort, workerData } from 'node:worker_threads';
 import { SOURCE_SLOTS } from '../admission/admission.ts';
 import { ACTIVATION_ROUNDS, SourceShares } from '../admission/source-shares.ts';
-import type { BackendSpec, DiscoverySource, SnapshotListener } from '../discovery/types.ts';
+import type { BackendSpec } from '../defs/interfaces.ts';
+import type { DiscoverySource, SnapshotListener } from '../discovery/types.ts';
 import { createLogger } from '../log.ts';
 import { startProxy } from '../main.ts';
 import { SharedDirectory } from './directory.ts';
@@ -88,14 +89,14 @@ node.start((buf, address, p) => datapath.onClientDatagram(buf, address, p));
 
 const publishNow = (): void =>
   publish(shared.stats, id, datapath.counters, {
-    sessions: datapath.table.size,
-    endpoints: datapath.table.endpointCount,
+    sessions: datapath.size,
+    endpoints: datapath.endpointCount,
     upstreams: transport.openUpstreams,
     handoffsOut: node.handedOut,
     handoffsIn: node.handedIn,
     handoffDrops: node.dropped,
     handoffRoutes: node.routes,
-    activeSources: datapath.admission.shares.active,
+    activeSources: datapath.activeSources,
     freePorts: ports === undefined ? -1 : ports.available,
     kernel: fastPath,
   });
@@ -113,10 +114,10 @@ port.on('message', (m: ToWorker) => {
       post({ type: 'applied' });
       break;
     case 'learned':
-      datapath.admission.learn(m.hash, m.backend);
+      datapath.learn(m.hash, m.backend);
       break;
     case 'negative':
-      datapath.admission.reject(m.hash, clock());
+      datapath.reject(m.hash);
       break;
     case 'drain':
       datapath.stopAccepting();

@@ -1,7 +1,8 @@
 import { describe, expect, it } from 'vitest';
-import { BudgetClass, SourceShares, sourceKeyHash } from '../../src/admission/source-shares.ts';
+import { SourceShares, sourceKeyHash } from '../../src/admission/source-shares.ts';
 import { NegativeUfrags } from '../../src/admission/ufrag-caches.ts';
 import { tokenBits, tokenFor, ufragTokenBits } from '../../src/backends/token.ts';
+import { BudgetClass } from '../../src/defs/interfaces.ts';
 import { hashBytes } from '../../src/stun/hash.ts';
 
 /** The fixed-size tables admission consults (docs/architecture.md, "Admission"). */

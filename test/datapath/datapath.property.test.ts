@@ -1,8 +1,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
+import type { BackendSpec, SessionSlots } from '../../src/defs/interfaces.ts';
 import { CLOSE_REASONS, DROP_REASON_LABELS, ROUTE_LABELS } from '../../src/defs/reasons.ts';
-import type { BackendSpec } from '../../src/discovery/types.ts';
-import type { SessionSlots } from '../../src/session/registry.ts';
 import { type Session, SessionState } from '../../src/session/session.ts';
 import { newUsernameView, ParseResult, parseBindingRequest } from '../../src/stun/parse.ts';
 import {
@@ -158,7 +157,7 @@ const usernameOf = (buf: Buffer): string | undefined => {
 };
 
 function sessionOfUpstream(w: World, u: FakeUpstream): Session | undefined {
-  for (const s of w.rig.datapath.registry.sessions) if (s.upstream === u) return s;
+  for (const s of w.rig.datapath.sessions) if (s.upstream === u) return s;
   return undefined;
 }
 
@@ -174,7 +173,7 @@ interface Before {
 }
 
 function snapshot(w: World, from?: { address: string; port: number }, into?: FakeUpstream): Before {
-  const ep = from === undefined ? undefined : w.rig.datapath.registry.lookup(from.address, from.port);
+  const ep = from === undefined ? undefined : w.rig.datapath.lookup(from.address, from.port);
   const down = into === undefined ? undefined : sessionOfUpstream(w, into);
   return {
     drops: w.rig.datapath.counters.drops.reduce((a, b) => a + b, 0),
@@ -200,7 +199,7 @@ function verify(
   step: { client?: { buf: Buffer; address: string; port: number }; backend?: { buf: Buffer; from: string } },
 ): void {
   const { rig } = w;
-  const reg = rig.datapath.registry;
+  const reg = rig.datapath;
   const t = rig.transport;
   eq(t.violations.join('; '), '', 'what a real socket would refuse');
 
@@ -357,7 +356,7 @@ function verify(
   }
   w.upstreamsSeen = t.upstreams.length;
   const c = rig.datapath.counters;
-  const o = rig.datapath.admission.options;
+  const o = rig.options;
   const seconds = (rig.clock.now - w.startedAt) / 1000;
   ok(
     c.probesSent - c.directedProbesSent <= o.probeRate * (1 + seconds) + 1e-9,
@@ -479,9 +478,7 @@ const clientCommands = [
   fc.record({ tuple: tupleArb, s: fc.nat(), alt: fc.boolean() }).map(
     ({ tuple, s, alt }) =>
       new Step(`forged#${s} ${key(tuple)}`, (w) => {
-        const live = [...w.rig.datapath.registry.sessions].filter(
-          (x) => x.state === SessionState.Established,
-        );
+        const live = [...w.rig.datapath.sessions].filter((x) => x.state === SessionState.Established);
         if (live.length === 0) return;
         const target = live[s % live.length]!;
         const forged: IceCreds = {
@@ -609,7 +606,7 @@ const rareCommands = [
       const before = snapshot(w);
       w.rig.datapath.closeAll();
       verify(w, before, {});
-      expect(w.rig.datapath.registry.size).toBe(0);
+      expect(w.rig.datapath.size).toBe(0);
     }),
   ),
 ];

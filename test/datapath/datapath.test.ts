@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { pino } from 'pino';
 import { describe, expect, it } from 'vitest';
 import { ACTIVATION_ROUNDS } from '../../src/admission/source-shares.ts';
+import { probeOf } from '../../src/datapath/probe.ts';
 import { CLOSE_REASONS, DROP_REASON_LABELS, ROUTE_LABELS } from '../../src/defs/reasons.ts';
 import { SessionState } from '../../src/session/session.ts';
 import {
@@ -123,10 +124,10 @@ describe('first datagrams of unknown flows that are not usable checks', () => {
     expect(totalDrops(r)).toBe(cases.length);
     expect(r.transport.upstreams).toHaveLength(0);
     expect(r.transport.toClients).toHaveLength(0);
-    expect(r.datapath.registry.size).toBe(0);
+    expect(r.datapath.size).toBe(0);
     // The good check from the same 5-tuple is still routed: nothing above left state behind.
     send(r, good, A);
-    expect(r.datapath.registry.size).toBe(1);
+    expect(r.datapath.size).toBe(1);
   });
 });
 
@@ -215,7 +216,7 @@ describe('admission', () => {
     expect(drops(r, 'source_limit')).toBe(1);
     // The directed class counts separately: a prefix-routed flow from the same address passes.
     send(r, check(r.backends[0]!.addSession({ prefix: true })), A2);
-    expect(r.datapath.registry.size).toBe(2);
+    expect(r.datapath.size).toBe(2);
     send(r, check(unknownCreds()), B);
     expect(drops(r, 'session_limit')).toBe(1);
     expect(r.transport.upstreams).toHaveLength(2);
@@ -301,8 +302,7 @@ describe('admission', () => {
     });
     const flooders = ['203.0.113.1', '203.0.113.2', '203.0.113.3'];
     const victim = r.backends[1]!.addSession();
-    const victimSession = () =>
-      [...r.datapath.registry.sessions].find((s) => s.serverUfrag === victim.serverUfrag);
+    const victimSession = () => [...r.datapath.sessions].find((s) => s.serverUfrag === victim.serverUfrag);
     let port = 1;
     let tries = 0;
     let routedAt = -1;
@@ -347,7 +347,7 @@ describe('admission', () => {
     // A rebinding check of a live session is directed too (one datagram to its owner).
     send(r, check(live.creds), { address: A.address, port: 4001 });
     r.answerAll(live.up);
-    expect(r.datapath.registry.lookup(A.address, 4001)?.session.id).toBe(live.id);
+    expect(r.datapath.lookup(A.address, 4001)?.session.id).toBe(live.id);
   });
 
   it('draining: new flows are dropped, established and probing flows continue', () => {
@@ -368,17 +368,17 @@ describe('admission', () => {
     expect(r.transport.sentToClient(A.address, A.port).at(-1)!.toString()).toContain('down');
     send(r, check(e.creds), B);
     r.answerAll(e.up);
-    expect(r.datapath.registry.lookup(B.address, B.port)?.session.id).toBe(e.id);
+    expect(r.datapath.lookup(B.address, B.port)?.session.id).toBe(e.id);
     // The probing flow still gets its retransmit rounds.
     const before = r.transport.of(r.sessionOf(probing.serverUfrag)).sent.length;
     send(r, check(probing), C);
     expect(r.transport.of(r.sessionOf(probing.serverUfrag)).sent.length).toBe(before + 2);
     // Sessions end as they idle; at the drain deadline the rest end as `shutdown`.
     r.tick(3000); // probe timeout
-    expect(r.datapath.registry.size).toBe(1);
+    expect(r.datapath.size).toBe(1);
     r.datapath.closeAll();
     expect(closedBy(r, 'shutdown')).toBe(1);
-    expect(r.datapath.registry.size).toBe(0);
+    expect(r.datapath.size).toBe(0);
     expect(r.transport.open()).toHaveLength(0);
     expect(
       r.events.filter((ev) => ev.type === 'closed').map((ev) => ev.type === 'closed' && ev.reason),
@@ -467,7 +467,7 @@ describe('probing', () => {
       .inject(buildBindingError({ transactionId: randomBytes(12), code: 401 }), r.backends[0]!);
     expect(drops(r, 'upstream_no_session')).toBe(1);
     expect(r.transport.open()).toHaveLength(0);
-    expect(r.datapath.registry.endpointCount).toBe(0);
+    expect(r.datapath.endpointCount).toBe(0);
   });
 
   it('stale learned entry: the learned backend says 401 → fan-out to the others at once', () => {
@@ -550,14 +550,14 @@ describe('ICE restarts and credential changes', () => {
     send(r, check(next), A);
     expect(r.sessionOf(next.serverUfrag)).toBe(p);
     expect(pu.sent).toHaveLength(4);
-    expect(p.probe?.rounds).toBe(2);
+    expect(probeOf(p).rounds).toBe(2);
     // Media keeps flowing on the old session meanwhile.
     send(r, media('still'), A);
     expect(e.up.sent.at(-1)!.buf.toString()).toContain('still');
     r.answerAll(pu);
     expect(p.state).toBe(SessionState.Established);
     expect(old.state).toBe(SessionState.Closed);
-    expect(r.datapath.registry.lookup(A.address, A.port)?.session).toBe(p);
+    expect(r.datapath.lookup(A.address, A.port)?.session).toBe(p);
     expect(routes(r, 'restart')).toBe(1);
     expect(closedBy(r, 'restart')).toBe(1);
     expect(e.up.closed).toBe(true);
@@ -590,7 +590,7 @@ describe('ICE restarts and credential changes', () => {
     expect(p2.state).toBe(SessionState.Established);
     expect(p2.backend?.name).toBe(b0.name);
     expect(old.state).toBe(SessionState.Closed);
-    expect(r.datapath.registry.size).toBe(1);
+    expect(r.datapath.size).toBe(1);
     expect(r.transport.open().map((u) => u.localPort)).toEqual([r.transport.of(p2).localPort]);
   });
 
@@ -602,7 +602,7 @@ describe('ICE restarts and credential changes', () => {
     r.answerAll(r.transport.of(p)); // both 401
     expect(p.state).toBe(SessionState.Closed);
     expect(old.state).toBe(SessionState.Established);
-    expect(r.datapath.registry.lookup(A.address, A.port)?.session).toBe(old);
+    expect(r.datapath.lookup(A.address, A.port)?.session).toBe(old);
     send(r, media('after'), A);
     expect(e.up.sent.at(-1)!.buf.toString()).toContain('after');
     e.up.inject(media('down'), b0);
@@ -642,18 +642,18 @@ describe('ICE restarts and credential changes', () => {
         .sentToClient(B.address, B.port)
         .some((x) => x.subarray(8, 20).equals(fromA.subarray(8, 20))),
     ).toBe(false);
-    expect(r.datapath.registry.lookup(A.address, A.port)?.session).toBe(p);
-    expect(r.datapath.registry.lookup(B.address, B.port)?.session).toBe(old); // no success for B yet
+    expect(r.datapath.lookup(A.address, A.port)?.session).toBe(p);
+    expect(r.datapath.lookup(B.address, B.port)?.session).toBe(old); // no success for B yet
     // B checks the new pair again: it is a rebinding of the new session (through its socket), not
     // another restart with a second upstream port for the same ICE session.
     const again = check(next);
     send(r, again, B);
-    expect(r.datapath.registry.size).toBe(2);
+    expect(r.datapath.size).toBe(2);
     expect(pu.sent.at(-1)).toMatchObject({ via: 'send', address: b1.address });
     r.answerAll(pu);
-    expect(r.datapath.registry.lookup(B.address, B.port)?.session).toBe(p);
+    expect(r.datapath.lookup(B.address, B.port)?.session).toBe(p);
     expect(old.state).toBe(SessionState.Closed);
-    expect(r.datapath.registry.size).toBe(1);
+    expect(r.datapath.size).toBe(1);
     expect(p.endpoints).toHaveLength(2);
   });
 
@@ -683,11 +683,11 @@ describe('ICE restarts and credential changes', () => {
     expect(closedBy(r, 'superseded')).toBe(1);
     expect(closedBy(r, 'restart')).toBe(0);
     const s = r.sessionOf(right.serverUfrag);
-    expect(r.datapath.registry.lookup(A.address, A.port)?.session).toBe(s);
+    expect(r.datapath.lookup(A.address, A.port)?.session).toBe(s);
     r.answerAll(r.transport.of(s));
     expect(s.state).toBe(SessionState.Established);
     expect(r.events.map((ev) => ev.type)).toEqual(['closed', 'established']);
-    expect(r.datapath.registry.pending(A.address, 0)).toBe(0);
+    expect(r.datapath.pending(A.address, 0)).toBe(0);
   });
 });
 
@@ -697,21 +697,21 @@ describe('sessions over time', () => {
     const b0 = r.backends[0]!;
     const e = established(r, b0, A);
     send(r, check(e.creds), B); // a second candidate of the same agent (or a NAT rebinding)
-    expect(r.datapath.registry.lookup(B.address, B.port)).toBeUndefined(); // not before the success
+    expect(r.datapath.lookup(B.address, B.port)).toBeUndefined(); // not before the success
     r.answerAll(e.up);
-    expect(r.datapath.registry.lookup(B.address, B.port)?.session.id).toBe(e.id);
-    expect(r.datapath.registry.endpointCount).toBe(2);
+    expect(r.datapath.lookup(B.address, B.port)?.session.id).toBe(e.id);
+    expect(r.datapath.endpointCount).toBe(2);
     for (let t = 0; t < 70; t++) {
       r.tick(1000);
       send(r, media(`a${t}`), A);
     }
-    expect(r.datapath.registry.lookup(B.address, B.port)).toBeUndefined();
-    expect(r.datapath.registry.lookup(A.address, A.port)?.session.id).toBe(e.id);
-    expect(r.datapath.registry.endpointCount).toBe(1);
+    expect(r.datapath.lookup(B.address, B.port)).toBeUndefined();
+    expect(r.datapath.lookup(A.address, A.port)?.session.id).toBe(e.id);
+    expect(r.datapath.endpointCount).toBe(1);
     r.tick(60_000);
-    expect(r.datapath.registry.size).toBe(0);
+    expect(r.datapath.size).toBe(0);
     expect(closedBy(r, 'idle')).toBe(1);
-    expect(r.datapath.registry.endpointCount).toBe(0);
+    expect(r.datapath.endpointCount).toBe(0);
     // After the session is gone, media from its old 5-tuple is unknown traffic.
     send(r, media('late'), A);
     expect(drops(r, 'unknown_flow_rtp')).toBe(1);
@@ -761,7 +761,7 @@ describe('sessions over time', () => {
       { type: 'endpointJoined', session: e.id, endpoint: '198.51.100.7:6000' },
       { type: 'currentChanged', session: e.id, endpoint: '198.51.100.7:6000' },
     ]);
-    expect(r.datapath.registry.endpointCount).toBe(2);
+    expect(r.datapath.endpointCount).toBe(2);
   });
 
   it('a late answer to a rebinding check of a 5-tuple that already joined does not end the session', () => {
@@ -783,9 +783,9 @@ describe('sessions over time', () => {
     // The retransmit's answer arrives only now.
     e.up.inject(b0.answer(second, B)!, b0);
     expect(s.state).toBe(SessionState.Established);
-    expect(r.datapath.registry.lookup(B.address, B.port)?.session).toBe(s);
-    expect(r.datapath.registry.size).toBe(1);
-    expect(r.datapath.registry.endpointCount).toBe(1);
+    expect(r.datapath.lookup(B.address, B.port)?.session).toBe(s);
+    expect(r.datapath.size).toBe(1);
+    expect(r.datapath.endpointCount).toBe(1);
     expect(closedBy(r, 'restart')).toBe(0);
   });
 
@@ -796,7 +796,7 @@ describe('sessions over time', () => {
     // A replay of the pair with a wrong password from elsewhere: the backend refuses it.
     send(r, check({ ...e.creds, password: 'wrong'.repeat(5) }), B);
     r.answerAll(e.up);
-    expect(r.datapath.registry.lookup(B.address, B.port)).toBeUndefined();
+    expect(r.datapath.lookup(B.address, B.port)).toBeUndefined();
     expect(routes(r, 'rebind_refused')).toBe(1);
     expect(r.events.map((ev) => ev.type)).toEqual(['established']);
     // The 401 went to the endpoint that asked, and media still goes to A.
@@ -813,7 +813,7 @@ describe('sessions over time', () => {
     const e2 = established(r, b2, C);
     const err = (code: string): NodeJS.ErrnoException => Object.assign(new Error(code), { code });
     e1.up.handler.onError(err('ECONNREFUSED'));
-    expect(r.datapath.registry.size).toBe(3);
+    expect(r.datapath.size).toBe(3);
     e1.up.handler.onError(err('EIO'));
     expect(closedBy(r, 'upstream_error')).toBe(1);
     r.datapath.updateBackends([b1.spec, b2.spec]);
@@ -841,14 +841,14 @@ describe('sessions over time', () => {
     });
     r.datapath.addListener({ closed: (_s, _reason, wasEstablished) => (wasEstablished ? held : undefined) });
     const e = established(r, r.backends[0]!, A);
-    const s = [...r.datapath.registry.sessions].find((x) => x.id === e.id)!;
+    const s = [...r.datapath.sessions].find((x) => x.id === e.id)!;
     const up = s.packetsUp;
     const down = s.packetsDown;
-    r.datapath.registry.close(s, 'idle');
+    r.datapath.closeAll('idle');
     const closedLogs = () => lines.filter((l) => l['msg'] === 'session closed');
     expect(closedLogs()).toEqual([]);
     // What the kernel forwarded since the last read arrives after the close: the log has it.
-    r.datapath.registry.noteKernel(s, 7, 700, 3, 300);
+    r.datapath.addKernelCounts(s, { packetsUp: 7, bytesUp: 700, packetsDown: 3, bytesDown: 300 });
     release();
     await held;
     await new Promise((resolve) => setImmediate(resolve));

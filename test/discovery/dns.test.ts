@@ -3,8 +3,8 @@ import { promises as dnsPromises } from 'node:dns';
 import { once } from 'node:events';
 import { pino } from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
+import type { BackendSpec } from '../../src/defs/interfaces.ts';
 import { DnsDiscovery, type DnsResolver } from '../../src/discovery/dns.ts';
-import type { BackendSpec } from '../../src/discovery/types.ts';
 
 const log = pino({ level: 'silent' });
 const brief = (s: readonly BackendSpec[] | undefined) =>

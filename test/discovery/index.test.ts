@@ -1,9 +1,9 @@
 import { pino } from 'pino';
 import { Registry } from 'prom-client';
 import { afterEach, describe, expect, it } from 'vitest';
+import type { BackendSpec } from '../../src/defs/interfaces.ts';
 import type { DnsResolver } from '../../src/discovery/dns.ts';
 import { createDiscovery, DiscoveryConfigError, type ObservedDiscovery } from '../../src/discovery/index.ts';
-import type { BackendSpec } from '../../src/discovery/types.ts';
 import { FakeApiServer, kubeConfigFor, slice } from './fake-apiserver.ts';
 
 const log = pino({ level: 'silent' });

@@ -1,7 +1,7 @@
 import { pino } from 'pino';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import type { BackendSpec } from '../../src/defs/interfaces.ts';
 import { K8sDiscovery } from '../../src/discovery/k8s.ts';
-import type { BackendSpec } from '../../src/discovery/types.ts';
 import { FakeApiServer, kubeConfigFor, slice } from './fake-apiserver.ts';
 
 // The real @kubernetes/client-node informer (ListWatch + Watch over undici) against a local

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
+import type { BackendSpec } from '../../src/defs/interfaces.ts';
 import { parseBackends, StaticDiscovery } from '../../src/discovery/static.ts';
-import type { BackendSpec } from '../../src/discovery/types.ts';
 
 describe('parseBackends', () => {
   it('parses IPv4 and bracketed IPv6, trimming spaces', () => {

@@ -9,9 +9,10 @@
 // the pod). The workers log to stdout (src/log.ts), between the replies, which the runner ignores.
 import { pino } from 'pino';
 import { parseConfig } from '../../src/config.ts';
+import type { BackendSpec } from '../../src/defs/interfaces.ts';
 import { CLOSE_REASONS, DROP_REASON_LABELS } from '../../src/defs/reasons.ts';
 import { parseBackends } from '../../src/discovery/static.ts';
-import type { BackendSpec, SnapshotListener } from '../../src/discovery/types.ts';
+import type { SnapshotListener } from '../../src/discovery/types.ts';
 import {
   type IngressHandle,
   type ProxyHandle,
@@ -65,7 +66,7 @@ serve(async (req: Json) => {
         },
         drops: named(DROP_REASON_LABELS, c.drops),
         closed: named(CLOSE_REASONS, c.closed),
-        sessions: [...dp.table.sessions].map((s) => ({
+        sessions: [...dp.sessions].map((s) => ({
           id: s.id,
           serverUfrag: s.serverUfrag,
           current: `${s.current.address}:${s.current.port}`,

@@ -1,5 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import { type FastPathHost, type KernelCounts, NftFastPath } from '../../src/fastpath/fast-path.ts';
+import type { FastPathHost } from '../../src/defs/interfaces.ts';
+import type { KernelCounts } from '../../src/defs/kernel-counts.ts';
+import { NftFastPath } from '../../src/fastpath/fast-path.ts';
 import type { Nft } from '../../src/fastpath/nft-runner.ts';
 import {
   addCounterLines,
@@ -338,10 +340,10 @@ function session(
     's:c',
     1,
     { username: 1, serverUfrag: 2 },
-    up,
     { address: client, port: clientPort },
     0,
   );
+  s.upstream = up;
   s.state = SessionState.Established;
   s.backend = { name: 'b', address: backend, port: 10000 } as Session['backend'];
   s.endpoints.push(s.current);

@@ -35,10 +35,10 @@ function session(client: [string, number], backend: [string, number], upstreamPo
     'srv:cli',
     3,
     { username: 1, serverUfrag: 2 },
-    upstream,
     { address: client[0], port: client[1] },
     0,
   );
+  s.upstream = upstream;
   s.state = SessionState.Established;
   s.backend = { name: 'b', address: backend[0], port: backend[1] } as Session['backend'];
   s.endpoints.push(s.current);

@@ -135,6 +135,6 @@ describe('proxy with Kubernetes EndpointSlice discovery', () => {
     await until(() => gone[CLOSE_REASONS.indexOf('backend_gone')] === 2, 10_000, 'sessions of jvb-0 closed');
     expect(await echoes(c1, target, 'after-gone')).toBe(false);
     expect(await echoes(c3, target, 'after-gone-b')).toBe(true);
-    expect(proxy.datapath.table.size).toBe(1);
+    expect(proxy.datapath.size).toBe(1);
   });
 });

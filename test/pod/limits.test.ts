@@ -38,11 +38,11 @@ describe('limits', () => {
     const peers = await Promise.all(Array.from({ length: 8 }, () => open(RawPeer.open())));
     for (const p of peers) await p.send(rig.target, unknownCheck());
     await until(() => rig!.proxy.datapath.counters.packetsFromClients === 8, 2000, 'all received');
-    expect(rig.proxy.datapath.table.size).toBe(3);
+    expect(rig.proxy.datapath.size).toBe(3);
     expect(rig.drops('source_limit')).toBe(5);
 
     // Once those fail, established sessions count against --max-sessions.
-    await until(() => rig!.proxy.datapath.table.size === 0, 3000, 'probes time out');
+    await until(() => rig!.proxy.datapath.size === 0, 3000, 'probes time out');
     const clients = await Promise.all(Array.from({ length: 6 }, () => open(FakeIceClient.open())));
     let ok = 0;
     for (const c of clients) {
@@ -70,13 +70,13 @@ describe('limits', () => {
     const s1 = a.addSession();
     const r1 = await c1.check(rig.target, s1);
     expect([first, first + 1]).toContain(r1.mappedAddress.port);
-    await until(() => rig!.proxy.datapath.table.size === 0, 2000, 'idle expiry');
+    await until(() => rig!.proxy.datapath.size === 0, 2000, 'idle expiry');
 
     // The other port is still fresh: the next session gets it, not the one just released.
     const c2 = await open(FakeIceClient.open());
     const r2 = await c2.check(rig.target, a.addSession());
     expect(r2.mappedAddress.port).not.toBe(r1.mappedAddress.port);
-    await until(() => rig!.proxy.datapath.table.size === 0, 2000, 'idle expiry');
+    await until(() => rig!.proxy.datapath.size === 0, 2000, 'idle expiry');
 
     // Both ports resting: a new flow is refused until the first port's quarantine is over.
     const c3 = await open(FakeIceClient.open());
@@ -112,7 +112,7 @@ describe('limits', () => {
     // Amplification stays bounded by the budget (burst 200 + refill over the run).
     const c = rig.proxy.datapath.counters;
     expect(c.probesSent).toBeLessThan(200 + 200 * 5);
-    expect(rig.proxy.datapath.table.size).toBeLessThanOrEqual(1 + 4 * 256);
+    expect(rig.proxy.datapath.size).toBeLessThanOrEqual(1 + 4 * 256);
   });
 
   it('lets new fan-out and prefix-routed calls in through a flood of forged first checks from 50 sources', async () => {

@@ -54,7 +54,7 @@ describe('relay', () => {
     expect(a.remotesOf(s1.ufrag)).toHaveLength(1);
     expect(b.remotesOf(s2.ufrag)).toHaveLength(1);
     expect(rig.routes('probe_won')).toBe(2);
-    expect(rig.proxy.datapath.table.size).toBe(2);
+    expect(rig.proxy.datapath.size).toBe(2);
   });
 
   it('delivers a server-originated check to the client from the listening address, and its answer back', async () => {
@@ -100,8 +100,8 @@ describe('relay', () => {
     await wifi.check(rig.target, creds);
     await eth.check(rig.target, creds); // a new remote address would get 403 (lockAfterMs 0)
     expect(a.remotesOf(creds.ufrag)).toHaveLength(1);
-    expect(rig.proxy.datapath.table.size).toBe(1);
-    expect(rig.proxy.datapath.table.endpointCount).toBe(2);
+    expect(rig.proxy.datapath.size).toBe(1);
+    expect(rig.proxy.datapath.endpointCount).toBe(2);
     // Downstream follows the 5-tuple that sends media (latching).
     await wifi.sendMedia(rig.target, rtp('w'));
     expect((await wifi.nextMedia(1000)).data.subarray(2).toString()).toBe('w');
@@ -185,7 +185,7 @@ describe('relay', () => {
     for (const [reason, n] of expected) expect(rig.drops(reason), reason).toBeGreaterThanOrEqual(n);
     expect(total()).toBe(packets.length);
     for (const s of rig.servers) expect(s.stats.datagrams).toBe(0);
-    expect(rig.proxy.datapath.table.size).toBe(0);
+    expect(rig.proxy.datapath.size).toBe(0);
     // Still serving: a real session works afterwards.
     const c1 = await client();
     const s1 = rig.servers[1]!.addSession();
@@ -219,9 +219,9 @@ describe('relay', () => {
     const c1 = await client();
     const s1 = rig.servers[0]!.addSession();
     await c1.check(rig.target, s1);
-    expect(rig.proxy.datapath.table.size).toBe(1);
+    expect(rig.proxy.datapath.size).toBe(1);
     expect(rig.proxy.transport.openUpstreams).toBe(1);
-    await until(() => rig!.proxy.datapath.table.size === 0, 2000, 'idle expiry');
+    await until(() => rig!.proxy.datapath.size === 0, 2000, 'idle expiry');
     expect(rig.proxy.transport.openUpstreams).toBe(0);
     await c1.sendMedia(rig.target, rtp('late'));
     await until(() => rig!.drops('unknown_flow_rtp') === 1, 1000, 'late media dropped');
@@ -237,7 +237,7 @@ describe('relay', () => {
       await c1.nextMedia(500);
       await sleep(100);
     }
-    expect(rig.proxy.datapath.table.size).toBe(1);
+    expect(rig.proxy.datapath.size).toBe(1);
   });
 
   it('sends a second client ufrag of a learned server ufrag only to its owner', async () => {
@@ -272,7 +272,7 @@ describe('relay', () => {
     expect(b.stats.mediaEchoed).toBe(1);
     expect(a.stats.mediaEchoed).toBe(1);
     expect(rig.routes('restart')).toBe(1);
-    await until(() => rig!.proxy.datapath.table.size === 1, 1000, 'old session closed');
+    await until(() => rig!.proxy.datapath.size === 1, 1000, 'old session closed');
   });
 
   it('keeps relaying existing sessions while draining but takes no new ones', async () => {
@@ -290,7 +290,7 @@ describe('relay', () => {
     await expect(c2.check(rig.target, rig.servers[1]!.addSession(), { timeoutMs: 300 })).rejects.toThrow();
     expect(rig.drops('draining')).toBeGreaterThan(0);
     await drained;
-    expect(rig.proxy.datapath.table.size).toBe(0);
+    expect(rig.proxy.datapath.size).toBe(0);
   });
 });
 
