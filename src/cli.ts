@@ -1,14 +1,15 @@
 #!/usr/bin/env node
 import { readFileSync } from 'node:fs';
-import { ConfigError, helpText, parseConfig } from './config.ts';
+import { helpText, parseConfig } from './config.ts';
+import { ExitStatus, IngressError } from './defs/errors.ts';
 import { runJvbConfigCommand, runTokenCommand } from './jvb-config.ts';
-import { startIngress } from './main.ts';
+import { startIngress } from './pod/pod.ts';
 
 /**
  * `ice-ingress` entry point: sub-commands, flags, signals and exit codes.
- * Exit codes: 0 clean exit (including after a drain), 1 failed at run time (e.g. port in use, a
- * worker thread crashed),
- * 2 bad command line or configuration.
+ * Exit codes (src/defs/errors.ts): 0 clean exit (including after a drain); 2 bad input (a flag, a
+ * variable, a file one names); 1 the environment (a port in use, no nft, a worker thread crashed).
+ * Every start-up failure is one line on stderr that names the flag or file and the reason.
  */
 
 function version(): string {
@@ -20,6 +21,17 @@ function version(): string {
     }
   }
   return 'unknown';
+}
+
+/** A start-up failure: one line that names the flag or file and the reason; its exit status. */
+function fail(err: IngressError): number {
+  const prefix = err.exitStatus === ExitStatus.Environment ? 'cannot start: ' : '';
+  process.stderr.write(`ice-ingress: ${prefix}${oneLine(err.message)}\n`);
+  return err.exitStatus;
+}
+
+function oneLine(text: string): string {
+  return text.replace(/\s*\n\s*/g, ' ').trim();
 }
 
 async function main(argv: string[]): Promise<number> {
@@ -34,10 +46,7 @@ async function main(argv: string[]): Promise<number> {
   try {
     parsed = parseConfig(argv, process.env);
   } catch (err) {
-    if (err instanceof ConfigError) {
-      process.stderr.write(`ice-ingress: ${err.message}\n`);
-      return 2;
-    }
+    if (err instanceof IngressError) return fail(err);
     throw err;
   }
   if (parsed.kind === 'help') {
@@ -53,13 +62,10 @@ async function main(argv: string[]): Promise<number> {
   try {
     proxy = await startIngress(config);
   } catch (err) {
-    const e = err as NodeJS.ErrnoException;
-    if (e.code === 'ICE_INGRESS_DISCOVERY_CONFIG') {
-      process.stderr.write(`ice-ingress: invalid configuration: ${e.message}\n`);
-      return 2;
-    }
-    process.stderr.write(`ice-ingress: cannot start: ${e.message}\n`);
-    return 1;
+    if (err instanceof IngressError) return fail(err);
+    // Not one of ours: the environment refused something we did not foresee.
+    process.stderr.write(`ice-ingress: cannot start: ${oneLine((err as Error).message)}\n`);
+    return ExitStatus.Environment;
   }
   return new Promise<number>((resolve) => {
     let stopping = false;

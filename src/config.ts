@@ -1,5 +1,6 @@
 import { isIP } from 'node:net';
 import type { DatapathOptions } from './datapath/datapath.ts';
+import { BadInputError } from './defs/errors.ts';
 import { parseBackends } from './discovery/static.ts';
 import { MAX_WORKERS } from './workers/cpus.ts';
 
@@ -190,11 +191,11 @@ export function envName(flag: string): string {
   return 'ICE_INGRESS_' + flag.toUpperCase().replaceAll('-', '_');
 }
 
-export class ConfigError extends Error {
-  readonly code = 'ICE_INGRESS_BAD_CONFIG';
+/** Bad flags or variables: every problem, each naming its flag or variable, in one line (exit 2). */
+export class ConfigError extends BadInputError {
   readonly problems: readonly string[];
   constructor(problems: readonly string[]) {
-    super(`invalid configuration:\n  ${problems.join('\n  ')}`);
+    super('ICE_INGRESS_BAD_CONFIG', `invalid configuration: ${problems.join('; ')}`);
     this.problems = problems;
   }
 }

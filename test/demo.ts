@@ -11,7 +11,7 @@
 import { parseConfig } from '../src/config.ts';
 import { DROP_REASON_LABELS, ROUTE_LABELS } from '../src/defs/reasons.ts';
 import { createLogger } from '../src/log.ts';
-import { startProxy } from '../src/main.ts';
+import { startProxy } from '../src/pod/pod.ts';
 import { FakeIceClient } from './fixtures/ice-client.ts';
 import { FakeMediaServer } from './fixtures/media-server.ts';
 

@@ -1,10 +1,11 @@
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
 import type { Counters } from '../defs/counters.ts';
-import type { KernelPathSource } from '../defs/interfaces.ts';
+import type { BackendSpec, BackendState, KernelPathSource } from '../defs/interfaces.ts';
 import { CLOSE_REASONS, DROP_REASON_LABELS, ROUTE_LABELS } from '../defs/reasons.ts';
 
 /**
- * Prometheus metrics (prom-client). The data path keeps plain numbers; each metric here reads them
+ * Every Prometheus metric of the pod (prom-client), registered here and nowhere else: the data
+ * path's, the kernel fast path's, discovery's and the worker threads' series. The data path keeps plain numbers; each metric here reads them
  * in its `collect()` at scrape time, so the per-packet cost of metrics is one field increment.
  * Labels come only from fixed sets (direction, reason, outcome, state): never client addresses.
  */
@@ -212,4 +213,183 @@ export function createRegistry(src: MetricSources, withProcessMetrics = true): R
     });
   }
   return registry;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Discovery (src/discovery)
+
+/** What the discovery metrics read (src/discovery/index.ts, ObservedDiscovery). */
+export interface DiscoveryMetricSource {
+  readonly kind: string;
+  readonly status: {
+    readonly connected: boolean;
+    readonly lastSyncAt: number | undefined;
+    readonly restarts: number;
+    readonly errors: number;
+  };
+  readonly snapshots: number;
+  readonly lastSnapshot: readonly BackendSpec[] | undefined;
+}
+
+const STATES: readonly BackendState[] = ['ready', 'terminating', 'unready'];
+
+/**
+ * Read at scrape time from the source's status; nothing is updated on the hot path.
+ * - ice_ingress_discovery_connected: 1 while the upstream answers; 0 while the last snapshot is
+ *   served from memory (API server or DNS unreachable). Alert on it staying 0.
+ * - ice_ingress_discovery_last_sync_timestamp_seconds: last successful list/watch event/resolution.
+ * - ice_ingress_discovery_restarts_total, ice_ingress_discovery_errors_total.
+ * - ice_ingress_discovery_snapshots_total: snapshots handed to the data path (changes only).
+ * - ice_ingress_discovery_backends{state}: backends in the last snapshot.
+ */
+export function registerDiscoveryMetrics(registry: Registry, source: DiscoveryMetricSource): void {
+  const registers = [registry];
+  const labels = { kind: source.kind };
+  new Gauge({
+    name: 'ice_ingress_discovery_connected',
+    help: 'Whether the discovery upstream (Kubernetes API, DNS) answered last time (1) or the last good snapshot is served from memory (0).',
+    labelNames: ['kind'],
+    registers,
+    collect() {
+      this.set(labels, source.status.connected ? 1 : 0);
+    },
+  });
+  new Gauge({
+    name: 'ice_ingress_discovery_last_sync_timestamp_seconds',
+    help: 'Unix time of the last successful discovery sync (list, watch event or DNS answer); 0 before the first.',
+    labelNames: ['kind'],
+    registers,
+    collect() {
+      this.set(labels, (source.status.lastSyncAt ?? 0) / 1000);
+    },
+  });
+  new Counter({
+    name: 'ice_ingress_discovery_restarts_total',
+    help: 'Restarts of the EndpointSlice informer after errors (a 410 Gone relist is not a restart).',
+    labelNames: ['kind'],
+    registers,
+    collect() {
+      this.reset();
+      this.inc(labels, source.status.restarts);
+    },
+  });
+  new Counter({
+    name: 'ice_ingress_discovery_errors_total',
+    help: 'Failed discovery attempts: list/watch errors (k8s) or failed resolutions (dns).',
+    labelNames: ['kind'],
+    registers,
+    collect() {
+      this.reset();
+      this.inc(labels, source.status.errors);
+    },
+  });
+  new Counter({
+    name: 'ice_ingress_discovery_snapshots_total',
+    help: 'Backend snapshots handed to the data path (emitted on change only).',
+    labelNames: ['kind'],
+    registers,
+    collect() {
+      this.reset();
+      this.inc(labels, source.snapshots);
+    },
+  });
+  new Gauge({
+    name: 'ice_ingress_discovery_backends',
+    help: 'Backends in the current discovery snapshot, by state (ready, terminating, unready).',
+    labelNames: ['state'],
+    registers,
+    collect() {
+      const counts: Record<BackendState, number> = { ready: 0, terminating: 0, unready: 0 };
+      for (const b of source.lastSnapshot ?? []) counts[b.state]++;
+      for (const state of STATES) this.set({ state }, counts[state]);
+    },
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// A pod's worker threads (src/workers)
+
+/** What the per-worker series read (src/workers/pool.ts, from the workers' stats rows). */
+export interface WorkerMetricSource {
+  readonly workers: number;
+  sessions(worker: number): number;
+  /** Datagrams relayed by `worker`: client_in, backend_out, backend_in, client_out. */
+  packets(worker: number): readonly [number, number, number, number];
+  handoffsOut(worker: number): number;
+  handoffsIn(worker: number): number;
+  /** Summed over the workers. */
+  handoffDrops(): number;
+  handoffRoutes(): number;
+}
+
+/**
+ * Per-worker series (label `worker`, bounded by --workers), beside the pod-wide sums that
+ * admin/metrics.ts exposes: an uneven SO_REUSEPORT spread or a hand-off storm shows here.
+ */
+
+export function registerWorkerMetrics(registry: Registry, stats: WorkerMetricSource): void {
+  const registers = [registry];
+  const workers = Array.from({ length: stats.workers }, (_, i) => String(i));
+  new Gauge({
+    name: 'ice_ingress_workers',
+    help: 'Data-path worker threads sharing the listening port.',
+    registers,
+    collect() {
+      this.set(stats.workers);
+    },
+  });
+  new Gauge({
+    name: 'ice_ingress_worker_sessions',
+    help: 'Sessions owned by each worker (established and probing).',
+    labelNames: ['worker'],
+    registers,
+    collect() {
+      for (const w of workers) this.set({ worker: w }, stats.sessions(Number(w)));
+    },
+  });
+  new Counter({
+    name: 'ice_ingress_worker_packets_total',
+    help: 'Datagrams relayed by each worker, by direction.',
+    labelNames: ['worker', 'direction'],
+    registers,
+    collect() {
+      this.reset();
+      for (const w of workers) {
+        const p = stats.packets(Number(w));
+        DIRECTIONS.forEach((direction, i) => {
+          this.inc({ worker: w, direction }, p[i]!);
+        });
+      }
+    },
+  });
+  new Counter({
+    name: 'ice_ingress_worker_handoffs_total',
+    help: 'Client datagrams handed between workers: out = to the owner of their session, in = from another worker.',
+    labelNames: ['worker', 'direction'],
+    registers,
+    collect() {
+      this.reset();
+      for (const w of workers) {
+        this.inc({ worker: w, direction: 'out' }, stats.handoffsOut(Number(w)));
+        this.inc({ worker: w, direction: 'in' }, stats.handoffsIn(Number(w)));
+      }
+    },
+  });
+  new Counter({
+    name: 'ice_ingress_handoff_drops_total',
+    help: 'Datagrams lost because the hand-off ring to the owning worker was full.',
+    registers,
+    collect() {
+      this.reset();
+      this.inc(stats.handoffDrops());
+    },
+  });
+  new Gauge({
+    name: 'ice_ingress_handoff_routes',
+    help: 'Client 5-tuples that a worker hands to another (rebound or second-candidate flows).',
+    registers,
+    collect() {
+      this.set(stats.handoffRoutes());
+    },
+  });
 }

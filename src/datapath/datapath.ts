@@ -190,6 +190,11 @@ export class Datapath implements FastPathHost {
     }
   }
 
+  /** True after the first backend snapshot (the first discovery sync). */
+  get synced(): boolean {
+    return this.#backends.synced;
+  }
+
   get accepting(): boolean {
     return this.#router.accepting;
   }

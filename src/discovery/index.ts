@@ -1,8 +1,8 @@
 import { readFileSync } from 'node:fs';
 import type { KubeConfig } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
-import { Counter, Gauge, type Registry } from 'prom-client';
-import type { BackendSpec, BackendState } from '../defs/interfaces.ts';
+import { BadInputError } from '../defs/errors.ts';
+import type { BackendSpec } from '../defs/interfaces.ts';
 import type { DnsResolver } from './dns.ts';
 import type { BackoffOptions, MakeInformer } from './k8s.ts';
 import { parseBackends, StaticDiscovery } from './static.ts';
@@ -37,8 +37,6 @@ export interface DiscoveryOptions {
 
 export interface DiscoveryDeps {
   readonly log: Logger;
-  /** Discovery metrics are registered here when given. */
-  readonly registry?: Registry | undefined;
   /** Test seams. */
   readonly kubeConfig?: KubeConfig;
   readonly makeInformer?: MakeInformer;
@@ -66,14 +64,34 @@ export interface ObservedDiscovery extends DiscoverySource {
   readonly snapshots: number;
 }
 
-/** Bad discovery options; `problems` lists every one. */
-export class DiscoveryConfigError extends Error {
-  readonly code = 'ICE_INGRESS_DISCOVERY_CONFIG';
+/** Bad discovery options, or a file they name; `problems` lists every one (exit 2). */
+export class DiscoveryConfigError extends BadInputError {
   readonly problems: readonly string[];
   constructor(problems: readonly string[]) {
-    super(problems.join('; '));
-    this.name = 'DiscoveryConfigError';
+    super('ICE_INGRESS_DISCOVERY_CONFIG', `invalid configuration: ${problems.join('; ')}`);
     this.problems = problems;
+  }
+}
+
+/**
+ * Reads the kubeconfig that --kubeconfig names. The client's own errors name neither the flag nor
+ * the file (a directory: `EISDIR: illegal operation on a directory, read`; not YAML: the parser's
+ * code frame over several lines), so they become one line that names both.
+ */
+function loadKubeconfig(kc: KubeConfig, path: string): void {
+  try {
+    kc.loadFromFile(path);
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    const reason =
+      e.code === 'EISDIR'
+        ? 'is a directory, not a kubeconfig file'
+        : e.code === 'ENOENT'
+          ? 'no such file'
+          : e.code === 'EACCES'
+            ? 'permission denied'
+            : `not a kubeconfig file (${(e.message ?? String(err)).split('\n')[0]!.trim()})`;
+    throw new DiscoveryConfigError([`--kubeconfig ${path}: ${reason}`]);
   }
 }
 
@@ -109,7 +127,7 @@ export async function createDiscovery(
       if (kc === undefined) {
         kc = new KubeConfig();
         if (blank(opts.kubeconfig)) kc.loadFromDefault();
-        else kc.loadFromFile(opts.kubeconfig);
+        else loadKubeconfig(kc, opts.kubeconfig);
       }
       const namespace = blank(opts.namespace)
         ? defaultNamespace(kc, (p) => readFileSync(p, 'utf8'))
@@ -160,9 +178,7 @@ export async function createDiscovery(
     default:
       throw new DiscoveryConfigError([`kind: expected static, k8s or dns, got "${String(opts.kind)}"`]);
   }
-  const observed = new Observed(inner);
-  if (deps.registry) registerDiscoveryMetrics(deps.registry, observed);
-  return observed;
+  return new Observed(inner);
 }
 
 /** Wraps a source to remember its last snapshot and report a uniform status. */
@@ -206,79 +222,4 @@ class Observed implements ObservedDiscovery {
   stop(): Promise<void> {
     return this.#inner.stop();
   }
-}
-
-const STATES: readonly BackendState[] = ['ready', 'terminating', 'unready'];
-
-/**
- * Read at scrape time from the source's status; nothing is updated on the hot path.
- * - ice_ingress_discovery_connected: 1 while the upstream answers; 0 while the last snapshot is
- *   served from memory (API server or DNS unreachable). Alert on it staying 0.
- * - ice_ingress_discovery_last_sync_timestamp_seconds: last successful list/watch event/resolution.
- * - ice_ingress_discovery_restarts_total, ice_ingress_discovery_errors_total.
- * - ice_ingress_discovery_snapshots_total: snapshots handed to the data path (changes only).
- * - ice_ingress_discovery_backends{state}: backends in the last snapshot.
- */
-export function registerDiscoveryMetrics(registry: Registry, source: ObservedDiscovery): void {
-  const registers = [registry];
-  const labels = { kind: source.kind };
-  new Gauge({
-    name: 'ice_ingress_discovery_connected',
-    help: 'Whether the discovery upstream (Kubernetes API, DNS) answered last time (1) or the last good snapshot is served from memory (0).',
-    labelNames: ['kind'],
-    registers,
-    collect() {
-      this.set(labels, source.status.connected ? 1 : 0);
-    },
-  });
-  new Gauge({
-    name: 'ice_ingress_discovery_last_sync_timestamp_seconds',
-    help: 'Unix time of the last successful discovery sync (list, watch event or DNS answer); 0 before the first.',
-    labelNames: ['kind'],
-    registers,
-    collect() {
-      this.set(labels, (source.status.lastSyncAt ?? 0) / 1000);
-    },
-  });
-  new Counter({
-    name: 'ice_ingress_discovery_restarts_total',
-    help: 'Restarts of the EndpointSlice informer after errors (a 410 Gone relist is not a restart).',
-    labelNames: ['kind'],
-    registers,
-    collect() {
-      this.reset();
-      this.inc(labels, source.status.restarts);
-    },
-  });
-  new Counter({
-    name: 'ice_ingress_discovery_errors_total',
-    help: 'Failed discovery attempts: list/watch errors (k8s) or failed resolutions (dns).',
-    labelNames: ['kind'],
-    registers,
-    collect() {
-      this.reset();
-      this.inc(labels, source.status.errors);
-    },
-  });
-  new Counter({
-    name: 'ice_ingress_discovery_snapshots_total',
-    help: 'Backend snapshots handed to the data path (emitted on change only).',
-    labelNames: ['kind'],
-    registers,
-    collect() {
-      this.reset();
-      this.inc(labels, source.snapshots);
-    },
-  });
-  new Gauge({
-    name: 'ice_ingress_discovery_backends',
-    help: 'Backends in the current discovery snapshot, by state (ready, terminating, unready).',
-    labelNames: ['state'],
-    registers,
-    collect() {
-      const counts: Record<BackendState, number> = { ready: 0, terminating: 0, unready: 0 };
-      for (const b of source.lastSnapshot ?? []) counts[b.state]++;
-      for (const state of STATES) this.set({ state }, counts[state]);
-    },
-  });
 }

@@ -4,21 +4,10 @@ import type { KernelCounts } from '../defs/kernel-counts.ts';
 import type { CloseReason } from '../defs/reasons.ts';
 import { type FlowLookup, FlowPlan } from './flow-plan.ts';
 import { type CounterValue, parseCounters } from './kernel-counters.ts';
-import { ownedChains, ownedCounters, ownedElements } from './listing.ts';
+import type { KernelTable } from './kernel-table.ts';
 import type { Nft } from './nft-runner.ts';
-import {
-  deleteOwnedLines,
-  deleteTableScript,
-  FAMILY,
-  FLOWS,
-  type OwnedObjects,
-  TABLE,
-  type TableParams,
-  tableScript,
-} from './nft-script.ts';
-
-/** One listing of every named counter of the table (docs/fast-path.md, "Counters"). */
-const LIST_COUNTERS = ['list', 'counters', 'table', FAMILY, TABLE] as const;
+import type { TableParams } from './nft-script.ts';
+import { LIST_COUNTERS, type RoleContext, TableAttached, TableOwner, type TableRole } from './table-role.ts';
 
 /**
  * The kernel fast path (docs/fast-path.md): hears flow events, keeps the `netdev ice_ingress`
@@ -95,25 +84,39 @@ export class NftFastPath implements FlowListener {
   /** Set after a resynchronisation failed too: the table is gone, everything stays in Node. */
   #disabled = false;
 
-  private constructor(opt: FastPathOptions, deps: FastPathDeps) {
+  readonly #role: TableRole;
+  readonly #ctx: RoleContext;
+
+  private constructor(opt: FastPathOptions, deps: FastPathDeps, role: TableRole) {
     this.#opt = opt;
     this.#d = deps;
-    this.#plan = new FlowPlan(opt, opt.worker);
+    this.#role = role;
+    this.#plan = new FlowPlan(opt, role.worker);
     this.#look = {
       sourceOf: (a) => deps.sources.get(a),
       nextHop: (a) => deps.nextHops.get(a),
     };
+    this.#ctx = {
+      plan: this.#plan,
+      look: this.#look,
+      nft: deps.nft,
+      log: deps.log,
+      apply: (lines) => this.#apply(lines),
+      committed: (batch) => {
+        this.stats.transactions++;
+        this.#afterCommit(batch);
+      },
+      giveUp: (err, message) => this.#giveUp(err, message),
+    };
   }
 
-  /** One process: creates the table (replacing a stale one) and starts the counter poller. */
-  static async start(opt: FastPathOptions, deps: FastPathDeps): Promise<NftFastPath> {
+  /**
+   * One process: the fast path of the table's owner (the pod created `table`, or creates it once
+   * the listening socket is bound: no session exists before), with the counter poller started.
+   */
+  static owner(table: KernelTable, opt: FastPathOptions, deps: FastPathDeps): NftFastPath {
     if (opt.worker !== undefined) throw new Error('fast path: a worker attaches to the table');
-    const fp = new NftFastPath(opt, deps);
-    await deps.nft.apply(tableScript(opt));
-    deps.log.info(
-      { table: `${FAMILY} ${TABLE}`, listen: `${opt.listenAddress}:${opt.listenPort}`, devices: opt.devices },
-      'fast path: nftables table created',
-    );
+    const fp = new NftFastPath(opt, deps, new TableOwner(table));
     fp.#startPoller();
     return fp;
   }
@@ -124,7 +127,7 @@ export class NftFastPath implements FlowListener {
    * its own chains and elements.
    */
   static attach(opt: FastPathOptions & { readonly worker: number }, deps: FastPathDeps): NftFastPath {
-    const fp = new NftFastPath(opt, deps);
+    const fp = new NftFastPath(opt, deps, new TableAttached(opt.worker));
     fp.#startPoller();
     return fp;
   }
@@ -132,10 +135,6 @@ export class NftFastPath implements FlowListener {
   #startPoller(): void {
     this.#poller = setInterval(() => this.#scheduledPoll(), this.#opt.pollIntervalMs);
     this.#poller.unref();
-  }
-
-  get #attached(): boolean {
-    return this.#opt.worker !== undefined;
   }
 
   /** Sessions with elements in the kernel right now. */
@@ -200,23 +199,7 @@ export class NftFastPath implements FlowListener {
       // Best effort; the table goes anyway.
     }
     this.#releaseCloseLogs(true);
-    if (this.#attached) {
-      // Before the worker's sockets close, as one process deletes its table first: from here on
-      // Node sees this worker's media. A failure leaves them to the table's deletion.
-      const lines = this.#plan.deleteAllLines();
-      this.#plan.forgetAll();
-      if (lines.length === 0) return;
-      try {
-        await this.#apply(lines);
-        this.#d.log.info({ table: `${FAMILY} ${TABLE}` }, "fast path: this worker's flows removed");
-      } catch (err) {
-        this.#d.log.warn({ err: (err as Error).message }, "fast path: could not remove this worker's flows");
-      }
-      return;
-    }
-    this.#plan.forgetAll();
-    await this.#d.nft.apply(deleteTableScript());
-    this.#d.log.info({ table: `${FAMILY} ${TABLE}` }, 'fast path: nftables table removed');
+    await this.#role.release(this.#ctx);
   }
 
   /** Runs pending hand-over now (tests, drain). */
@@ -284,12 +267,7 @@ export class NftFastPath implements FlowListener {
       try {
         await this.#apply(batch.lines);
       } catch (err) {
-        await this.#repair(
-          err as Error,
-          this.#attached
-            ? "fast path: transaction failed; rewriting this worker's flows"
-            : 'fast path: transaction failed; rewriting the table',
-        );
+        await this.#repair(err as Error, this.#role.repairMessage);
         return;
       }
       this.stats.transactions++;
@@ -310,64 +288,13 @@ export class NftFastPath implements FlowListener {
     }
   }
 
-  /** Rewrites what is ours: the whole table (one process) or this worker's objects (attached). */
+  /** Rewrites what is ours: the whole table (the owner) or this worker's objects (attached). */
   async #resync(): Promise<void> {
     try {
-      await (this.#attached ? this.#resyncOwnedObjects() : this.#resyncTable());
+      await this.#role.resync(this.#ctx);
     } finally {
       // Closed sessions' counters went with the rewrite (their counts since the last read are lost).
       this.#releaseCloseLogs();
-    }
-  }
-
-  async #resyncTable(): Promise<void> {
-    const batch = this.#plan.resync(this.#look);
-    try {
-      await this.#apply(batch.lines);
-      this.stats.transactions++;
-      this.#afterCommit(batch);
-    } catch (err) {
-      // The kernel state is unknown and cannot be repaired: take the table away; Node relays all.
-      this.#giveUp(
-        err as Error,
-        'fast path: cannot repair the table; removed, every session relayed by Node',
-      );
-      await this.#d.nft.apply(deleteTableScript()).catch(() => {});
-    }
-  }
-
-  /**
-   * Attached mode's resynchronisation: the kernel is asked what of this worker's is in the table
-   * (the map's elements that jump to its chains, its chains, its counters), and one transaction
-   * deletes all of it and writes the live flows again. Nothing of another worker's is named. If it
-   * fails, this worker stops using the kernel path (its sessions are relayed by Node), after a last
-   * attempt to delete what it listed, and the other workers keep theirs.
-   */
-  async #resyncOwnedObjects(): Promise<void> {
-    const worker = this.#opt.worker!;
-    let owned: OwnedObjects | undefined;
-    try {
-      // Three listings, not one of the table: that would print every session's rules too. Between
-      // them only other workers change the table, and nothing of theirs is used.
-      const map = await this.#d.nft.listJson(['list', 'map', FAMILY, TABLE, FLOWS]);
-      const chains = await this.#d.nft.listJson(['list', 'chains', FAMILY]);
-      const counters = await this.#d.nft.listJson(LIST_COUNTERS);
-      owned = {
-        elements: ownedElements(map, worker),
-        chains: ownedChains(chains, worker),
-        counters: ownedCounters(counters, worker),
-      };
-      const batch = this.#plan.resyncOwned(owned, this.#look);
-      await this.#apply(batch.lines);
-      this.stats.transactions++;
-      this.#afterCommit(batch);
-    } catch (err) {
-      this.#giveUp(
-        err as Error,
-        "fast path: cannot repair this worker's flows; its sessions are relayed by Node",
-      );
-      const lines = owned === undefined ? [] : deleteOwnedLines(owned);
-      if (lines.length > 0) await this.#apply(lines).catch(() => {});
     }
   }
 

@@ -1,5 +1,6 @@
 import { execFile } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
+import { EnvironmentError } from '../defs/errors.ts';
 
 /**
  * What `--fast-path nftables` needs from the process and its network namespace, checked before
@@ -9,11 +10,11 @@ import { readFile } from 'node:fs/promises';
 /** CAP_NET_ADMIN is bit 12 of the capability sets (linux/capability.h). */
 const CAP_NET_ADMIN = 12n;
 
-export class FastPathUnavailable extends Error {
-  readonly code = 'ICE_INGRESS_FAST_PATH';
+/** What is missing for --fast-path nftables, every item in one line (exit 1: the environment). */
+export class FastPathUnavailable extends EnvironmentError {
   readonly problems: readonly string[];
   constructor(problems: readonly string[]) {
-    super(`--fast-path nftables is not possible here:\n  ${problems.join('\n  ')}`);
+    super('ICE_INGRESS_FAST_PATH', `--fast-path nftables is not possible here: ${problems.join('; ')}`);
     this.problems = problems;
   }
 }

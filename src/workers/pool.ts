@@ -1,47 +1,60 @@
 import { performance } from 'node:perf_hooks';
 import { Worker } from 'node:worker_threads';
 import type { Logger } from 'pino';
-import { createHandoverHistogram, createRegistry, createRoutingHistogram } from '../admin/metrics.ts';
-import { startAdminServer } from '../admin/server.ts';
+import type { MetricSources, WorkerMetricSource } from '../admin/metrics.ts';
 import type { Config } from '../config.ts';
 import type { BackendSpec, KernelPathSource } from '../defs/interfaces.ts';
-import { createDiscovery } from '../discovery/index.ts';
-import { NftCommand } from '../fastpath/nft-runner.ts';
-import { deleteTableScript, FAMILY, TABLE, tableScript } from '../fastpath/nft-script.ts';
-import { checkFastPath, FastPathUnavailable, systemProbes } from '../fastpath/preflight.ts';
-import { ingressDevices } from '../fastpath/routes.ts';
-import { createLogger } from '../log.ts';
-import { discoveryOptions, type IngressHandle, type StartOptions } from '../main.ts';
 import { SharedDirectory } from './directory.ts';
 import { perWorkerLimits, SharedSessionSlots, SharedTokenBucket } from './limits.ts';
 import type { FromWorker, ToWorker, WorkerInit } from './messages.ts';
-import { registerWorkerMetrics } from './metrics.ts';
 import { splitPortRange } from './port-split.ts';
 import { Doorbell, HandoffRing } from './ring.ts';
 import { createStatsBuffer, Stat, WorkerStats } from './stats.ts';
 
 /**
- * The main thread of a pod with `--workers N` (N ≥ 2; docs/workers.md): it allocates the shared
- * memory, starts N data-path worker threads on one listening address (SO_REUSEPORT), runs
- * discovery once and sends every worker the same snapshot, relays learned and negative ufrags,
- * serves the one /metrics and /readyz of the pod, and stops everything on drain, shutdown or the
- * crash of any worker. With `--fast-path nftables` it owns the one nftables table of the network
- * namespace: it checks the requirements before any worker starts, creates the table once the
- * workers are bound (before the first backends, so before any session), and deletes it after
- * every worker stopped; each worker writes only its own sessions' chains and elements into it
- * (docs/workers.md, "Kernel fast path").
+ * The worker pool of a pod with `--workers N` (N ≥ 2; docs/workers.md), as its main thread runs
+ * it: it allocates the shared memory, starts N data-path worker threads on one listening address
+ * (SO_REUSEPORT), sends every worker the pod's backend snapshots, relays learned and negative
+ * ufrags, sums the workers' stats rows for the pod's one /metrics, and stops the workers on
+ * drain, shutdown or the crash of any of them. Everything a pod does once (preflight, the nftables
+ * table, discovery, admin) is the pod's (src/pod/pod.ts); each worker runs src/pod/worker-thread.ts,
+ * and with `--fast-path nftables` writes only its own sessions' chains and elements into the
+ * table (docs/workers.md, "Kernel fast path").
  */
 
-export interface PoolOptions extends StartOptions {
-  /** Replaces the worker's entry module (tests: a fixture that wraps the real one). */
-  readonly workerEntry?: URL;
+export interface PoolOptions {
+  readonly log: Logger;
+  /** The worker threads' entry module (src/pod/worker-thread.ts; tests: a fixture wrapping it). */
+  readonly workerEntry: URL;
+  /** `--fast-path nftables`: the workers' fast paths write into the pod's table. */
+  readonly fastPath: boolean;
+  /** A worker's routing time and outcome, and fast-path hand-over time (pod metrics). */
+  readonly onRouted: (ms: number, outcome: string) => void;
+  readonly onHandover: (ms: number) => void;
 }
 
-/** The worker module next to this one: worker.ts from source, worker.js in the built image (dist/). */
-const WORKER_ENTRY = new URL(
-  import.meta.url.endsWith('.ts') ? './worker.ts' : './worker.js',
-  import.meta.url,
-);
+/**
+ * The data-path threads of a pod, as the pod (src/pod/pod.ts) drives them: this pool, or one
+ * process's one thread.
+ */
+export interface DataPlane {
+  readonly listen: { address: string; port: number };
+  readonly workers: number;
+  readonly metrics: Omit<MetricSources, 'routing' | 'handover'>;
+  /** The per-worker series, with worker threads. */
+  readonly workerMetrics?: WorkerMetricSource;
+  applyBackends(specs: readonly BackendSpec[]): void;
+  /** Every thread has the first snapshot (and none has failed). */
+  synced(): boolean;
+  stopAccepting(): void;
+  sessions(): number;
+  /** Waited before trusting a zero session count while draining (worker rows lag a little). */
+  readonly settleMs: number;
+  /** Stops every thread (each removes its own from the table first). */
+  stop(): Promise<void>;
+  /** Settles if a worker thread dies. */
+  readonly failed: Promise<Error>;
+}
 
 interface Slot {
   readonly id: number;
@@ -51,19 +64,8 @@ interface Slot {
   exited: boolean;
 }
 
-export async function startWorkerPool(
-  config: Config,
-  n: number,
-  opts: PoolOptions = {},
-): Promise<IngressHandle> {
-  const log: Logger = opts.log ?? createLogger(config.logLevel);
-  const fastPath = config.fastPath === 'nftables';
-  if (fastPath) {
-    // Before any worker starts: say everything that is missing at once (as one process does).
-    const problems = await checkFastPath(systemProbes());
-    if (problems.length > 0) throw new FastPathUnavailable(problems);
-  }
-  const nft = new NftCommand();
+export async function startWorkerPool(config: Config, n: number, opts: PoolOptions): Promise<DataPlane> {
+  const { log } = opts;
   const now = performance.timeOrigin + performance.now();
   const directory = SharedDirectory.create(4 * Math.min(config.maxSessions, 1 << 20));
   // Shared by all workers: the two probe budgets (fan-out, directed) and the session cap.
@@ -88,10 +90,8 @@ export async function startWorkerPool(
       ? undefined
       : splitPortRange(config.upstreamPorts[0], config.upstreamPorts[1], n);
 
-  const routing = createRoutingHistogram();
-  const handover = createHandoverHistogram();
-  // The workers' fast paths, summed from their stats rows; hand-over times arrive as messages.
-  const kernel: KernelPathSource | undefined = fastPath
+  // The workers' fast paths, summed from their stats rows.
+  const kernel: KernelPathSource | undefined = opts.fastPath
     ? {
         get totals() {
           return stats.kernel().totals;
@@ -104,26 +104,6 @@ export async function startWorkerPool(
         },
       }
     : undefined;
-  const registry = createRegistry(
-    {
-      counters: () => stats.counters(),
-      sessions: {
-        get size() {
-          return stats.sum(Stat.sessions);
-        },
-        get endpointCount() {
-          return stats.sum(Stat.endpoints);
-        },
-      },
-      activeSources: () => stats.sum(Stat.activeSources),
-      freePorts: config.upstreamPorts === undefined ? undefined : () => stats.sum(Stat.freePorts),
-      openUpstreams: () => stats.sum(Stat.upstreams),
-      routing,
-      ...(kernel === undefined ? {} : { kernel, handover }),
-    },
-    opts.processMetrics ?? true,
-  );
-  registerWorkerMetrics(registry, stats);
 
   let failWith: (err: Error) => void = () => {};
   const failed = new Promise<Error>((resolve) => {
@@ -170,7 +150,7 @@ export async function startWorkerPool(
         stats: statsBuffer,
       },
     };
-    const worker = new Worker(opts.workerEntry ?? WORKER_ENTRY, {
+    const worker = new Worker(opts.workerEntry, {
       workerData: init,
       name: `ice-ingress-worker-${id}`,
     });
@@ -188,10 +168,10 @@ export async function startWorkerPool(
             slot.applied = true;
             break;
           case 'routed':
-            routing.observe({ outcome: m.outcome }, m.ms / 1000);
+            opts.onRouted(m.ms, m.outcome);
             break;
           case 'handover':
-            handover.observe(m.ms / 1000);
+            opts.onHandover(m.ms);
             break;
           case 'learned':
             broadcast(m, id);
@@ -230,112 +210,58 @@ export async function startWorkerPool(
     );
   };
 
-  // The table goes after the workers: each has removed its own flows by then (fast-path.ts, stop).
-  let tableCreated = false;
-  const deleteTable = async (): Promise<void> => {
-    if (!tableCreated) return;
-    tableCreated = false;
-    try {
-      await nft.apply(deleteTableScript());
-      log.info({ table: `${FAMILY} ${TABLE}` }, 'fast path: nftables table removed');
-    } catch (err) {
-      log.error({ err: (err as Error).message }, 'fast path: could not remove the nftables table');
-    }
-  };
-
   // Worker 0 binds first (it resolves port 0); the others join its address.
   let listen: { address: string; port: number };
   try {
     listen = await spawn(0, config.listen.port);
     await Promise.all(Array.from({ length: n - 1 }, (_, i) => spawn(i + 1, listen.port)));
-    if (fastPath) {
-      // Replacing a stale one (fast-path.ts, as one process does). No worker has a session yet:
-      // they get their first backends below.
-      const devices = ingressDevices();
-      await nft.apply(tableScript({ listenAddress: listen.address, listenPort: listen.port, devices }));
-      tableCreated = true;
-      log.info(
-        { table: `${FAMILY} ${TABLE}`, listen: `${listen.address}:${listen.port}`, devices },
-        'fast path: nftables table created',
-      );
-    }
   } catch (err) {
     closing = true;
     await stopWorkers();
     throw err;
   }
 
-  const discovery = opts.discovery ?? (await createDiscovery(discoveryOptions(config), { log, registry }));
-  discovery.start((specs) => {
-    snapshot = specs;
-    broadcast({ type: 'backends', specs });
-  });
-
-  let draining = false;
-  const ready = (): boolean =>
-    !draining && !hasFailed && snapshot !== undefined && slots.every((s) => s.applied && !s.closed);
-
-  let admin: Awaited<ReturnType<typeof startAdminServer>> | undefined;
-  if (config.admin !== undefined) {
-    try {
-      admin = await startAdminServer(config.admin.host, config.admin.port, registry, {
-        ready,
-        draining: () => draining,
-      });
-    } catch (err) {
-      closing = true;
-      await discovery.stop();
-      await stopWorkers();
-      await deleteTable();
-      throw err;
-    }
-  }
-  log.info(
-    {
-      listen,
-      admin: admin ? `${config.admin!.host}:${admin.port}` : 'off',
-      discovery: discovery.kind,
-      workers: n,
-      fastPath: config.fastPath,
-    },
-    'ice-ingress started',
-  );
-
-  let closed: Promise<void> | undefined;
-  const close = (): Promise<void> => {
-    closed ??= (async () => {
-      closing = true;
-      await discovery.stop();
-      await stopWorkers();
-      await deleteTable();
-      if (admin !== undefined) {
-        admin.server.closeAllConnections();
-        await new Promise<void>((r) => admin!.server.close(() => r()));
-      }
-    })();
-    return closed;
-  };
-
   return {
-    registry,
-    log,
     listen,
-    adminPort: admin?.port,
     workers: n,
-    ready,
-    failed,
-    async drain(ms: number): Promise<void> {
-      draining = true;
-      broadcast({ type: 'drain' });
-      log.info({ drainMs: ms, sessions: stats.sum(Stat.sessions) }, 'draining');
-      const deadline = performance.now() + ms;
-      // Worker rows are republished every PUBLISH_MS: wait one period before trusting a zero.
-      await new Promise((r) => setTimeout(r, Math.min(ms, 150)));
-      while (performance.now() < deadline && stats.sum(Stat.sessions) > 0 && !hasFailed) {
-        await new Promise((r) => setTimeout(r, Math.min(250, Math.max(1, deadline - performance.now()))));
-      }
-      await close();
+    metrics: {
+      counters: () => stats.counters(),
+      sessions: {
+        get size() {
+          return stats.sum(Stat.sessions);
+        },
+        get endpointCount() {
+          return stats.sum(Stat.endpoints);
+        },
+      },
+      activeSources: () => stats.sum(Stat.activeSources),
+      freePorts: config.upstreamPorts === undefined ? undefined : () => stats.sum(Stat.freePorts),
+      openUpstreams: () => stats.sum(Stat.upstreams),
+      ...(kernel === undefined ? {} : { kernel }),
     },
-    close,
+    workerMetrics: {
+      workers: n,
+      sessions: (w) => stats.get(w, Stat.sessions),
+      // The packet counters of a row, in the order of Counters' first fields.
+      packets: (w) => [stats.get(w, 0), stats.get(w, 2), stats.get(w, 4), stats.get(w, 6)],
+      handoffsOut: (w) => stats.get(w, Stat.handoffsOut),
+      handoffsIn: (w) => stats.get(w, Stat.handoffsIn),
+      handoffDrops: () => stats.sum(Stat.handoffDrops),
+      handoffRoutes: () => stats.sum(Stat.handoffRoutes),
+    },
+    applyBackends(specs: readonly BackendSpec[]): void {
+      snapshot = specs;
+      broadcast({ type: 'backends', specs });
+    },
+    synced: () => !hasFailed && snapshot !== undefined && slots.every((s) => s.applied && !s.closed),
+    stopAccepting: () => broadcast({ type: 'drain' }),
+    sessions: () => stats.sum(Stat.sessions),
+    // Worker rows are republished every PUBLISH_MS: a drain waits one period before trusting a zero.
+    settleMs: 150,
+    stop(): Promise<void> {
+      closing = true;
+      return stopWorkers();
+    },
+    failed,
   };
 }

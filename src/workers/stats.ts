@@ -1,4 +1,5 @@
 import { Counters } from '../defs/counters.ts';
+import type { KernelPathSource } from '../defs/interfaces.ts';
 import { CLOSE_REASONS, DROP_REASON_LABELS, ROUTE_LABELS } from '../defs/reasons.ts';
 
 /**
@@ -64,14 +65,7 @@ export interface Gauges {
   activeSources: number;
   freePorts: number;
   /** The worker's kernel fast path, when on. */
-  kernel?: KernelStats;
-}
-
-/** What a worker's NftFastPath counts (fast-path.ts: `totals`, `stats`, `kernelSessions`). */
-export interface KernelStats {
-  readonly totals: { packetsUp: number; bytesUp: number; packetsDown: number; bytesDown: number };
-  readonly stats: { transactions: number; failures: number };
-  readonly kernelSessions: number;
+  kernel?: KernelPathSource;
 }
 
 export function createStatsBuffer(workers: number): SharedArrayBuffer {
@@ -126,7 +120,7 @@ export class WorkerStats {
   }
 
   /** The pod's kernel fast path: every worker's, summed, in the shape /metrics reads one process's. */
-  kernel(): KernelStats {
+  kernel(): KernelPathSource {
     return {
       totals: {
         packetsUp: this.sum(Stat.kernelPacketsUp),

@@ -1,6 +1,7 @@
 import { pino } from 'pino';
 import { Registry } from 'prom-client';
 import { afterEach, describe, expect, it } from 'vitest';
+import { registerDiscoveryMetrics } from '../../src/admin/metrics.ts';
 import type { BackendSpec } from '../../src/defs/interfaces.ts';
 import type { DnsResolver } from '../../src/discovery/dns.ts';
 import { createDiscovery, DiscoveryConfigError, type ObservedDiscovery } from '../../src/discovery/index.ts';
@@ -56,7 +57,8 @@ describe('createDiscovery', () => {
 
   it('static: one snapshot and metrics', async () => {
     const registry = new Registry();
-    disco = await createDiscovery({ kind: 'static', backends: 'jvb-0=10.0.0.10:10000' }, { log, registry });
+    disco = await createDiscovery({ kind: 'static', backends: 'jvb-0=10.0.0.10:10000' }, { log });
+    registerDiscoveryMetrics(registry, disco);
     const seen: (readonly BackendSpec[])[] = [];
     disco.start((s) => seen.push(s));
     await waitFor('snapshot', () => seen.length === 1);
@@ -84,8 +86,9 @@ describe('createDiscovery', () => {
     const registry = new Registry();
     disco = await createDiscovery(
       { kind: 'k8s', service: 'jvb', portName: 'media', namespace: '' },
-      { log, registry, kubeConfig, backoff: { initialMs: 20, maxMs: 100 } },
+      { log, kubeConfig, backoff: { initialMs: 20, maxMs: 100 } },
     );
+    registerDiscoveryMetrics(registry, disco);
     const seen: (readonly BackendSpec[])[] = [];
     disco.start((s) => seen.push(s));
     await waitFor('snapshot', () => seen.length === 1);

@@ -19,7 +19,7 @@ import {
   type StartOptions,
   startIngress,
   startProxy,
-} from '../../src/main.ts';
+} from '../../src/pod/pod.ts';
 import { emit, type Json, serve } from '../interop/jsonl.ts';
 
 const parsed = parseConfig(process.argv.slice(2), {});

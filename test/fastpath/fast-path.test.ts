@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import type { FastPathHost } from '../../src/defs/interfaces.ts';
 import type { KernelCounts } from '../../src/defs/kernel-counts.ts';
 import { NftFastPath } from '../../src/fastpath/fast-path.ts';
+import { KernelTable } from '../../src/fastpath/kernel-table.ts';
 import type { Nft } from '../../src/fastpath/nft-runner.ts';
 import {
   addCounterLines,
@@ -385,7 +386,10 @@ async function setup() {
   const routes = new Routes();
   let now = 1000;
   const handovers: number[] = [];
-  const fp = await NftFastPath.start(OPTS, {
+  // As the pod does: the table once the listening socket is bound, then the owner's fast path.
+  const table = new KernelTable(nft, createLogger('silent'));
+  await table.create(OPTS);
+  const fp = NftFastPath.owner(table, OPTS, {
     nft,
     host,
     sources,
@@ -929,8 +933,9 @@ describe("NftFastPath in worker threads (attached to the main thread's table)", 
     const nft = await sharedTable();
     attached(nft, 0);
     expect(nft.scripts).toEqual([tableScript(OPTS)]);
-    await expect(
-      NftFastPath.start(
+    expect(() =>
+      NftFastPath.owner(
+        new KernelTable(nft, createLogger('silent')),
         { ...OPTS, worker: 0 },
         {
           nft,
@@ -941,6 +946,6 @@ describe("NftFastPath in worker threads (attached to the main thread's table)", 
           log: createLogger('silent'),
         },
       ),
-    ).rejects.toThrow(/a worker attaches/);
+    ).toThrow(/a worker attaches/);
   });
 });

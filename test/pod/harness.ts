@@ -2,7 +2,7 @@ import type { Config } from '../../src/config.ts';
 import { parseConfig } from '../../src/config.ts';
 import { DROP_REASON_LABELS, ROUTE_LABELS } from '../../src/defs/reasons.ts';
 import { createLogger } from '../../src/log.ts';
-import { type ProxyHandle, startProxy } from '../../src/main.ts';
+import { type ProxyHandle, startProxy } from '../../src/pod/pod.ts';
 import { FakeMediaServer, type FakeMediaServerOptions } from '../fixtures/media-server.ts';
 import type { Endpoint } from '../fixtures/stun-bytes.ts';
 

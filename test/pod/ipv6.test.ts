@@ -2,7 +2,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { parseConfig } from '../../src/config.ts';
 import { ROUTE_LABELS } from '../../src/defs/reasons.ts';
 import { createLogger } from '../../src/log.ts';
-import { type ProxyHandle, startProxy } from '../../src/main.ts';
+import { type ProxyHandle, startProxy } from '../../src/pod/pod.ts';
 import { FakeIceClient } from '../fixtures/ice-client.ts';
 import { FakeMediaServer } from '../fixtures/media-server.ts';
 

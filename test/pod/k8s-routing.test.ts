@@ -1,9 +1,10 @@
 import { afterEach, describe, expect, it } from 'vitest';
+import { registerDiscoveryMetrics } from '../../src/admin/metrics.ts';
 import { parseConfig } from '../../src/config.ts';
 import { CLOSE_REASONS } from '../../src/defs/reasons.ts';
-import { createDiscovery, registerDiscoveryMetrics } from '../../src/discovery/index.ts';
+import { createDiscovery } from '../../src/discovery/index.ts';
 import { createLogger } from '../../src/log.ts';
-import { type ProxyHandle, startProxy } from '../../src/main.ts';
+import { type ProxyHandle, startProxy } from '../../src/pod/pod.ts';
 import { FakeApiServer, kubeConfigFor, slice } from '../discovery/fake-apiserver.ts';
 import { FakeIceClient } from '../fixtures/ice-client.ts';
 import { FakeMediaServer } from '../fixtures/media-server.ts';

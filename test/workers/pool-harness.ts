@@ -1,6 +1,6 @@
 import { parseConfig } from '../../src/config.ts';
 import { createLogger } from '../../src/log.ts';
-import { type IngressHandle, startIngress } from '../../src/main.ts';
+import { type IngressHandle, startIngress } from '../../src/pod/pod.ts';
 import type { FakeIceClient } from '../fixtures/ice-client.ts';
 import { FakeMediaServer, type FakeMediaServerOptions } from '../fixtures/media-server.ts';
 import type { Endpoint } from '../fixtures/stun-bytes.ts';

@@ -2,41 +2,26 @@ import { performance } from 'node:perf_hooks';
 import { parentPort, workerData } from 'node:worker_threads';
 import { SOURCE_SLOTS } from '../admission/admission.ts';
 import { ACTIVATION_ROUNDS, SourceShares } from '../admission/source-shares.ts';
-import type { BackendSpec } from '../defs/interfaces.ts';
-import type { DiscoverySource, SnapshotListener } from '../discovery/types.ts';
 import { createLogger } from '../log.ts';
-import { startProxy } from '../main.ts';
-import { SharedDirectory } from './directory.ts';
-import { HandoffNode } from './handoff.ts';
-import { perWorkerLimits, SharedSessionSlots, SharedTokenBucket } from './limits.ts';
-import type { FromWorker, ToWorker, WorkerInit } from './messages.ts';
-import { Doorbell, HandoffRing } from './ring.ts';
-import { PUBLISH_MS, publish } from './stats.ts';
+import { SharedDirectory } from '../workers/directory.ts';
+import { HandoffNode } from '../workers/handoff.ts';
+import { perWorkerLimits, SharedSessionSlots, SharedTokenBucket } from '../workers/limits.ts';
+import type { FromWorker, ToWorker, WorkerInit } from '../workers/messages.ts';
+import { Doorbell, HandoffRing } from '../workers/ring.ts';
+import { PUBLISH_MS, publish } from '../workers/stats.ts';
+import { startThread } from './thread.ts';
 
 /**
- * Entry point of one data-path worker thread (docs/workers.md). It runs the same data path as a
- * single process (startProxy, with admin off and discovery fed by the main thread), bound with
- * SO_REUSEPORT to the pod's listening address, and plugs in the shared directory, hand-off rings
- * and limits. Everything the pod shows (metrics, readiness, discovery) lives in the main thread.
+ * Entry point of one data-path worker thread (docs/workers.md). It runs the same data-path thread
+ * as one process does (src/pod/thread.ts), bound with SO_REUSEPORT to the pod's listening address,
+ * and plugs in the shared directory, hand-off rings and limits. Everything the pod does once
+ * (metrics, readiness, discovery, the nftables table) is the main thread's (src/pod/pod.ts).
  */
 
 const init = workerData as WorkerInit;
 const port = parentPort!;
 const post = (m: FromWorker): void => port.postMessage(m);
 const { id, config, shared } = init;
-
-/** Discovery is the main thread's: this source replays its snapshots. */
-class MainThreadDiscovery implements DiscoverySource {
-  readonly kind = 'main-thread';
-  #listener: SnapshotListener | undefined;
-  start(l: SnapshotListener): void {
-    this.#listener = l;
-  }
-  push(specs: readonly BackendSpec[]): void {
-    this.#listener?.(specs);
-  }
-  async stop(): Promise<void> {}
-}
 
 // Comparable across threads (each thread's performance.now() starts at its own timeOrigin), as
 // the shared token bucket needs.
@@ -58,15 +43,13 @@ const node = new HandoffNode({
   onLearned: (hash, backend) => post({ type: 'learned', hash, backend }),
   onNegative: (hash) => post({ type: 'negative', hash }),
 });
-const discovery = new MainThreadDiscovery();
 
-const proxy = await startProxy(config, {
+const thread = await startThread(config, {
   log,
-  discovery,
-  processMetrics: false,
-  worker: id,
-  reusePort: true,
   clock,
+  reusePort: true,
+  // The main thread owns the table; this worker adds its own flows to it.
+  ...(config.fastPath === 'nftables' ? { kernel: { worker: id } } : {}),
   onRouted: (ms, outcome) => post({ type: 'routed', ms, outcome }),
   onHandover: (ms) => post({ type: 'handover', ms }),
   shared: {
@@ -82,10 +65,11 @@ const proxy = await startProxy(config, {
     handoff: node,
   },
 });
-const { datapath, transport, ports, fastPath } = proxy;
+const { datapath, transport, ports, fastPath } = thread;
 // No backends (so no sessions) before the main thread's first snapshot: nothing is missed.
 datapath.addListener(node);
 node.start((buf, address, p) => datapath.onClientDatagram(buf, address, p));
+log.info({ listen: thread.listen }, 'worker started');
 
 const publishNow = (): void =>
   publish(shared.stats, id, datapath.counters, {
@@ -109,7 +93,7 @@ publisher.unref();
 port.on('message', (m: ToWorker) => {
   switch (m.type) {
     case 'backends':
-      discovery.push(m.specs);
+      datapath.updateBackends(m.specs);
       publishNow();
       post({ type: 'applied' });
       break;
@@ -125,7 +109,7 @@ port.on('message', (m: ToWorker) => {
     case 'close':
       clearInterval(publisher);
       node.close();
-      void proxy.close().then(() => {
+      void thread.stop().then(() => {
         publishNow();
         post({ type: 'closed' });
         port.close();
@@ -133,4 +117,4 @@ port.on('message', (m: ToWorker) => {
       break;
   }
 });
-post({ type: 'listening', address: proxy.listen.address, port: proxy.listen.port });
+post({ type: 'listening', address: thread.listen.address, port: thread.listen.port });
