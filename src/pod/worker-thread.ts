@@ -2,6 +2,7 @@ import { performance } from 'node:perf_hooks';
 import { parentPort, workerData } from 'node:worker_threads';
 import { SOURCE_SLOTS } from '../admission/admission.ts';
 import { ACTIVATION_ROUNDS, SourceShares } from '../admission/source-shares.ts';
+import type { Config } from '../config.ts';
 import { createLogger } from '../log.ts';
 import { SharedDirectory } from '../workers/directory.ts';
 import { HandoffNode } from '../workers/handoff.ts';
@@ -18,7 +19,7 @@ import { startThread } from './thread.ts';
  * (metrics, readiness, discovery, the nftables table) is the main thread's (src/pod/pod.ts).
  */
 
-const init = workerData as WorkerInit;
+const init = workerData as WorkerInit<Config>;
 const port = parentPort!;
 const post = (m: FromWorker): void => port.postMessage(m);
 const { id, config, shared } = init;

@@ -1,14 +1,29 @@
-import type { Config } from '../config.ts';
 import type { BackendSpec } from '../defs/interfaces.ts';
 
 /** What the main thread and the data-path workers tell each other (docs/workers.md). */
 
+/**
+ * What the pool reads of the pod's configuration (src/config.ts `Config` has all of it, and more;
+ * the pool passes the whole of it on to its workers).
+ */
+export interface PoolConfig {
+  readonly listen: { readonly host: string; readonly port: number };
+  readonly admin: unknown;
+  readonly upstreamPorts: readonly [number, number] | undefined;
+  readonly maxSessions: number;
+  readonly probeRate: number;
+  readonly directedProbeRate: number;
+  readonly maxPendingPerSource: number;
+  readonly logLevel: string;
+  readonly workers: unknown;
+}
+
 /** `workerData` of one worker thread: its identity, its share of the config, the shared memory. */
-export interface WorkerInit {
+export interface WorkerInit<C extends PoolConfig = PoolConfig> {
   readonly id: number;
   readonly workers: number;
   /** The pod's config with this worker's listen port and upstream port slice filled in. */
-  readonly config: Config;
+  readonly config: C;
   readonly shared: {
     readonly directory: SharedArrayBuffer;
     /** `rings[i][j]`: from worker i to worker j (undefined on the diagonal). */

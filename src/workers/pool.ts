@@ -2,11 +2,10 @@ import { performance } from 'node:perf_hooks';
 import { Worker } from 'node:worker_threads';
 import type { Logger } from 'pino';
 import type { MetricSources, WorkerMetricSource } from '../admin/metrics.ts';
-import type { Config } from '../config.ts';
 import type { BackendSpec, KernelPathSource } from '../defs/interfaces.ts';
 import { SharedDirectory } from './directory.ts';
 import { perWorkerLimits, SharedSessionSlots, SharedTokenBucket } from './limits.ts';
-import type { FromWorker, ToWorker, WorkerInit } from './messages.ts';
+import type { FromWorker, PoolConfig, ToWorker, WorkerInit } from './messages.ts';
 import { splitPortRange } from './port-split.ts';
 import { Doorbell, HandoffRing } from './ring.ts';
 import { createStatsBuffer, Stat, WorkerStats } from './stats.ts';
@@ -64,7 +63,11 @@ interface Slot {
   exited: boolean;
 }
 
-export async function startWorkerPool(config: Config, n: number, opts: PoolOptions): Promise<DataPlane> {
+export async function startWorkerPool<C extends PoolConfig>(
+  config: C,
+  n: number,
+  opts: PoolOptions,
+): Promise<DataPlane> {
   const { log } = opts;
   const now = performance.timeOrigin + performance.now();
   const directory = SharedDirectory.create(4 * Math.min(config.maxSessions, 1 << 20));
@@ -128,7 +131,7 @@ export async function startWorkerPool(config: Config, n: number, opts: PoolOptio
   };
 
   const spawn = (id: number, port: number): Promise<{ address: string; port: number }> => {
-    const init: WorkerInit = {
+    const init: WorkerInit<C> = {
       id,
       workers: n,
       config: {
