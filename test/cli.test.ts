@@ -1,5 +1,8 @@
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import dgram from 'node:dgram';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
 import { FakeIceClient } from './fixtures/ice-client.ts';
@@ -79,6 +82,34 @@ describe('ice-ingress CLI', () => {
     expect(r.stdout).toBe('');
   });
 
+  it('a --kubeconfig that is a directory, or not YAML, stops start-up with exit 2 and one line naming the flag and the file', () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'ice-kubeconfig-'));
+    try {
+      const notYaml = path.join(dir, 'config');
+      writeFileSync(notYaml, 'apiVersion: v1\nclusters: [\n  - name: "broken\n\t: {\n');
+      for (const file of [dir, notYaml]) {
+        const r = runSync([
+          '--discovery',
+          'k8s',
+          '--service',
+          'jvb',
+          '--namespace',
+          'jitsi',
+          '--kubeconfig',
+          file,
+        ]);
+        expect(r.status, r.stderr).toBe(2);
+        const lines = r.stderr.trimEnd().split('\n');
+        expect(lines, r.stderr).toHaveLength(1);
+        expect(lines[0]).toContain(`--kubeconfig ${file}`);
+        expect(lines[0]).toMatch(file === dir ? /is a directory/ : /not a kubeconfig file/);
+        expect(r.stdout).toBe('');
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('exits 1 with a clear message when the listening port is taken', async () => {
     const sock = dgram.createSocket('udp4');
     await new Promise<void>((r) => sock.bind(0, '127.0.0.1', () => r()));
@@ -96,6 +127,7 @@ describe('ice-ingress CLI', () => {
       ]);
       expect(r.status, r.stderr).toBe(1);
       expect(r.stderr).toMatch(/cannot start: .*EADDRINUSE/);
+      expect(r.stderr).toContain(`--listen 127.0.0.1:${port}`);
     } finally {
       sock.close();
     }
