@@ -26,3 +26,6 @@ export const FINGERPRINT_XOR = 0x5354554e;
 
 /** RFC 8489 §14.3: USERNAME is shorter than 513 bytes. */
 export const USERNAME_MAX_BYTES = 512;
+
+/** MESSAGE-INTEGRITY's value: an HMAC-SHA1, always 20 bytes (RFC 8489 §14.5). */
+export const MESSAGE_INTEGRITY_LENGTH = 20;

@@ -9,11 +9,13 @@ import {
   FINGERPRINT_XOR,
   HEADER_LENGTH,
   MAGIC_COOKIE,
+  MESSAGE_INTEGRITY_LENGTH,
   TRANSACTION_ID_END,
   TRANSACTION_ID_OFFSET,
   USERNAME_MAX_BYTES,
 } from './constants.ts';
 import { crc32Range } from './crc32.ts';
+import { isUtf8 } from './utf8.ts';
 
 /**
  * Pure STUN reading for the hot path. Nothing here throws or allocates: results are numeric codes
@@ -30,13 +32,20 @@ export const ParseResult = {
   NotStun: 2,
   /** Length field not a multiple of 4 or not the rest of the datagram (RFC 8489 §5–6). */
   BadLength: 3,
-  /** An attribute runs past the end of the message. */
+  /**
+   * An attribute runs past the end of the message, or a MESSAGE-INTEGRITY whose length is not 20
+   * (RFC 8489 §14.5: HMAC-SHA1), or a MESSAGE-INTEGRITY-SHA256 whose length is not 16–32 in steps
+   * of 4 (§14.6).
+   */
   BadAttribute: 4,
   /** Well-formed STUN, but not a Binding Request. */
   NotBindingRequest: 5,
   /** No USERNAME: an ICE check always carries one (RFC 8445 §7.2.2). */
   NoUsername: 6,
-  /** USERNAME empty, too long, or without a non-empty "<server ufrag>:" part. */
+  /**
+   * USERNAME empty, too long, not UTF-8 (RFC 8489 §14.3), or not "<server ufrag>:<client ufrag>"
+   * with both ufrags non-empty (RFC 8445 §7.2.2, §5.3).
+   */
   BadUsername: 7,
   /** No MESSAGE-INTEGRITY: every ICE check is signed (RFC 8445 §7.2.2). */
   NoIntegrity: 8,
@@ -106,7 +115,12 @@ export function parseBindingRequest(buf: Uint8Array, out: UsernameView): ParseRe
         usernameStart = valueStart;
         usernameEnd = valueEnd;
       }
-    } else if (type === ATTR_MESSAGE_INTEGRITY || type === ATTR_MESSAGE_INTEGRITY_SHA256) {
+    } else if (type === ATTR_MESSAGE_INTEGRITY) {
+      // The backend could not verify it either: a malformed first check, not an unverified one.
+      if (valueLength !== MESSAGE_INTEGRITY_LENGTH) return ParseResult.BadAttribute;
+      integrity = true;
+    } else if (type === ATTR_MESSAGE_INTEGRITY_SHA256) {
+      if (valueLength < 16 || valueLength > 32 || (valueLength & 3) !== 0) return ParseResult.BadAttribute;
       integrity = true;
     } else if (type === ATTR_FINGERPRINT) {
       if (valueLength !== 4 || next !== len) return ParseResult.BadFingerprint;
@@ -126,8 +140,11 @@ export function parseBindingRequest(buf: Uint8Array, out: UsernameView): ParseRe
       break;
     }
   }
-  // "<server ufrag>:<client ufrag>" (RFC 8445 §7.2.2); the server ufrag must not be empty.
-  if (colon <= usernameStart) return ParseResult.BadUsername;
+  // "<server ufrag>:<client ufrag>" (RFC 8445 §7.2.2); neither ufrag may be empty (§5.3 gives
+  // them 4 to 256 characters: only emptiness is checked here, see docs/architecture.md,
+  // "Routing"), and the USERNAME must be UTF-8 (RFC 8489 §14.3).
+  if (colon <= usernameStart || colon === usernameEnd - 1) return ParseResult.BadUsername;
+  if (!isUtf8(buf, usernameStart, usernameEnd)) return ParseResult.BadUsername;
   if (!integrity) return ParseResult.NoIntegrity;
   out.start = usernameStart;
   out.end = usernameEnd;

@@ -82,6 +82,18 @@ const unknownCreds = (): IceCreds => ({
 const isStunResponse = (buf: Buffer, kind: 'success' | 'error'): boolean =>
   buf[0] === 0x01 && buf[1] === (kind === 'success' ? 0x01 : 0x11);
 
+/** A check whose MESSAGE-INTEGRITY value is `length` bytes (a real one has 20). */
+function signedWith(username: string, length: number): Buffer {
+  return encodeStun({
+    type: 0x0001,
+    transactionId: randomBytes(12),
+    attributes: [
+      [0x0006, Buffer.from(username)],
+      [0x0008, randomBytes(length)],
+    ],
+  });
+}
+
 describe('first datagrams of unknown flows that are not usable checks', () => {
   it('drops each by its own reason, sends nothing and opens no socket', () => {
     const r = rig();
@@ -112,6 +124,22 @@ describe('first datagrams of unknown flows that are not usable checks', () => {
       ['no_username', encodeStun({ type: 0x0001, transactionId: randomBytes(12), password: 'x'.repeat(22) })],
       ['bad_username', buildBindingRequest({ username: 'nocolon', password: 'x'.repeat(22) })],
       ['bad_username', buildBindingRequest({ username: ':emptyserver', password: 'x'.repeat(22) })],
+      // Fuzz findings: checks of a live backend's ufrag that no backend could verify; dropped, never
+      // fanned out (RFC 8489 §14.5, RFC 8445 §5.3, RFC 8489 §14.3).
+      ['stun_bad_attribute', signedWith(`${creds.serverUfrag}:abcd`, 16)],
+      ['stun_bad_attribute', signedWith(`${creds.serverUfrag}:abcd`, 21)],
+      ['bad_username', buildBindingRequest({ username: `${creds.serverUfrag}:`, password: 'x'.repeat(22) })],
+      [
+        'bad_username',
+        encodeStun({
+          type: 0x0001,
+          transactionId: randomBytes(12),
+          attributes: [
+            [0x0006, Buffer.concat([Buffer.from(`${creds.serverUfrag}:`), Buffer.from([0xc3, 0x28])])],
+          ],
+          password: creds.password,
+        }),
+      ],
       ['no_integrity', buildBindingRequest({ username: `${creds.serverUfrag}:abcd` })],
       ['bad_fingerprint', Buffer.from(good).fill(good.at(-1)! ^ 1, good.length - 1)],
     ];
@@ -124,6 +152,7 @@ describe('first datagrams of unknown flows that are not usable checks', () => {
     expect(totalDrops(r)).toBe(cases.length);
     expect(r.transport.upstreams).toHaveLength(0);
     expect(r.transport.toClients).toHaveLength(0);
+    expect(r.datapath.counters.probesSent).toBe(0);
     expect(r.datapath.size).toBe(0);
     // The good check from the same 5-tuple is still routed: nothing above left state behind.
     send(r, good, A);

@@ -1,3 +1,4 @@
+import { isUtf8 as nodeIsUtf8 } from 'node:buffer';
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { crc32 } from 'node:zlib';
@@ -13,6 +14,7 @@ import {
   sameTransaction,
   stunMessageType,
 } from '../../src/stun/parse.ts';
+import { isUtf8 } from '../../src/stun/utf8.ts';
 import { AttrType, encodeStun, MessageType } from '../fixtures/stun-bytes.ts';
 
 const data = (name: string): Buffer => readFileSync(new URL(`../data/${name}`, import.meta.url));
@@ -26,6 +28,98 @@ function request(username: string, opts: { password?: string; fingerprint?: bool
     fingerprint: opts.fingerprint ?? true,
   });
 }
+
+/** A signed-looking request whose integrity attribute is `type` with a `length`-byte value. */
+function withIntegrity(type: number, length: number): Buffer {
+  return encodeStun({
+    type: MessageType.BINDING_REQUEST,
+    transactionId: randomBytes(12),
+    attributes: [
+      [AttrType.USERNAME, Buffer.from('abcd:efgh')],
+      [type, randomBytes(length)],
+    ],
+    fingerprint: true,
+  });
+}
+
+/** A signed request whose USERNAME value is exactly `bytes`. */
+function withUsernameBytes(bytes: Buffer): Buffer {
+  return encodeStun({
+    type: MessageType.BINDING_REQUEST,
+    transactionId: randomBytes(12),
+    attributes: [[AttrType.USERNAME, bytes]],
+    password: 'secret-password',
+    fingerprint: true,
+  });
+}
+
+describe('parseBindingRequest: malformed first checks (fuzz findings)', () => {
+  it('a MESSAGE-INTEGRITY whose length is not 20 is a bad attribute (RFC 8489 §14.5)', () => {
+    for (const length of [0, 4, 16, 19, 21, 24, 32]) {
+      expect(
+        parseBindingRequest(withIntegrity(AttrType.MESSAGE_INTEGRITY, length), newUsernameView()),
+        `${length}`,
+      ).toBe(ParseResult.BadAttribute);
+    }
+    expect(parseBindingRequest(withIntegrity(AttrType.MESSAGE_INTEGRITY, 20), newUsernameView())).toBe(
+      ParseResult.Ok,
+    );
+  });
+
+  it('a MESSAGE-INTEGRITY-SHA256 outside 16..32 bytes in steps of 4 is a bad attribute (RFC 8489 §14.6)', () => {
+    for (const length of [0, 12, 18, 30, 36]) {
+      expect(parseBindingRequest(withIntegrity(0x001c, length), newUsernameView()), `${length}`).toBe(
+        ParseResult.BadAttribute,
+      );
+    }
+    for (const length of [16, 20, 32]) {
+      expect(parseBindingRequest(withIntegrity(0x001c, length), newUsernameView()), `${length}`).toBe(
+        ParseResult.Ok,
+      );
+    }
+  });
+
+  it('an empty ufrag on either side of the colon is a bad USERNAME (RFC 8445 §5.3, §7.2.2)', () => {
+    for (const u of [':efgh', 'abcd:', ':', '::efgh']) {
+      expect(parseBindingRequest(request(u), newUsernameView()), u).toBe(ParseResult.BadUsername);
+    }
+    // Shorter than §5.3's 4 characters but not empty: the backend, which issued the ufrag, decides.
+    expect(parseBindingRequest(request('a:b'), newUsernameView())).toBe(ParseResult.Ok);
+  });
+
+  it('a USERNAME that is not UTF-8 is a bad USERNAME (RFC 8489 §14.3); multi-byte UTF-8 is fine', () => {
+    const bad = [
+      [0x61, 0x62, 0x3a, 0xff, 0x63], // 0xff never starts a sequence
+      [0x61, 0x3a, 0x62, 0xc3], // a sequence cut off at the end
+      [0x61, 0x3a, 0xc0, 0xaf], // overlong '/'
+      [0x61, 0x3a, 0xed, 0xa0, 0x80], // a UTF-16 surrogate
+      [0x61, 0x3a, 0xf4, 0x90, 0x80, 0x80], // above U+10FFFF
+      [0xe2, 0x82, 0x3a, 0x62], // a lead byte whose continuation is the colon
+    ];
+    for (const b of bad) {
+      expect(
+        parseBindingRequest(withUsernameBytes(Buffer.from(b)), newUsernameView()),
+        Buffer.from(b).toString('hex'),
+      ).toBe(ParseResult.BadUsername);
+    }
+    expect(parseBindingRequest(request('s€rv:clïent'), newUsernameView())).toBe(ParseResult.Ok);
+  });
+
+  it('judges UTF-8 as Node does, for any bytes', () => {
+    fc.assert(
+      fc.property(fc.uint8Array({ maxLength: 24 }), (bytes) => {
+        expect(isUtf8(bytes, 0, bytes.length)).toBe(nodeIsUtf8(bytes));
+      }),
+      { numRuns: 5000 },
+    );
+    fc.assert(
+      fc.property(fc.string({ unit: 'grapheme', maxLength: 12 }), (text) => {
+        const bytes = Buffer.from(text, 'utf8');
+        expect(isUtf8(bytes, 0, bytes.length)).toBe(true);
+      }),
+    );
+  });
+});
 
 describe('parseBindingRequest', () => {
   it('accepts the RFC 5769 §2.1 sample request and finds its USERNAME', () => {
