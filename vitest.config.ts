@@ -6,8 +6,8 @@ import { defineConfig } from 'vitest/config';
  * - test/interop (root, Chromium, Janus, nftables): `npm run test:interop`
  * - test/deploy/render.test.ts (kubectl kustomize): `npm run test:deploy`
  * - test/monitoring/prometheus.test.ts (prometheus, promtool): `npm run test:monitoring`
- * - test/runtime (a Node.js older than 22.19): `npm run test:node20`
- * - test/fastpath-ns (root, nftables, network namespaces): `npm run test:fastpath`
+ * - test/runtime (a Node.js older than 22.19): `npm run test:runtime-guard`
+ * - test/fastpath-ns (root, nftables, network namespaces): `npm run test:fastpath-ns`
  */
 const EXTERNAL = [
   'test/interop/**',

@@ -593,7 +593,7 @@ function report(runs: RunResult[], budgets: Budget[], pinned: boolean): string {
     `load average at start ${LOAD_AT_START} (/proc/loadavg; other work on the machine shows as "other processes" under CPU)`,
   );
   out.push('');
-  out.push('| what | measured | target (issue 7) |');
+  out.push('| what | measured | target (bench/README.md) |');
   out.push('|---|---|---|');
   for (const r of runs) {
     const isSame = r === same;

@@ -4,7 +4,7 @@ import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { MIN_NODE_VERSION, NODE_FLAGS, unsupportedRuntime } from '../src/runtime.ts';
 
-/** The runtime guard of the entry point; the real Node 20 run is test/runtime/node20.test.ts. */
+/** The runtime guard of the entry point; the real Node 20 run is test/runtime/runtime-guard.test.ts. */
 
 const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as {
   engines: { node: string };

@@ -20,7 +20,8 @@ import { Probe, probeOf } from './probe.ts';
  * and silence mean "not mine"; a wrong or silent directed guess falls back to the fan-out. Also
  * ICE restarts (RFC 8445 §9) on a known 5-tuple, which are routed like a new flow.
  *
- * It changes sessions only through the registry; the probe objects are its own.
+ * It changes sessions only through the registry's named operations; the probes are its own
+ * (probe.ts).
  */
 
 export interface RouterDeps {
@@ -261,7 +262,7 @@ export class Router {
 
   #toFanout(s: Session, p: Probe): void {
     p.directed = false;
-    if (s.routedBy !== 'restart') s.routedBy = 'probe';
+    if (s.routedBy !== 'restart') this.#d.registry.setRoutedBy(s, 'probe');
     p.candidates = this.#d.backends.probeCandidates().slice();
   }
 

@@ -14,11 +14,12 @@ import { type ClientEndpoint, type ProbeState, Session, SessionState, TX_SLOTS }
  * class creates and closes sessions, adds and removes client endpoints, and keeps every index that
  * depends on them: client 5-tuple → endpoint, ufrag pair → established session, backend →
  * sessions, flows being routed per source, and the release of upstream ports. After each change
- * it announces a flow event ({@link FlowListener}), which is how metrics, the kernel fast path and
- * a pod's other workers follow sessions without touching them.
+ * it announces a flow event ({@link FlowListener}), which is how the kernel fast path and a pod's
+ * other workers follow sessions without touching them (metrics read counters, not events).
  *
  * The router decides (who owns a ufrag, what admission allows) and the forwarder moves datagrams;
- * both call the named operations here instead of writing fields.
+ * both call the named operations here instead of writing session fields. The router's own state
+ * is the probe a probing session holds (src/datapath/probe.ts).
  */
 
 /** A session cap for one process. */
@@ -272,6 +273,11 @@ export class SessionRegistry {
     // (docs/fast-path.md, "Counters"): the log waits for them.
     if (pending.length === 0) log();
     else void Promise.allSettled(pending).then(log);
+  }
+
+  /** How `s` is being routed: a directed guess that failed over to the fan-out is a probe now. */
+  setRoutedBy(s: Session, outcome: RouteOutcome): void {
+    s.routedBy = outcome;
   }
 
   /** Marks an ICE restart of `s` in progress (the probing session `next`), or none. */

@@ -8,7 +8,7 @@ import type { Doorbell, HandoffRing } from './ring.ts';
 /**
  * One worker's end of the cross-worker machinery (docs/workers.md): a flow listener that keeps the
  * directory in step with the sessions this worker owns, and the forwarder's FlowHandoff
- * (proxy/io.ts): it answers "who owns this ufrag pair?", hands datagrams to their owner through
+ * (src/defs/interfaces.ts): it answers "who owns this ufrag pair?", hands datagrams to their owner through
  * the rings, remembers which unknown 5-tuples it handed where (so a rebound flow's media follows
  * its first check), and delivers what other workers hand to it.
  */

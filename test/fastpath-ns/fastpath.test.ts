@@ -8,7 +8,7 @@
 // two worker threads (the kernel's SO_REUSEPORT hash picks a session's worker from the client's
 // 5-tuple; the test tells which by the worker id in the chain its element jumps to).
 //
-// Run as root: `npm run test:fastpath` (prerequisites: test/fastpath-ns/prereqs.sh).
+// Run as root: `npm run test:fastpath-ns` (prerequisites: test/fastpath-ns/prereqs.sh).
 import { type ChildProcess, execFile } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Installs what the fast-path suite (test/fastpath-ns) needs, only when missing (`--bench`: and what
-# bench/fastpath.ts needs). Called by .ci/run before `npm run test:fastpath`. Needs root (apt, ip netns, nft).
+# bench/fastpath.ts needs). Called by .ci/run before `npm run test:fastpath-ns`. Needs root (apt, ip netns, nft).
 set -eu
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -1,4 +1,4 @@
-// ice-ingress itself (src/main.ts startProxy, the CLI's own configuration parser) inside the proxy
+// ice-ingress itself (src/pod/pod.ts startProxy, the CLI's own configuration parser) inside the proxy
 // namespace, with a discovery source the test drives (backend removal) and a window onto its
 // state over JSON lines. Logs (pino, JSON) go to stderr, i.e. the agent's log file.
 //

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { unsupportedRuntime } from '../../src/runtime.ts';
 
-// `npm run test:node20`: the built CLI under a real old Node.js (Debian bookworm's `nodejs` is 20,
+// `npm run test:runtime-guard`: the built CLI under a real old Node.js (Debian bookworm's `nodejs` is 20,
 // the Node that CI and a newcomer's machine have before `npm ci`). Not part of `npm test`: it needs
 // a Node.js older than 22.19 on PATH, and fails (never skips) when there is none.
 
