@@ -86,7 +86,6 @@ export class Datapath implements FastPathHost {
     const counters = this.counters;
     let forwarder!: Forwarder;
     const registry = new SessionRegistry({
-      openUpstream: (family, localPort, s) => forwarder.openUpstream(family, localPort, s),
       ports: deps.ports,
       slots: deps.slots ?? new LocalSessionSlots(options.maxSessions),
       clock,
@@ -117,6 +116,7 @@ export class Datapath implements FastPathHost {
       probeRounds: options.probeRounds,
       strictPrefix: options.strictPrefix,
       onRouted: deps.onRouted,
+      upstreamHandler: (s) => forwarder.upstreamHandler(s),
     });
     forwarder = new Forwarder({
       registry,

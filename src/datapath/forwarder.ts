@@ -1,7 +1,7 @@
 import type { Logger } from 'pino';
 import type { Backend, BackendTable } from '../backends/backend-table.ts';
 import type { Counters } from '../defs/counters.ts';
-import type { Clock, FlowHandoff, Transport, Upstream, UpstreamHandler } from '../defs/interfaces.ts';
+import type { Clock, FlowHandoff, Transport, UpstreamHandler } from '../defs/interfaces.ts';
 import { DropReason, RouteCounter } from '../defs/reasons.ts';
 import type { SessionRegistry } from '../session/registry.ts';
 import { type ClientEndpoint, type Session, SessionState } from '../session/session.ts';
@@ -176,9 +176,9 @@ export class Forwarder {
   // ---------------------------------------------------------------------------------------------
   // Backend → client
 
-  /** Opens the upstream socket of a new session (the registry's `openUpstream`). */
-  openUpstream(family: 4 | 6, localPort: number, s: Session): Upstream {
-    return this.#d.transport.openUpstream(family, localPort, new UpstreamLink(this, s));
+  /** The handler of a new session's upstream socket (the router opens the socket with it). */
+  upstreamHandler(s: Session): UpstreamHandler {
+    return new UpstreamLink(this, s);
   }
 
   onUpstreamError(s: Session, err: NodeJS.ErrnoException): void {

@@ -2,8 +2,7 @@ import type { Logger } from 'pino';
 import { ADMIT, type Admission, newAdmitted } from '../admission/admission.ts';
 import type { Backend, BackendTable } from '../backends/backend-table.ts';
 import type { Counters } from '../defs/counters.ts';
-import type { Transport } from '../defs/interfaces.ts';
-import { BudgetClass } from '../defs/interfaces.ts';
+import { BudgetClass, type Transport, type UpstreamHandler } from '../defs/interfaces.ts';
 import { DropReason, ROUTE_LABELS, RouteCounter } from '../defs/reasons.ts';
 import type { SessionRegistry } from '../session/registry.ts';
 import { ClientEndpoint, type Session, SessionState } from '../session/session.ts';
@@ -37,6 +36,8 @@ export interface RouterDeps {
   readonly strictPrefix: boolean;
   /** Called once per session whose owner was found: routing time and outcome (a metrics hook). */
   readonly onRouted: ((ms: number, outcome: string) => void) | undefined;
+  /** The forwarder's handler for a new session's upstream socket. */
+  readonly upstreamHandler: (s: Session) => UpstreamHandler;
 }
 
 export class Router {
@@ -95,12 +96,14 @@ export class Router {
       serverUfragHash: a.serverUfragHash,
       address,
       port,
-      family: probe.candidates[0]!.address.includes(':') ? 6 : 4,
       probe,
       routedBy: restartOf !== undefined ? 'restart' : a.outcome,
       restartOf,
     });
     if (typeof s === 'number') return this.#drop(s);
+    // Its socket, on the port the registry took; the socket's datagrams go to the forwarder.
+    const family = probe.candidates[0]!.address.includes(':') ? 6 : 4;
+    d.registry.attach(s, d.transport.openUpstream(family, s.poolPort, d.upstreamHandler(s)));
     this.#sendProbes(s, probe, buf);
     return s;
   }

@@ -40,11 +40,6 @@ export class LocalSessionSlots implements SessionSlots {
 }
 
 export interface RegistryDeps {
-  /**
-   * Opens the upstream socket of a new session, its datagrams going straight to the data path's
-   * forwarder (src/datapath/forwarder.ts): the registry takes the port, not the socket's traffic.
-   */
-  readonly openUpstream: (family: 4 | 6, localPort: number, s: Session) => Upstream;
   /** Upstream ports with quarantine; undefined = let the kernel pick (no quarantine guarantee). */
   readonly ports: PortPool | undefined;
   readonly slots: SessionSlots;
@@ -61,8 +56,6 @@ export interface OpenFlow {
   readonly serverUfragHash: number;
   readonly address: string;
   readonly port: number;
-  /** The address family of the backends it will be sent to: its upstream socket's. */
-  readonly family: 4 | 6;
   readonly probe: ProbeState;
   readonly routedBy: RouteOutcome;
   /** The endpoint of an established session whose client started an ICE restart. */
@@ -129,8 +122,10 @@ export class SessionRegistry {
   // Session life
 
   /**
-   * Opens a probing session: takes a session slot and an upstream port, opens the socket. Returns
-   * the drop reason instead if either is exhausted (nothing is then allocated or bound).
+   * Opens a probing session: takes a session slot and an upstream port (its `poolPort`). Returns
+   * the drop reason instead if either is exhausted (nothing is then allocated). The caller opens
+   * the session's socket on that port and hands it over with {@link SessionRegistry.attach}
+   * before anything else: the registry keeps the port, never the socket's traffic.
    */
   open(f: OpenFlow): Session | DropReason {
     const d = this.#deps;
@@ -151,10 +146,10 @@ export class SessionRegistry {
       username,
       v.colon - v.start,
       { username: f.usernameHash, serverUfrag: f.serverUfragHash },
+      localPort,
       { address: f.address, port: f.port },
       now,
     );
-    session.upstream = d.openUpstream(f.family, localPort, session);
     session.routedBy = f.routedBy;
     session.probe = f.probe;
     const pending = this.#pending[f.probe.budget]!;
@@ -273,6 +268,11 @@ export class SessionRegistry {
     // (docs/fast-path.md, "Counters"): the log waits for them.
     if (pending.length === 0) log();
     else void Promise.allSettled(pending).then(log);
+  }
+
+  /** The socket just opened for `s` on `s.poolPort` (see {@link SessionRegistry.open}). */
+  attach(s: Session, upstream: Upstream): void {
+    s.upstream = upstream;
   }
 
   /** How `s` is being routed: a directed guess that failed over to the fan-out is a probe now. */

@@ -68,7 +68,12 @@ export class Session implements FlowSession {
   /** hashBytes() of the server ufrag: the learned and negative cache key. */
   readonly serverUfragHash: number;
   readonly createdAt: number;
-  /** Set once, by the registry, right after construction (its handler needs the session). */
+  /** The upstream port the registry took from the pool for it (0 without a pool: the kernel picks). */
+  readonly poolPort: number;
+  /**
+   * Its upstream socket, opened by the router on `poolPort` right after the registry opened the
+   * session (the socket's handler needs the session) and handed over with `registry.attach`.
+   */
   upstream!: Upstream;
   /** Source address whose pending count this flow holds while it probes. */
   readonly source: string;
@@ -105,6 +110,7 @@ export class Session implements FlowSession {
     username: string,
     colonIndex: number,
     hashes: { readonly username: number; readonly serverUfrag: number },
+    poolPort: number,
     first: { address: string; port: number },
     now: number,
   ) {
@@ -114,6 +120,7 @@ export class Session implements FlowSession {
     this.usernameBytes = Buffer.from(username, 'latin1');
     this.usernameHash = hashes.username;
     this.serverUfragHash = hashes.serverUfrag;
+    this.poolPort = poolPort;
     this.createdAt = now;
     this.lastClientAt = now;
     this.source = first.address;

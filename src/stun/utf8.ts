@@ -17,11 +17,13 @@ export function isUtf8(buf: Uint8Array, start: number, end: number): boolean {
     if (b >= 0xc2 && b <= 0xdf) n = 1;
     else if (b >= 0xe0 && b <= 0xef) {
       n = 2;
-      if (b === 0xe0) lo = 0xa0; // overlong
+      if (b === 0xe0)
+        lo = 0xa0; // overlong
       else if (b === 0xed) hi = 0x9f; // surrogates
     } else if (b >= 0xf0 && b <= 0xf4) {
       n = 3;
-      if (b === 0xf0) lo = 0x90; // overlong
+      if (b === 0xf0)
+        lo = 0x90; // overlong
       else if (b === 0xf4) hi = 0x8f; // above U+10FFFF
     } else return false;
     if (i + n >= end) return false; // the sequence runs past the value

@@ -341,6 +341,7 @@ function session(
     's:c',
     1,
     { username: 1, serverUfrag: 2 },
+    upstreamPort,
     { address: client, port: clientPort },
     0,
   );

@@ -35,6 +35,7 @@ function session(client: [string, number], backend: [string, number], upstreamPo
     'srv:cli',
     3,
     { username: 1, serverUfrag: 2 },
+    upstreamPort,
     { address: client[0], port: client[1] },
     0,
   );
