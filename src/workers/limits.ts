@@ -8,7 +8,7 @@ import type { Budget, SessionSlots } from '../defs/interfaces.ts';
  * swapped.
  *
  * Time: `now` must be comparable across threads. Each thread's `performance.now()` counts from its
- * own start, so workers pass `performance.timeOrigin + performance.now()` (see worker.ts).
+ * own start, so workers pass `performance.timeOrigin + performance.now()` (see src/pod/worker-thread.ts).
  */
 
 /**

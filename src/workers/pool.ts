@@ -77,7 +77,7 @@ export async function startWorkerPool<C extends PoolConfig>(
     SharedTokenBucket.create(config.directedProbeRate, config.directedProbeRate, now),
   ] as const;
   const slotsCap = SharedSessionSlots.create(config.maxSessions);
-  // Kept by each worker, at 1/N: flows being routed per source (the shares: worker.ts).
+  // Kept by each worker, at 1/N: flows being routed per source (the shares: src/pod/worker-thread.ts).
   const { maxPendingPerSource } = perWorkerLimits(config, n);
   const statsBuffer = createStatsBuffer(n);
   const stats = new WorkerStats(statsBuffer);

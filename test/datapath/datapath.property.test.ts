@@ -5,12 +5,12 @@ import { CLOSE_REASONS, DROP_REASON_LABELS, ROUTE_LABELS } from '../../src/defs/
 import { type Session, SessionState } from '../../src/session/session.ts';
 import { newUsernameView, ParseResult, parseBindingRequest } from '../../src/stun/parse.ts';
 import {
-  type CoreRig,
   check,
+  type DatapathRig,
   FakeBackend,
   type FakeUpstream,
   type IceCreds,
-  makeCore,
+  makeDatapathRig,
   media,
 } from '../fixtures/fake-transport.ts';
 import {
@@ -56,7 +56,7 @@ class CountingSlots implements SessionSlots {
 }
 
 interface World {
-  readonly rig: CoreRig;
+  readonly rig: DatapathRig;
   readonly slots: CountingSlots;
   /** Every fake backend a datagram can come from: jvb-i, and jvb-0 after it moved (same ICE state). */
   readonly fakes: FakeBackend[];
@@ -89,7 +89,7 @@ interface Config {
 
 function world(cfg: Config): World {
   const slots = new CountingSlots(6);
-  const rig = makeCore({
+  const rig = makeDatapathRig({
     backends: cfg.backends,
     options: {
       idleTimeoutMs: 20_000,

@@ -6,13 +6,13 @@ import { probeOf } from '../../src/datapath/probe.ts';
 import { CLOSE_REASONS, DROP_REASON_LABELS, ROUTE_LABELS } from '../../src/defs/reasons.ts';
 import { SessionState } from '../../src/session/session.ts';
 import {
-  type CoreRig,
-  type CoreRigOptions,
   check,
+  type DatapathRig,
+  type DatapathRigOptions,
   type FakeBackend,
   type FakeUpstream,
   type IceCreds,
-  makeCore,
+  makeDatapathRig,
   media,
 } from '../fixtures/fake-transport.ts';
 import {
@@ -30,23 +30,23 @@ import {
  * last test checks that every drop reason and every close reason was produced by some test here.
  */
 
-const rigs: CoreRig[] = [];
-function rig(o: CoreRigOptions = {}): CoreRig {
-  const r = makeCore(o);
+const rigs: DatapathRig[] = [];
+function rig(o: DatapathRigOptions = {}): DatapathRig {
+  const r = makeDatapathRig(o);
   rigs.push(r);
   return r;
 }
 
-const drops = (r: CoreRig, label: string): number => {
+const drops = (r: DatapathRig, label: string): number => {
   const i = DROP_REASON_LABELS.indexOf(label);
   if (i < 0) throw new Error(`no drop reason ${label}`);
   return r.datapath.counters.drops[i]!;
 };
-const closedBy = (r: CoreRig, reason: (typeof CLOSE_REASONS)[number]): number =>
+const closedBy = (r: DatapathRig, reason: (typeof CLOSE_REASONS)[number]): number =>
   r.datapath.counters.closed[CLOSE_REASONS.indexOf(reason)]!;
-const routes = (r: CoreRig, label: string): number =>
+const routes = (r: DatapathRig, label: string): number =>
   r.datapath.counters.routes[ROUTE_LABELS.indexOf(label)]!;
-const totalDrops = (r: CoreRig): number => r.datapath.counters.drops.reduce((a, b) => a + b, 0);
+const totalDrops = (r: DatapathRig): number => r.datapath.counters.drops.reduce((a, b) => a + b, 0);
 
 const A = { address: '192.0.2.1', port: 5000 };
 const A2 = { address: '192.0.2.1', port: 5001 };
@@ -54,11 +54,11 @@ const B = { address: '198.51.100.7', port: 6000 };
 const C = { address: '2001:db8::7', port: 7000 };
 
 type Tuple = { address: string; port: number };
-const send = (r: CoreRig, buf: Buffer, t: Tuple): void => r.fromClient(buf, t.address, t.port);
+const send = (r: DatapathRig, buf: Buffer, t: Tuple): void => r.fromClient(buf, t.address, t.port);
 
 /** Opens and establishes a session on `owner` from `t` (fan-out unless `prefix`). */
 function established(
-  r: CoreRig,
+  r: DatapathRig,
   owner: FakeBackend,
   t: Tuple,
   opts: { prefix?: boolean; creds?: IceCreds } = {},
@@ -559,7 +559,7 @@ describe('probing', () => {
 
 describe('ICE restarts and credential changes', () => {
   /** An established session on jvb-0 from A, and new credentials for the restart on `to`. */
-  function restartRig(opts: CoreRigOptions = {}) {
+  function restartRig(opts: DatapathRigOptions = {}) {
     const r = rig(opts);
     const [b0, b1] = r.backends as [FakeBackend, FakeBackend];
     const e = established(r, b0, A);

@@ -4,7 +4,7 @@ import type { FlowHandoff, Shares } from '../../src/defs/interfaces.ts';
 import { DROP_REASON_LABELS } from '../../src/defs/reasons.ts';
 import { SessionState } from '../../src/session/session.ts';
 import type { UsernameView } from '../../src/stun/parse.ts';
-import { type CoreRig, check, makeCore, media } from '../fixtures/fake-transport.ts';
+import { check, type DatapathRig, makeDatapathRig, media } from '../fixtures/fake-transport.ts';
 
 /**
  * Where the worker layer plugs into the I/O-free data path (docs/workers.md): the hand-off is asked
@@ -14,7 +14,7 @@ import { type CoreRig, check, makeCore, media } from '../fixtures/fake-transport
  * STUN bytes.
  */
 
-const drops = (r: CoreRig, label: string): number =>
+const drops = (r: DatapathRig, label: string): number =>
   r.datapath.counters.drops[DROP_REASON_LABELS.indexOf(label)]!;
 
 /** A FlowHandoff that records every call; `owners` says which USERNAME another worker owns. */
@@ -49,7 +49,7 @@ class RecordingHandoff implements FlowHandoff {
 describe('data path with a hand-off (a worker of a pod)', () => {
   it("hands a first check of another worker's ufrag pair over, and the 5-tuple's media follows it", () => {
     const h = new RecordingHandoff();
-    const r = makeCore({ handoff: h });
+    const r = makeDatapathRig({ handoff: h });
     const creds = r.backends[0]!.addSession();
     h.owners.set(`${creds.serverUfrag}:${creds.clientUfrag}`, 1);
     const first = check(creds);
@@ -77,7 +77,7 @@ describe('data path with a hand-off (a worker of a pod)', () => {
 
   it('routes a first check itself when no other worker owns the pair; an established flow never asks', () => {
     const h = new RecordingHandoff();
-    const r = makeCore({ handoff: h });
+    const r = makeDatapathRig({ handoff: h });
     const creds = r.backends[1]!.addSession();
     r.fromClient(check(creds), '192.0.2.1', 5000);
     expect(h.calls).toEqual(['divert 192.0.2.1:5000', `ownerOf ${creds.serverUfrag}:${creds.clientUfrag}`]);
@@ -111,7 +111,7 @@ describe('data path with a hand-off (a worker of a pod)', () => {
       refund: (slot, cls, n) => inner.refund(slot, cls, n),
       sweep: (now) => inner.sweep(now),
     };
-    const r = makeCore({ shares, options: { maxPendingPerSource: 1000 } });
+    const r = makeDatapathRig({ shares, options: { maxPendingPerSource: 1000 } });
     for (let i = 0; i < 20; i++) r.fromClient(check(r.backends[0]!.addSession()), '192.0.2.1', 6000 + i);
     expect(takes).toBeGreaterThan(0);
     expect(drops(r, 'source_share')).toBeGreaterThan(0);
