@@ -42,9 +42,14 @@ async function main(argv: string[]): Promise<number> {
     if (r.stderr) process.stderr.write(r.stderr);
     return r.exitCode;
   }
+  // --check-config: flags and environment are parsed exactly as for start-up and the same error
+  // printed, exit 2; else one OK line, exit 0. Nothing is bound, read or contacted (a file that
+  // --kubeconfig names is read at start-up only). The Helm chart's tests run each rendered
+  // container's command line through it.
+  const checkOnly = argv.includes('--check-config');
   let parsed: ReturnType<typeof parseConfig>;
   try {
-    parsed = parseConfig(argv, process.env);
+    parsed = parseConfig(checkOnly ? argv.filter((a) => a !== '--check-config') : argv, process.env);
   } catch (err) {
     if (err instanceof IngressError) return fail(err);
     throw err;
@@ -55,6 +60,10 @@ async function main(argv: string[]): Promise<number> {
   }
   if (parsed.kind === 'version') {
     process.stdout.write(`${version()}\n`);
+    return 0;
+  }
+  if (checkOnly) {
+    process.stdout.write('ice-ingress: configuration OK\n');
     return 0;
   }
   const config = parsed.config;

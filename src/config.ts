@@ -402,6 +402,7 @@ Usage:
   ice-ingress token NAME              print the prefix token of a backend name
   ice-ingress jvb-config --pod-name NAME --public-address IP[:PORT]
                                       print JVB config that advertises the proxy
+  ice-ingress --check-config [flags]  check flags and environment as start-up would, bind nothing
   ice-ingress --help | --version
 
 Flags (every flag can also be set by its environment variable; the flag wins):

@@ -1,6 +1,7 @@
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import dgram from 'node:dgram';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -130,6 +131,41 @@ describe('ice-ingress CLI', () => {
       expect(r.stderr).toContain(`--listen 127.0.0.1:${port}`);
     } finally {
       sock.close();
+    }
+  });
+
+  it('--check-config parses flags and environment as start-up does, and binds nothing', async () => {
+    // Both ports are taken: start-up would exit 1 (EADDRINUSE); the check does not bind them.
+    const udp = dgram.createSocket('udp4');
+    await new Promise<void>((r) => udp.bind(0, '127.0.0.1', () => r()));
+    const tcp = createServer();
+    await new Promise<void>((r) => tcp.listen(0, '127.0.0.1', () => r()));
+    const listen = `127.0.0.1:${udp.address().port}`;
+    const admin = `127.0.0.1:${(tcp.address() as { port: number }).port}`;
+    try {
+      const ok = runSync(['--check-config', '--listen', listen, '--admin', admin, '--discovery=k8s'], {
+        ICE_INGRESS_SERVICE: 'jvb',
+        ICE_INGRESS_WORKERS: 'auto',
+      });
+      expect(ok.stderr).toBe('');
+      expect(ok.stdout).toBe('ice-ingress: configuration OK\n');
+      expect(ok.status).toBe(0);
+      expect(runSync(['--listen', listen, '--admin', 'off', '--backends', 'a=127.0.0.1:9']).status).toBe(1);
+
+      // A bad value: exactly what start-up prints, exit 2, whichever place the flag has.
+      const startup = runSync(['--listen', listen, '--discovery=k8s'], { ICE_INGRESS_PROBE_ROUNDS: '0' });
+      const check = runSync(['--listen', listen, '--discovery=k8s', '--check-config'], {
+        ICE_INGRESS_PROBE_ROUNDS: '0',
+      });
+      expect(startup.status).toBe(2);
+      expect(check.status).toBe(2);
+      expect(check.stderr).toBe(startup.stderr);
+      expect(check.stderr).toContain('ICE_INGRESS_PROBE_ROUNDS');
+      expect(check.stderr).toContain('--service: required with --discovery k8s');
+      expect(check.stdout).toBe('');
+    } finally {
+      udp.close();
+      tcp.close();
     }
   });
 
