@@ -4,7 +4,7 @@ import { defineConfig } from 'vitest/config';
  * `npm test`: needs only Node.js and npm. Suites that need another program have their own config
  * and script, run by .ci/run:
  * - test/interop (root, Chromium, Janus, nftables): `npm run test:interop`
- * - test/deploy/render.test.ts (kubectl kustomize): `npm run test:deploy`
+ * - test/deploy/render.test.ts (helm): `npm run test:deploy`
  * - test/monitoring/prometheus.test.ts (prometheus, promtool): `npm run test:monitoring`
  * - test/runtime (a Node.js older than 22.19): `npm run test:runtime-guard`
  * - test/fastpath-ns (root, nftables, network namespaces): `npm run test:fastpath-ns`

@@ -3,13 +3,13 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { parseAllDocuments } from 'yaml';
+import { parse } from 'yaml';
 import { tokenFor } from '../../src/backends/token.ts';
-import { chartJvb, loadValues, releaseIn, VALUES_FILE } from './jitsi-helm.ts';
-import { type Manifest, type Obj, ROOT, schemaProblems } from './k8s.ts';
+import { chartJvb, loadValues, ROOT, releaseIn, VALUES_FILE, type Values } from './jitsi-helm.ts';
+import { type Obj, schemaProblems } from './k8s.ts';
 
-// deploy/jitsi-helm/values.yaml, without Helm (npm test). The overlay it pairs with is rendered in
-// render.test.ts (npm run test:deploy).
+// deploy/jitsi-helm/values.yaml (jitsi-helm's values) and ice-ingress-values.yaml (this chart's),
+// without Helm (npm test). This chart rendered with them: render.test.ts (npm run test:deploy).
 
 const HOCON_PARSER = '@pushcorn/hocon-parser';
 const parseHocon = async (text: string): Promise<Record<string, unknown>> => {
@@ -19,6 +19,7 @@ const parseHocon = async (text: string): Promise<Record<string, unknown>> => {
 
 const BIN = join(ROOT, '..', 'src', 'bin.ts');
 const GUIDE = join(ROOT, '..', 'docs', 'jitsi-helm.md');
+const PROXY_VALUES = join(ROOT, 'jitsi-helm', 'ice-ingress-values.yaml');
 const values = loadValues();
 const jvb = values.jvb;
 const [init] = jvb.extraInitContainers;
@@ -76,6 +77,30 @@ describe('deploy/jitsi-helm/values.yaml', () => {
 
   it('the guide and the values file install the same release', () => {
     expect(releaseIn(GUIDE)).toBe(releaseIn(VALUES_FILE));
+  });
+
+  it('ice-ingress-values.yaml selects that release’s JVB pods, targets its JVB Deployment, with the same public address', () => {
+    const ours = parse(readFileSync(PROXY_VALUES, 'utf8')) as Values;
+    const chart = chartJvb(releaseIn(VALUES_FILE), values);
+    expect(ours.discovery.k8s.createService).toEqual({
+      enabled: true,
+      selector: chart.selectorLabels,
+      port: jvb.UDPPort,
+      targetPort: chart.udpPortName,
+    });
+    expect(chart.podLabels).toMatchObject(ours.discovery.k8s.createService.selector);
+    expect(ours.jvbAutoscaler).toMatchObject({
+      enabled: true,
+      deployment: chart.deploymentName,
+      minReplicas: jvb.replicaCount,
+      scaleDown: false,
+    });
+    expect(ours.strictPrefix).toBe(true);
+    const publicEnv = init.env.find((e: { name: string }) => e.name === 'PUBLIC_ADDRESS');
+    expect(ours.publicAddress).toBe(publicEnv.value);
+    expect(ours.service.loadBalancerIP).toBe(publicEnv.value);
+    // The check can fail: another release's pods are not these.
+    expect(ours.discovery.k8s.createService.selector).not.toEqual(chartJvb('meet', values).selectorLabels);
   });
 
   it('every container, volume and mount passes the Kubernetes schemas, beside the chart’s own', async () => {
@@ -157,22 +182,5 @@ describe('deploy/jitsi-helm/values.yaml', () => {
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
-  });
-});
-
-describe('deploy/components/monitoring, raw', () => {
-  it('holds a ServiceMonitor for the metrics Service and a PrometheusRule', () => {
-    const dir = join(ROOT, 'components', 'monitoring');
-    const objs = ['metrics-service.yaml', 'servicemonitor.yaml', 'prometheusrule.yaml'].flatMap((f) =>
-      parseAllDocuments(readFileSync(join(dir, f), 'utf8')).map((d) => d.toJS() as Manifest),
-    );
-    const [svc, sm, rule] = objs;
-    expect(sm!.kind).toBe('ServiceMonitor');
-    expect(sm!.spec.selector.matchLabels).toEqual(svc!.metadata.labels);
-    expect(sm!.spec.endpoints.map((e: { port: string }) => e.port)).toEqual(
-      svc!.spec.ports.map((p: { name: string }) => p.name),
-    );
-    expect(rule!.kind).toBe('PrometheusRule');
-    expect(rule!.spec.groups[0].rules.length).toBeGreaterThan(0);
   });
 });

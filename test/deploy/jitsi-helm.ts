@@ -1,12 +1,12 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parse } from 'yaml';
-import { ROOT } from './k8s.ts';
 
 /**
  * What jitsi-helm v3.4.0 renders for its JVBs, for the values in deploy/jitsi-helm/values.yaml.
- * No Helm binary or chart is available to the tests, so the few template rules the overlay
- * depends on are written out here, each from the chart's source:
+ * The tests never fetch that chart (no chart repository is added, CI is offline), so the few
+ * template rules our chart's Jitsi values depend on are written out here, each from the chart's
+ * source:
  * - templates/_helpers.tpl: `jitsi-meet.name` = nameOverride or the chart name (`jitsi-meet`,
  *   Chart.yaml), cut to 63 characters, trailing '-' trimmed; `jitsi-meet.fullname` =
  *   fullnameOverride, else the release name if it contains that name, else `<release>-<name>`;
@@ -25,6 +25,7 @@ import { ROOT } from './k8s.ts';
 // biome-ignore lint/suspicious/noExplicitAny: Helm values are untyped; the tests check the shape
 export type Values = Record<string, any>;
 
+export const ROOT = join(import.meta.dirname, '..', '..', 'deploy');
 export const VALUES_FILE = join(ROOT, 'jitsi-helm', 'values.yaml');
 
 export function loadValues(): Values {
@@ -83,9 +84,9 @@ export function chartJvb(release: string, values: Values, index = 0): ChartJvb {
   };
 }
 
-/** The release name that the `helm install` command in `file` uses. */
+/** The release name that the jitsi-helm `helm install` command in `file` uses. */
 export function releaseIn(file: string): string {
-  const m = /helm install ([a-z0-9-]+) /.exec(readFileSync(file, 'utf8'));
-  if (!m) throw new Error(`${file}: no "helm install RELEASE" command`);
+  const m = /helm install ([a-z0-9-]+) jitsi\/jitsi-meet /.exec(readFileSync(file, 'utf8'));
+  if (!m) throw new Error(`${file}: no "helm install RELEASE jitsi/jitsi-meet" command`);
   return m[1]!;
 }

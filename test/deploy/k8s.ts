@@ -1,17 +1,16 @@
-import { execFileSync } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { dumpYaml, loadYaml } from '@kubernetes/client-node';
 import { expect } from 'vitest';
-import { parse, parseAllDocuments } from 'yaml';
-import { OPTIONS } from '../../src/config.ts';
+import { parse } from 'yaml';
+import { OPTIONS, parseDuration } from '../../src/config.ts';
 
-// Shared by the deploy/ suites. deploy/ is checked twice over: the raw files
-// (manifests.test.ts, jitsi-helm.test.ts, in `npm test`), and what kustomize renders from them
-// (render.test.ts, `npm run test:deploy`: needs `kubectl kustomize` or `kustomize build`, v4+).
-// Each object is validated against the Kubernetes JSON schemas (kubernetes-models: types,
-// required fields, enums) and, for unknown fields, against the typed models of
-// @kubernetes/client-node: a field that does not survive a decode/encode round trip is a typo.
+// Checks of Kubernetes objects, shared by the deploy/ suites: the chart's renders
+// (render.test.ts, `npm run test:deploy`, needs helm) and the files read without a renderer
+// (chart-files.test.ts, jitsi-helm.test.ts, in `npm test`). Each object is validated against the
+// Kubernetes JSON schemas (kubernetes-models; prometheus-operator kinds:
+// @kubernetes-models/prometheus-operator: types, required fields, enums) and for unknown fields
+// against the typed models of @kubernetes/client-node (a field that does not survive a
+// decode/encode round trip is a typo) or, for the prometheus-operator kinds, whose models accept
+// any field, against the shape stated in CRD_FIELDS.
 
 export type Obj = {
   apiVersion: string;
@@ -20,58 +19,59 @@ export type Obj = {
   [k: string]: unknown;
 };
 
-/** A rendered object, read as untyped JSON (the assertions check its shape). */
+/** Part of a rendered object, read as untyped JSON (the assertions check its shape). */
 // biome-ignore lint/suspicious/noExplicitAny: manifests are untyped JSON here; assertions check the shape
-export type Manifest = Obj & Record<string, any>;
+export type Json = Record<string, any>;
+export type Manifest = Obj & Json;
 
-export const ROOT = join(import.meta.dirname, '..', '..', 'deploy');
+const CRD_GROUP = 'monitoring.coreos.com/';
 
-export function findRenderer():
-  | { cmd: string; args: (dir: string) => string[]; version: string }
-  | undefined {
-  const tryRun = (cmd: string, args: string[]): string | undefined => {
-    try {
-      return execFileSync(cmd, args, {
-        encoding: 'utf8',
-        stdio: ['ignore', 'pipe', 'ignore'],
-        timeout: 20_000,
-      });
-    } catch {
-      return undefined;
+/**
+ * The fields of the prometheus-operator objects the chart renders (ServiceMonitor and
+ * PrometheusRule of monitoring.coreos.com/v1, as documented in prometheus-operator's API
+ * reference), by path with array indices dropped: anything else is a typo.
+ */
+const CRD_FIELDS: Record<string, readonly string[]> = {
+  ServiceMonitor: [
+    'spec',
+    'spec.selector',
+    'spec.selector.matchLabels',
+    'spec.endpoints',
+    'spec.endpoints.port',
+    'spec.endpoints.path',
+    'spec.endpoints.interval',
+  ],
+  PrometheusRule: [
+    'spec',
+    'spec.groups',
+    'spec.groups.name',
+    'spec.groups.rules',
+    'spec.groups.rules.alert',
+    'spec.groups.rules.expr',
+    'spec.groups.rules.for',
+    'spec.groups.rules.labels',
+    'spec.groups.rules.annotations',
+  ],
+};
+/** Maps whose keys are data (label names and the like), not fields. */
+const CRD_MAPS = new Set([
+  'spec.selector.matchLabels',
+  'spec.groups.rules.labels',
+  'spec.groups.rules.annotations',
+]);
+
+function crdUnknownFields(kind: string, value: unknown, path: string, out: string[]): string[] {
+  if (Array.isArray(value)) {
+    for (const x of value) crdUnknownFields(kind, x, path, out);
+  } else if (value !== null && typeof value === 'object' && !CRD_MAPS.has(path)) {
+    for (const [k, v] of Object.entries(value)) {
+      const p = path === '' ? k : `${path}.${k}`;
+      if (path === '' && ['apiVersion', 'kind', 'metadata'].includes(k)) continue;
+      if (!(CRD_FIELDS[kind] ?? []).includes(p)) out.push(p);
+      else crdUnknownFields(kind, v, p, out);
     }
-  };
-  const kubectl = tryRun('kubectl', ['version', '--client']);
-  const kv = /Kustomize Version: v(\d+)\S*/.exec(kubectl ?? '');
-  if (kv && Number(kv[1]) >= 4) return { cmd: 'kubectl', args: (d) => ['kustomize', d], version: kv[0] };
-  const kustomize = tryRun('kustomize', ['version']);
-  const v = /v(\d+)\.\d+\.\d+/.exec(kustomize ?? '');
-  if (v && Number(v[1]) >= 4)
-    return { cmd: 'kustomize', args: (d) => ['build', d], version: `kustomize ${v[0]}` };
-  return undefined;
-}
-
-let renderer: ReturnType<typeof findRenderer> | null = null;
-
-export function render(dir: string): Obj[] {
-  if (renderer === null) renderer = findRenderer();
-  // No silent skip: without a renderer these tests fail and say what to install.
-  if (!renderer) {
-    throw new Error(
-      'deploy/ needs kustomize v4+ to render: install kubectl >= 1.21 (kubectl kustomize) or kustomize',
-    );
   }
-  const out = execFileSync(renderer!.cmd, renderer!.args(join(ROOT, dir)), {
-    encoding: 'utf8',
-    timeout: 30_000,
-  });
-  return parseAllDocuments(out).map((d) => d.toJS() as Obj);
-}
-
-export function rawObjects(dir: string): Obj[] {
-  const files = readdirSync(join(ROOT, dir)).filter((f) => f.endsWith('.yaml') && f !== 'kustomization.yaml');
-  return files.flatMap((f) =>
-    parseAllDocuments(readFileSync(join(ROOT, dir, f), 'utf8')).map((d) => d.toJS() as Obj),
-  );
+  return out;
 }
 
 /** Paths of fields in `a` that are missing from `b`. */
@@ -93,8 +93,11 @@ function droppedFields(a: unknown, b: unknown, path: string, out: string[]): str
 export async function schemaProblems(obj: Obj): Promise<string[]> {
   const problems: string[] = [];
   const where = `${obj.kind}/${obj.metadata?.name}`;
+  const crd = obj.apiVersion.startsWith(CRD_GROUP);
   try {
-    const specifier = `kubernetes-models/${obj.apiVersion}`;
+    const specifier = crd
+      ? `@kubernetes-models/prometheus-operator/${obj.apiVersion}`
+      : `kubernetes-models/${obj.apiVersion}`;
     const mod = (await import(/* @vite-ignore */ specifier)) as Record<
       string,
       new (
@@ -106,6 +109,11 @@ export async function schemaProblems(obj: Obj): Promise<string[]> {
     else new Model(obj).validate();
   } catch (err) {
     problems.push(`${where}: ${(err as Error).message}`);
+  }
+  if (crd) {
+    if (!CRD_FIELDS[obj.kind]) problems.push(`${where}: no stated shape for ${obj.kind}`);
+    for (const p of crdUnknownFields(obj.kind, obj, '', [])) problems.push(`${where}: unknown field ${p}`);
+    return problems;
   }
   try {
     const roundTrip = parse(dumpYaml(loadYaml(JSON.stringify(obj))));
@@ -119,36 +127,56 @@ export async function schemaProblems(obj: Obj): Promise<string[]> {
 
 /** The one object of `kind` named `name`. */
 export function one(objs: Obj[], kind: string, name: string): Manifest {
-  // `name-` matches a generated name (kustomize's hash suffix); any other name matches exactly.
-  const matches = (n: string): boolean => (name.endsWith('-') ? n.startsWith(name) : n === name);
-  const found = objs.filter((o) => o.kind === kind && matches(o.metadata.name));
+  const found = objs.filter((o) => o.kind === kind && o.metadata.name === name);
   expect(found.map((o) => `${o.kind}/${o.metadata.name}`)).toHaveLength(1);
   return found[0] as Manifest;
 }
 
-/** The only rights the proxy may have (docs/architecture.md, "Control plane"). */
-export function checkRbac(objs: Obj[], namespace: string | undefined): void {
+export const ofKind = (objs: Obj[], kind: string): Manifest[] =>
+  objs.filter((o) => o.kind === kind) as Manifest[];
+
+/**
+ * The only rights the proxy may have (docs/architecture.md, "Control plane"): with discovery k8s,
+ * get/list/watch on EndpointSlices in the one namespace its Service is in, bound to its own
+ * account; with DNS or static discovery, none at all, and no API token in the pod.
+ */
+export function checkRbac(
+  objs: Obj[],
+  expected: { mode: string; namespace: string; releaseNamespace: string; account: string },
+): void {
+  const rbacKinds = ['Role', 'RoleBinding', 'ClusterRole', 'ClusterRoleBinding'];
+  const proxy = ofKind(objs, 'Deployment').find((d) => d.metadata.name === expected.account)!;
+  const pod = proxy.spec.template.spec;
+  expect(pod.serviceAccountName).toBe(expected.account);
+  if (expected.mode !== 'k8s') {
+    expect(objs.filter((o) => rbacKinds.includes(o.kind))).toEqual([]);
+    expect(pod.automountServiceAccountToken).toBe(false);
+    return;
+  }
+  expect(pod.automountServiceAccountToken).toBe(true);
   expect(objs.filter((o) => o.kind === 'ClusterRole' || o.kind === 'ClusterRoleBinding')).toEqual([]);
-  const roles = objs.filter((o) => o.kind === 'Role');
-  expect(roles.map((r) => r.metadata.name)).toEqual(['ice-ingress']);
+  const roles = ofKind(objs, 'Role');
+  expect(roles.map((r) => [r.metadata.name, r.metadata.namespace])).toEqual([
+    [expected.account, expected.namespace],
+  ]);
   expect(roles[0]!.rules).toEqual([
     { apiGroups: ['discovery.k8s.io'], resources: ['endpointslices'], verbs: ['get', 'list', 'watch'] },
   ]);
-  const bindings = objs.filter((o) => o.kind === 'RoleBinding');
+  const bindings = ofKind(objs, 'RoleBinding');
   expect(bindings).toHaveLength(1);
-  const binding = bindings[0] as Manifest;
-  expect(binding.roleRef).toEqual({
+  expect(bindings[0]!.metadata.namespace).toBe(expected.namespace);
+  expect(bindings[0]!.roleRef).toEqual({
     apiGroup: 'rbac.authorization.k8s.io',
     kind: 'Role',
-    name: 'ice-ingress',
+    name: expected.account,
   });
-  expect(binding.subjects).toEqual([
-    { kind: 'ServiceAccount', name: 'ice-ingress', namespace: namespace ?? binding.subjects[0].namespace },
+  expect(bindings[0]!.subjects).toEqual([
+    { kind: 'ServiceAccount', name: expected.account, namespace: expected.releaseNamespace },
   ]);
-  // Only the proxy runs with that account; the JVBs get the namespace default (no rights).
-  for (const d of objs.filter((o) => o.kind === 'Deployment') as Manifest[]) {
-    const sa = d.spec.template.spec.serviceAccountName;
-    expect(sa === undefined || (d.metadata.name === 'ice-ingress' && sa === 'ice-ingress')).toBe(true);
+  // Only the proxy runs with that account; any other pod has no token (the bundled JVBs).
+  for (const d of ofKind(objs, 'Deployment').filter((x) => x !== proxy)) {
+    expect(d.spec.template.spec.serviceAccountName).toBeUndefined();
+    expect(d.spec.template.spec.automountServiceAccountToken).toBe(false);
   }
 }
 
@@ -160,6 +188,7 @@ export function checkProxyArgs(args: string[]): Map<string, string> {
     const m = /^--([a-z0-9-]+)=(.*)$/.exec(a);
     expect(m, `arg ${a} is --flag=value`).not.toBeNull();
     expect(known.has(m![1]!), `--${m![1]} is a flag of src/config.ts`).toBe(true);
+    expect(flags.has(m![1]!), `--${m![1]} given once`).toBe(false);
     flags.set(m![1]!, m![2]!);
   }
   return flags;
@@ -191,51 +220,66 @@ export function checkWorkersAgreeWithCpu(
   }
 }
 
-export function checkProxy(objs: Obj[]): void {
-  const dep = one(objs, 'Deployment', 'ice-ingress');
+/**
+ * What every proxy Deployment must be, whatever the values: hardened (non-root, read-only, no
+ * capability; with the fast path, uid 0 and NET_ADMIN only), probed on the admin port, spread
+ * over nodes, a grace period that outlasts its drain, CPU that matches its workers, and a public
+ * Service, PodDisruptionBudget and HPA (when on) that select exactly its pods.
+ */
+export function checkProxy(objs: Obj[], name: string): Map<string, string> {
+  const dep = one(objs, 'Deployment', name);
   const pod = dep.spec.template.spec;
   const [c] = pod.containers;
-  expect(pod.serviceAccountName).toBe('ice-ingress');
-  expect(pod.securityContext).toMatchObject({
-    runAsNonRoot: true,
-    seccompProfile: { type: 'RuntimeDefault' },
-  });
+  const flags = checkProxyArgs(c.args);
+  const fastPath = flags.get('fast-path') === 'nftables';
+  expect(pod.securityContext).toMatchObject({ seccompProfile: { type: 'RuntimeDefault' } });
+  expect(pod.securityContext).toMatchObject(
+    fastPath ? { runAsNonRoot: false, runAsUser: 0 } : { runAsNonRoot: true, runAsUser: 10001 },
+  );
+  // The kernel path needs no forwarding (docs/fast-path.md), so never an unsafe sysctl.
+  expect(pod.securityContext.sysctls).toBeUndefined();
   expect(c.securityContext).toEqual({
     allowPrivilegeEscalation: false,
     readOnlyRootFilesystem: true,
     privileged: false,
-    capabilities: { drop: ['ALL'] },
+    capabilities: fastPath ? { drop: ['ALL'], add: ['NET_ADMIN'] } : { drop: ['ALL'] },
   });
   expect(pod.topologySpreadConstraints.map((t: { topologyKey: string }) => t.topologyKey)).toContain(
     'kubernetes.io/hostname',
   );
-  expect(pod.terminationGracePeriodSeconds).toBeGreaterThan(20); // > the default --drain-timeout
+  const drainMs = parseDuration(
+    flags.get('drain-timeout') ?? OPTIONS.find((o) => o.flag === 'drain-timeout')!.def,
+  );
+  expect(drainMs).toBeDefined();
+  expect(pod.terminationGracePeriodSeconds * 1000).toBeGreaterThan(drainMs!);
   expect(c.livenessProbe.httpGet).toEqual({ path: '/healthz', port: 'admin' });
   expect(c.readinessProbe.httpGet).toEqual({ path: '/readyz', port: 'admin' });
   expect(c.resources.requests.cpu).toBeDefined(); // the HPA measures against it
-  checkWorkersAgreeWithCpu(checkProxyArgs(c.args).get('workers') ?? '1', c.resources);
+  checkWorkersAgreeWithCpu(flags.get('workers') ?? '1', c.resources);
+  const listenPort = Number(flags.get('listen')!.split(':').at(-1));
+  const adminPort = Number(flags.get('admin')!.split(':').at(-1));
   expect(c.ports).toEqual([
-    { name: 'media', containerPort: 10000, protocol: 'UDP' },
-    { name: 'admin', containerPort: 9090, protocol: 'TCP' },
+    { name: 'media', containerPort: listenPort, protocol: 'UDP' },
+    { name: 'admin', containerPort: adminPort, protocol: 'TCP' },
   ]);
-  const flags = checkProxyArgs(c.args);
-  expect(Object.fromEntries(flags)).toMatchObject({
-    discovery: 'k8s',
-    service: 'jvb',
-    'port-name': 'media',
-    listen: '0.0.0.0:10000',
-    admin: '0.0.0.0:9090',
-  });
 
-  const svc = one(objs, 'Service', 'ice-ingress');
+  const selector = dep.spec.selector.matchLabels;
+  expect(dep.spec.template.metadata.labels).toMatchObject(selector);
+  const svc = one(objs, 'Service', name);
   expect(svc.spec).toMatchObject({ type: 'LoadBalancer', externalTrafficPolicy: 'Local' });
-  expect(svc.spec.ports).toEqual([{ name: 'media', port: 10000, targetPort: 'media', protocol: 'UDP' }]);
-  expect(svc.spec.selector).toEqual(dep.spec.selector.matchLabels);
-
-  const pdb = one(objs, 'PodDisruptionBudget', 'ice-ingress');
-  expect(pdb.spec.selector.matchLabels).toEqual(dep.spec.selector.matchLabels);
-  const hpa = one(objs, 'HorizontalPodAutoscaler', 'ice-ingress');
-  expect(hpa.spec.scaleTargetRef).toEqual({ apiVersion: 'apps/v1', kind: 'Deployment', name: 'ice-ingress' });
-  expect(hpa.spec.metrics[0].resource.name).toBe('cpu');
-  expect(hpa.spec.minReplicas).toBeGreaterThanOrEqual(2);
+  // UDP only: the admin port is never on the public Service.
+  expect(svc.spec.ports).toEqual([{ name: 'media', port: listenPort, targetPort: 'media', protocol: 'UDP' }]);
+  expect(svc.spec.selector).toEqual(selector);
+  const pdb = one(objs, 'PodDisruptionBudget', name);
+  expect(pdb.spec.selector.matchLabels).toEqual(selector);
+  const hpa = ofKind(objs, 'HorizontalPodAutoscaler').find((h) => h.metadata.name === name);
+  if (hpa) {
+    expect(dep.spec.replicas).toBeUndefined(); // the HPA owns the count
+    expect(hpa.spec.scaleTargetRef).toEqual({ apiVersion: 'apps/v1', kind: 'Deployment', name });
+    expect(hpa.spec.metrics[0].resource.name).toBe('cpu');
+    expect(hpa.spec.minReplicas).toBeGreaterThanOrEqual(2);
+  } else {
+    expect(dep.spec.replicas).toBeGreaterThanOrEqual(2);
+  }
+  return flags;
 }

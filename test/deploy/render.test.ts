@@ -1,66 +1,529 @@
-import { describe, expect, it } from 'vitest';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { parse } from 'yaml';
 import { runJvbConfigCommand } from '../../src/jvb-config.ts';
+import {
+  CHART,
+  checkConfig,
+  ciValues,
+  cleanupHelm,
+  containerEnv,
+  helm,
+  helmVersion,
+  JITSI_VALUES,
+  parseObjects,
+  REPO,
+  type RenderOptions,
+  render,
+  renderText,
+  templateArgs,
+} from './helm.ts';
 import { chartJvb, loadValues, releaseIn, VALUES_FILE } from './jitsi-helm.ts';
-import { checkProxy, checkProxyArgs, checkRbac, findRenderer, one, render, schemaProblems } from './k8s.ts';
+import { checkProxy, checkRbac, type Manifest, ofKind, one, schemaProblems } from './k8s.ts';
 
-// `npm run test:deploy`: what kustomize renders from deploy/ (kubectl kustomize, or kustomize
-// build, v4+; .ci/run installs one). Fails, never skips, without a renderer.
+// `npm run test:deploy`: the chart deploy/helm/ice-ingress as Helm renders it (`helm lint
+// --strict`, `helm template`, `helm package`; .ci/run installs helm), offline. Fails, never
+// skips, without helm.
 
-const renderer = findRenderer();
-const CRD = (o: { apiVersion: string }): boolean => o.apiVersion.startsWith('monitoring.coreos.com/');
+afterAll(cleanupHelm);
 
-describe(`deploy/ rendered by ${renderer?.version ?? 'kustomize (not found)'}`, () => {
-  it('base renders and passes the schemas and the RBAC rule', async () => {
-    const objs = render('base');
-    expect(objs.map((o) => o.kind).sort()).toEqual([
-      'Deployment',
-      'HorizontalPodAutoscaler',
-      'PodDisruptionBudget',
-      'Role',
-      'RoleBinding',
-      'Service',
-      'ServiceAccount',
+const PKG = JSON.parse(readFileSync(join(REPO, 'package.json'), 'utf8')) as { version: string };
+const jitsiValues = parse(readFileSync(JITSI_VALUES, 'utf8'));
+
+/** The value sets the chart is rendered with; each is a user's realistic choice. */
+const VALUE_SETS: Record<string, RenderOptions & { mode: string }> = {
+  defaults: { mode: 'k8s' },
+  'Jitsi (jitsi-helm) with strict prefix': { mode: 'k8s', values: [JITSI_VALUES] },
+  workers: { mode: 'k8s', values: [ciValues('workers')] },
+  'kernel fast path': { mode: 'k8s', values: [ciValues('fast-path')] },
+  'Jitsi with the kernel fast path': { mode: 'k8s', values: [JITSI_VALUES, ciValues('fast-path')] },
+  'monitoring off': { mode: 'k8s', values: [ciValues('monitoring-off')] },
+  'DNS discovery': { mode: 'dns', values: [ciValues('dns')] },
+  'static discovery': { mode: 'static', values: [ciValues('static')] },
+  'bundled videobridges': { mode: 'k8s', values: [ciValues('videobridge')] },
+};
+
+const POD_FIELDS = { 'status.podIP': '10.4.2.17', 'metadata.name': 'ice-ingress-7d9f-abcde' };
+
+const proxyContainer = (objs: Manifest[]): Manifest =>
+  one(objs, 'Deployment', 'ice-ingress').spec.template.spec.containers[0];
+
+describe(`deploy/helm/ice-ingress with ${helmVersion() || 'helm (not found)'}`, () => {
+  it('helm lint --strict passes with the defaults and with every value set', () => {
+    for (const [name, set] of Object.entries(VALUE_SETS)) {
+      const r = helm(['lint', '--strict', CHART, ...(set.values ?? []).flatMap((f) => ['--values', f])]);
+      expect(r.stdout + r.stderr, name).toContain('1 chart(s) linted, 0 chart(s) failed');
+      expect(r.status, name).toBe(0);
+    }
+  });
+
+  for (const [name, set] of Object.entries(VALUE_SETS)) {
+    it(`${name}: every object passes the schemas, the proxy is hardened, its RBAC is exactly what discovery ${set.mode} uses`, async () => {
+      const objs = render(set);
+      expect(objs.length).toBeGreaterThan(0);
+      expect((await Promise.all(objs.map(schemaProblems))).flat()).toEqual([]);
+      expect(new Set(objs.map((o) => o.metadata.namespace))).toEqual(new Set(['jitsi']));
+      // Nothing is named twice within a kind.
+      const ids = objs.map((o) => `${o.kind}/${o.metadata.name}`);
+      expect(new Set(ids).size).toBe(ids.length);
+      const flags = checkProxy(objs, 'ice-ingress');
+      expect(flags.get('discovery')).toBe(set.mode);
+      checkRbac(objs, {
+        mode: set.mode,
+        namespace: 'jitsi',
+        releaseNamespace: 'jitsi',
+        account: 'ice-ingress',
+      });
+      expect(proxyContainer(objs).image).toBe(`ice-ingress:${PKG.version}`);
+    });
+
+    it(`${name}: the proxy's own parser accepts the rendered arguments and environment (--check-config)`, () => {
+      const objs = render(set);
+      for (const dep of ofKind(objs, 'Deployment')) {
+        for (const c of dep.spec.template.spec.containers.filter((x: Manifest) => x.name === 'ice-ingress')) {
+          const r = checkConfig(c, containerEnv(c, POD_FIELDS));
+          expect(r.stderr, `${dep.metadata.name}`).toBe('');
+          expect(r.stdout).toBe('ice-ingress: configuration OK\n');
+          expect(r.status).toBe(0);
+        }
+      }
+    });
+  }
+
+  it('the --check-config step can fail: a rendered value the proxy refuses is reported by name', () => {
+    // upstreamPorts holding the listening port passes the schema (a pattern cannot see it) and
+    // is refused by the proxy, as it would be at start-up.
+    const objs = render({ set: ['sessions.upstreamPorts=9000-11000'] });
+    const c = proxyContainer(objs);
+    const r = checkConfig(c, containerEnv(c, POD_FIELDS));
+    expect(r.status).toBe(2);
+    expect(r.stderr).toContain('--upstream-ports: must not contain the listening port 10000');
+  });
+
+  it('renders are deterministic: two renders of each value set are byte-equal', () => {
+    for (const [name, set] of Object.entries(VALUE_SETS)) expect(renderText(set), name).toBe(renderText(set));
+  });
+
+  it('Chart.yaml version and appVersion follow package.json, and so does the default image', () => {
+    const chart = parse(helm(['show', 'chart', CHART]).stdout) as { version: string; appVersion: string };
+    expect(chart.version).toBe(PKG.version);
+    expect(chart.appVersion).toBe(PKG.version);
+    expect(proxyContainer(render()).image).toBe(`ice-ingress:${PKG.version}`);
+  });
+
+  it('helm package builds ice-ingress-VERSION.tgz with the monitoring files and schema, without ci/', () => {
+    const out = mkdtempSync(join(tmpdir(), 'ice-ingress-package-'));
+    try {
+      const r = helm(['package', CHART, '--destination', out]);
+      expect(r.stderr).toBe('');
+      expect(r.status).toBe(0);
+      const tgz = join(out, `ice-ingress-${PKG.version}.tgz`);
+      const list = spawnSync('tar', ['tzf', tgz], { encoding: 'utf8' });
+      expect(list.status).toBe(0);
+      const files = list.stdout.split('\n').filter(Boolean).sort();
+      for (const f of [
+        'Chart.yaml',
+        'values.yaml',
+        'values.schema.json',
+        'files/dashboard.json',
+        'files/prometheus-rules.yaml',
+        'templates/NOTES.txt',
+        'templates/deployment.yaml',
+      ]) {
+        expect(files).toContain(`ice-ingress/${f}`);
+      }
+      expect(files.filter((f) => f.startsWith('ice-ingress/ci/'))).toEqual([]);
+      // The package renders as the directory does.
+      expect(helm(['template', 'ice-ingress', tgz, '--namespace', 'jitsi']).stdout).toBe(renderText());
+    } finally {
+      rmSync(out, { recursive: true, force: true });
+    }
+  });
+
+  describe('values.schema.json refuses a bad value before anything renders, naming it', () => {
+    const cases: [string, string[], RegExp][] = [
+      [
+        'discovery mode the proxy lacks',
+        ['discovery.mode=kubernetes'],
+        /\/discovery\/mode.*one of 'k8s', 'dns', 'static'/,
+      ],
+      ['workers 0', ['workers=0'], /\/workers/],
+      ['listen port out of range', ['listenPort=70000'], /\/listenPort': maximum/],
+      ['duration without a unit', ['drainTimeout=20'], /\/drainTimeout/],
+      [
+        'probe rounds beyond the proxy’s 100',
+        ['admission.probeRounds=101'],
+        /\/admission\/probeRounds': maximum/,
+      ],
+      ['a misspelt key', ['strictprefix=true'], /additional properties 'strictprefix' not allowed/],
+      ['DNS discovery without a name', ['discovery.mode=dns'], /\/discovery\/dns\/name': minLength/],
+      [
+        'static discovery without backends',
+        ['discovery.mode=static'],
+        /\/discovery\/static\/backends': minItems/,
+      ],
+      [
+        'bundled videobridges without the public address',
+        ['videobridge.enabled=true'],
+        /\/publicAddress': minLength/,
+      ],
+      [
+        'a malformed static backend',
+        ['discovery.mode=static', 'discovery.static.backends={jvb-0}'],
+        /\/discovery\/static\/backends\/0/,
+      ],
+    ];
+    for (const [what, set, message] of cases) {
+      it(what, () => {
+        const r = helm(templateArgs({ set }));
+        expect(r.status).not.toBe(0);
+        expect(r.stdout).toBe('');
+        expect(r.stderr).toContain("values don't meet the specifications of the schema");
+        expect(r.stderr).toMatch(message);
+      });
+    }
+    it('and the same values pass with a good value (the cases fail for the reason named)', () => {
+      for (const set of [
+        ['discovery.mode=k8s'],
+        ['workers=1'],
+        ['listenPort=65535', 'sessions.upstreamPorts=16384-32767'],
+        ['admission.probeRounds=100'],
+        ['strictPrefix=true'],
+        ['discovery.mode=dns', 'discovery.dns.name=jvb.jitsi.svc'],
+        ['discovery.mode=static', 'discovery.static.backends={jvb-0=10.0.0.5:10000}'],
+        ['videobridge.enabled=true', 'publicAddress=203.0.113.10'],
+      ]) {
+        expect(helm(templateArgs({ set })).status, set.join(' ')).toBe(0);
+      }
+      expect(helm([...templateArgs(), '--set-string', 'drainTimeout=20s']).status).toBe(0);
+    });
+  });
+
+  it('RBAC follows the Service’s namespace: the Role and its binding there, the account in the release’s', () => {
+    const objs = render({ set: ['discovery.k8s.namespace=media'] });
+    checkRbac(objs, { mode: 'k8s', namespace: 'media', releaseNamespace: 'jitsi', account: 'ice-ingress' });
+    expect(proxyContainer(objs).args).toContain('--namespace=media');
+    // The checks can fail: the same objects do not pass as another mode's or namespace's.
+    expect(() =>
+      checkRbac(objs, { mode: 'k8s', namespace: 'jitsi', releaseNamespace: 'jitsi', account: 'ice-ingress' }),
+    ).toThrow();
+    expect(() =>
+      checkRbac(objs, { mode: 'dns', namespace: 'media', releaseNamespace: 'jitsi', account: 'ice-ingress' }),
+    ).toThrow();
+  });
+
+  it('every value marked "CLI: --flag" reaches that flag', () => {
+    // Non-default values for every CLI-bound value, one render per discovery mode.
+    const common = [
+      'listenPort=10001',
+      'adminPort=9091',
+      'strictPrefix=true',
+      'admission.probeRate=1234',
+      'admission.directedProbeRate=2345',
+      'admission.maxPendingPerSource=17',
+      'admission.maxSessions=999',
+      'admission.probeRounds=4',
+      'admission.probeTimeout=2500ms',
+      'admission.negativeTtl=11s',
+      'admission.learnedMax=5555',
+      'sessions.idleTimeout=45s',
+      'sessions.upstreamPorts=20000-20999',
+      'sessions.portQuarantine=30s',
+      'socketBuffer=1048576',
+      'drainTimeout=2m',
+      'logLevel=debug',
+      'workers=2',
+    ];
+    const expected = {
+      listen: '0.0.0.0:10001',
+      admin: '0.0.0.0:9091',
+      'strict-prefix': 'true',
+      'probe-rate': '1234',
+      'directed-probe-rate': '2345',
+      'max-pending-per-source': '17',
+      'max-sessions': '999',
+      'probe-rounds': '4',
+      'probe-timeout': '2500ms',
+      'negative-ttl': '11s',
+      'learned-max': '5555',
+      'idle-timeout': '45s',
+      'upstream-ports': '20000-20999',
+      'port-quarantine': '30s',
+      'socket-buffer': '1048576',
+      'drain-timeout': '2m',
+      'log-level': 'debug',
+      workers: '2',
+    };
+    const flagsOf = (set: string[]): Record<string, string> => {
+      const c = proxyContainer(render({ set }));
+      expect(checkConfig(c, containerEnv(c, POD_FIELDS)).status).toBe(0);
+      return Object.fromEntries(c.args.map((a: string) => a.slice(2).split(/=(.*)/s).slice(0, 2)));
+    };
+    expect(
+      flagsOf([
+        ...common,
+        'discovery.k8s.service=bridges',
+        'discovery.k8s.namespace=media',
+        'discovery.k8s.portName=rtp',
+      ]),
+    ).toEqual({ ...expected, discovery: 'k8s', service: 'bridges', namespace: 'media', 'port-name': 'rtp' });
+    expect(
+      flagsOf([
+        ...common,
+        'discovery.mode=dns',
+        'discovery.dns.name=jvb.media.svc',
+        'discovery.dns.backendPort=10002',
+        'discovery.dns.interval=7s',
+        'discovery.dns.grace=1m',
+      ]),
+    ).toEqual({
+      ...expected,
+      discovery: 'dns',
+      'dns-name': 'jvb.media.svc',
+      'backend-port': '10002',
+      'dns-interval': '7s',
+      'dns-grace': '1m',
+    });
+    expect(
+      flagsOf([
+        ...common,
+        'discovery.mode=static',
+        'discovery.static.backends={a=10.0.0.5:10000,b=10.0.0.6:10000}',
+      ]),
+    ).toEqual({ ...expected, discovery: 'static', backends: 'a=10.0.0.5:10000,b=10.0.0.6:10000' });
+    // The pod's grace period follows the drain: 2m + the 10 s margin.
+    expect(
+      one(render({ set: common }), 'Deployment', 'ice-ingress').spec.template.spec
+        .terminationGracePeriodSeconds,
+    ).toBe(130);
+  });
+
+  it('Jitsi: the proxy watches a headless Service that selects exactly jitsi-helm’s JVB pods, strict prefix on', () => {
+    const objs = render({ values: [JITSI_VALUES] });
+    const flags = checkProxy(objs, 'ice-ingress');
+    expect(flags.get('strict-prefix')).toBe('true');
+    // The proxy's Deployment only: jitsi-helm deploys the JVBs.
+    expect(ofKind(objs, 'Deployment').map((o) => o.metadata.name)).toEqual(['ice-ingress']);
+
+    const values = loadValues();
+    const chart = chartJvb(releaseIn(VALUES_FILE), values);
+    const svc = one(objs, 'Service', flags.get('service')!);
+    expect(svc.spec).toMatchObject({ clusterIP: 'None', publishNotReadyAddresses: false });
+    // Exactly the chart's JVB selector labels, which every JVB pod carries.
+    expect(svc.spec.selector).toEqual(chart.selectorLabels);
+    expect(chart.podLabels).toMatchObject(svc.spec.selector);
+    expect(svc.spec.ports).toEqual([
+      {
+        name: flags.get('port-name'),
+        port: values.jvb.UDPPort,
+        targetPort: chart.udpPortName,
+        protocol: 'UDP',
+      },
     ]);
-    expect((await Promise.all(objs.map(schemaProblems))).flat()).toEqual([]);
-    checkRbac(objs, undefined);
-    checkProxy(objs);
-    expect(one(objs, 'Deployment', 'ice-ingress').spec.template.spec.containers[0].image).toBe(
-      'ice-ingress:0.1.0',
+    // The HPA scales the chart's JVB Deployment, from the replica count Helm starts with, never down.
+    const hpa = one(objs, 'HorizontalPodAutoscaler', 'ice-ingress-jvb');
+    expect(hpa.spec.scaleTargetRef).toEqual({
+      apiVersion: 'apps/v1',
+      kind: 'Deployment',
+      name: chart.deploymentName,
+    });
+    expect(hpa.spec.minReplicas).toBe(values.jvb.replicaCount);
+    expect(hpa.spec.behavior.scaleDown.selectPolicy).toBe('Disabled');
+    // The JVBs' init container uses the image this chart deploys, and advertises this Service's address.
+    expect(values.jvb.extraInitContainers[0].image).toBe(proxyContainer(objs).image);
+    const publicEnv = values.jvb.extraInitContainers[0].env.find(
+      (e: { name: string }) => e.name === 'PUBLIC_ADDRESS',
+    );
+    expect(one(objs, 'Service', 'ice-ingress').spec.loadBalancerIP).toBe(publicEnv.value);
+    expect(jitsiValues.publicAddress).toBe(publicEnv.value);
+  });
+
+  it('the selector check can fail: another jitsi-helm release name selects no JVB pod', () => {
+    const svc = one(render({ values: [JITSI_VALUES] }), 'Service', 'jvb');
+    expect(svc.spec.selector).not.toEqual(chartJvb('meet', loadValues()).selectorLabels);
+  });
+
+  it('monitoring: the ServiceMonitor finds the metrics Service, which selects the proxy pods; rules and dashboard are the files', () => {
+    const objs = render({ values: [JITSI_VALUES] });
+    const dep = one(objs, 'Deployment', 'ice-ingress');
+    const metrics = one(objs, 'Service', 'ice-ingress-metrics');
+    const sm = one(objs, 'ServiceMonitor', 'ice-ingress');
+    expect(sm.metadata.namespace).toBe(metrics.metadata.namespace);
+    expect(metrics.metadata.labels).toMatchObject(sm.spec.selector.matchLabels);
+    // Only the metrics Service: not the public one, not the discovery one.
+    for (const s of ofKind(objs, 'Service').filter((x) => x !== metrics)) {
+      expect(s.metadata.labels).not.toMatchObject(sm.spec.selector.matchLabels);
+    }
+    expect(dep.spec.template.metadata.labels).toMatchObject(metrics.spec.selector);
+    const admin = dep.spec.template.spec.containers[0].ports.find(
+      (p: { name: string }) => p.name === 'admin',
+    );
+    expect(metrics.spec.ports).toEqual([
+      { name: 'admin', port: admin.containerPort, targetPort: 'admin', protocol: 'TCP' },
+    ]);
+    expect(sm.spec.endpoints).toEqual([{ port: 'admin', path: '/metrics', interval: '15s' }]);
+    const dash = one(objs, 'ConfigMap', 'ice-ingress-dashboard');
+    expect(dash.metadata.labels).toMatchObject({ grafana_dashboard: '1' });
+    expect(JSON.parse(dash.data['ice-ingress.json'])).toEqual(
+      JSON.parse(readFileSync(join(CHART, 'files', 'dashboard.json'), 'utf8')),
+    );
+    expect(one(objs, 'PrometheusRule', 'ice-ingress').spec).toEqual(
+      parse(readFileSync(join(CHART, 'files', 'prometheus-rules.yaml'), 'utf8')),
     );
   });
 
-  it('overlays/jitsi renders a JVB setup wired to the proxy by one parameter', async () => {
-    const objs = render('overlays/jitsi');
-    expect((await Promise.all(objs.map(schemaProblems))).flat()).toEqual([]);
-    expect(new Set(objs.map((o) => o.metadata.namespace))).toEqual(new Set(['jitsi']));
-    checkRbac(objs, 'jitsi');
-    checkProxy(objs);
+  it('monitoring off: no dashboard, ServiceMonitor, PrometheusRule or metrics Service; the proxy is the same', () => {
+    const off = render({ values: [ciValues('monitoring-off')] });
+    expect(off.filter((o) => /ServiceMonitor|PrometheusRule|ConfigMap/.test(o.kind))).toEqual([]);
+    expect(ofKind(off, 'Service').map((s) => s.metadata.name)).toEqual(['ice-ingress']);
+    expect(one(off, 'Deployment', 'ice-ingress')).toEqual(one(render(), 'Deployment', 'ice-ingress'));
+    // The defaults ship the dashboard but no prometheus-operator objects (their CRDs may be missing).
+    expect(
+      render()
+        .filter((o) => o.kind === 'ConfigMap')
+        .map((o) => o.metadata.name),
+    ).toEqual(['ice-ingress-dashboard']);
+    expect(render().filter((o) => o.apiVersion.startsWith('monitoring.coreos.com/'))).toEqual([]);
+  });
 
-    // The headless Service the proxy watches: its name and port name match the proxy's flags.
-    const proxyArgs = checkProxyArgs(
-      one(objs, 'Deployment', 'ice-ingress').spec.template.spec.containers[0].args,
+  it('kernel fast path: NET_ADMIN and uid 0, $(POD_IP) as the listen address, no sysctl; nothing else changes', () => {
+    const objs = render({ values: [JITSI_VALUES, ciValues('fast-path')] });
+    const pod = one(objs, 'Deployment', 'ice-ingress').spec.template.spec;
+    const [c] = pod.containers;
+    const flags = checkProxy(objs, 'ice-ingress');
+    expect(flags.get('fast-path')).toBe('nftables');
+    // The fast path runs with the default workers (the main thread owns the table: docs/workers.md).
+    expect(flags.get('workers')).toBe('auto');
+    // The address clients send to (the kubelet expands $(POD_IP) from the downward API).
+    expect(flags.get('listen')).toBe('$(POD_IP):10000');
+    expect(c.env).toEqual([{ name: 'POD_IP', valueFrom: { fieldRef: { fieldPath: 'status.podIP' } } }]);
+    expect(pod.securityContext).toEqual({
+      runAsUser: 0,
+      runAsNonRoot: false,
+      seccompProfile: { type: 'RuntimeDefault' },
+    });
+    expect(c.securityContext.capabilities).toEqual({ drop: ['ALL'], add: ['NET_ADMIN'] });
+    // Everything else is the Jitsi render's, untouched.
+    const plain = render({ values: [JITSI_VALUES] });
+    const plainPod = one(plain, 'Deployment', 'ice-ingress').spec.template.spec;
+    expect(c.ports).toEqual(plainPod.containers[0].ports);
+    expect(c.args.filter((a: string) => !/^--(listen|fast-path)=/.test(a))).toEqual(
+      plainPod.containers[0].args.filter((a: string) => !a.startsWith('--listen=')),
     );
-    const jvbSvc = one(objs, 'Service', proxyArgs.get('service')!);
-    expect(jvbSvc.spec).toMatchObject({ clusterIP: 'None', publishNotReadyAddresses: false });
-    expect(jvbSvc.spec.ports).toEqual([
-      { name: proxyArgs.get('port-name'), port: 10000, targetPort: 'media', protocol: 'UDP' },
-    ]);
-    const jvb = one(objs, 'Deployment', 'jvb');
-    expect(jvbSvc.spec.selector).toEqual(jvb.spec.selector.matchLabels);
-    const hpa = one(objs, 'HorizontalPodAutoscaler', 'jvb');
-    expect(hpa.spec.scaleTargetRef.name).toBe('jvb');
+    const strip = (o: Manifest[]) => o.filter((x) => x.kind !== 'Deployment');
+    expect(strip(objs)).toEqual(strip(plain));
+  });
 
-    // The public address is one ConfigMap literal; the generated (hashed) name is referenced.
-    const cm = one(objs, 'ConfigMap', 'ice-ingress-public-');
-    expect(Object.keys(cm.data)).toEqual(['PUBLIC_ADDRESS']);
+  it('workers: a fixed count with as many CPUs requested', () => {
+    const c = proxyContainer(render({ values: [ciValues('workers')] }));
+    expect(c.args).toContain('--workers=4');
+    expect(c.resources.requests.cpu).toBe('4');
+    expect(proxyContainer(render()).args).toContain('--workers=auto');
+  });
+
+  it('DNS and static discovery: the right flags, no Role, no token, and a NetworkPolicy without the API server', () => {
+    const dns = render({ values: [ciValues('dns')] });
+    const args = proxyContainer(dns).args;
+    expect(args).toEqual(
+      expect.arrayContaining([
+        '--discovery=dns',
+        '--dns-name=jvb.jitsi.svc.cluster.local',
+        '--backend-port=10000',
+        '--dns-interval=2s',
+        '--dns-grace=30s',
+      ]),
+    );
+    expect(args.filter((a: string) => /^--(service|namespace|port-name|backends)=/.test(a))).toEqual([]);
+    expect(one(dns, 'ServiceAccount', 'ice-ingress').automountServiceAccountToken).toBe(false);
+    const np = one(dns, 'NetworkPolicy', 'ice-ingress');
+    expect(np.spec.policyTypes).toEqual(['Ingress', 'Egress']);
+    expect(np.spec.egress.flatMap((r: Manifest) => r.ports)).toEqual([
+      { port: 53, protocol: 'UDP' },
+      { port: 53, protocol: 'TCP' },
+      { port: 10000, protocol: 'UDP' },
+    ]);
+    const stat = render({ values: [ciValues('static')] });
+    expect(proxyContainer(stat).args).toContain('--backends=jvb-0=10.0.0.5:10000,jvb-1=10.0.0.6:10000');
+    expect(ofKind(stat, 'HorizontalPodAutoscaler')).toEqual([]);
+    expect(one(stat, 'Deployment', 'ice-ingress').spec.replicas).toBe(3);
+    // Headless discovery Services are for discovery k8s only.
+    expect([...dns, ...stat].filter((o) => o.kind === 'Service').map((o) => o.metadata.name)).toEqual([
+      'ice-ingress',
+      'ice-ingress',
+    ]);
+  });
+
+  it('NetworkPolicy: media from anywhere, admin from the namespace, egress to DNS, the backends and the API server', () => {
+    const objs = render({ values: [ciValues('videobridge')] });
+    const np = one(objs, 'NetworkPolicy', 'ice-ingress');
+    const dep = one(objs, 'Deployment', 'ice-ingress');
+    expect(np.spec.podSelector.matchLabels).toEqual(dep.spec.selector.matchLabels);
+    expect(np.spec.ingress).toEqual([
+      { ports: [{ port: 'media', protocol: 'UDP' }] },
+      { ports: [{ port: 'admin', protocol: 'TCP' }], from: [{ podSelector: {} }] },
+    ]);
+    const jvb = one(objs, 'Deployment', 'ice-ingress-jvb');
+    expect(np.spec.egress).toEqual([
+      {
+        ports: [
+          { port: 53, protocol: 'UDP' },
+          { port: 53, protocol: 'TCP' },
+        ],
+      },
+      {
+        ports: [{ port: 'media', protocol: 'UDP' }],
+        to: [
+          {
+            podSelector: { matchLabels: jvb.spec.selector.matchLabels },
+            namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': 'jitsi' } },
+          },
+        ],
+      },
+      { to: [{ ipBlock: { cidr: '10.0.0.1/32' } }], ports: [{ port: 443, protocol: 'TCP' }] },
+    ]);
+    // Egress with discovery k8s and no API server address would cut the watch: refused.
+    const r = helm(
+      templateArgs({ set: ['networkPolicy.enabled=true', 'networkPolicy.egress.enabled=true'] }),
+    );
+    expect(r.status).not.toBe(0);
+    expect(r.stderr).toContain('networkPolicy.egress.apiServer');
+  });
+
+  it('bundled videobridges: JVBs that drain, a headless Service the proxy watches, an HPA, each JVB’s config from publicAddress', () => {
+    const objs = render({ values: [ciValues('videobridge')] });
+    const flags = checkProxy(objs, 'ice-ingress');
+    const jvb = one(objs, 'Deployment', 'ice-ingress-jvb');
+    const svc = one(objs, 'Service', flags.get('service')!);
+    expect(svc.spec).toMatchObject({ clusterIP: 'None', publishNotReadyAddresses: false });
+    expect(svc.spec.selector).toEqual(jvb.spec.selector.matchLabels);
+    expect(jvb.spec.template.metadata.labels).toEqual(jvb.spec.selector.matchLabels);
+    expect(svc.spec.ports).toEqual([
+      { name: flags.get('port-name'), port: 10000, targetPort: 'media', protocol: 'UDP' },
+    ]);
     const pod = jvb.spec.template.spec;
-    const [init] = pod.initContainers;
-    const publicEnv = init.env.find((e: { name: string }) => e.name === 'PUBLIC_ADDRESS');
-    expect(publicEnv.valueFrom.configMapKeyRef).toEqual({ name: cm.metadata.name, key: 'PUBLIC_ADDRESS' });
-    expect(init.image).toBe('ice-ingress:0.1.0');
+    expect(pod.containers[0].ports).toContainEqual({ name: 'media', containerPort: 10000, protocol: 'UDP' });
+    expect(pod.containers[0].lifecycle.preStop.exec.command.join(' ')).toContain('graceful-shutdown');
+    expect(pod.terminationGracePeriodSeconds).toBe(3600);
+    const hpa = one(objs, 'HorizontalPodAutoscaler', 'ice-ingress-jvb');
+    expect(hpa.spec.scaleTargetRef).toEqual({
+      apiVersion: 'apps/v1',
+      kind: 'Deployment',
+      name: 'ice-ingress-jvb',
+    });
+    expect(hpa.spec.behavior.scaleDown.selectPolicy).toBeUndefined();
+    expect(jvb.spec.replicas).toBeUndefined();
 
     // The init container's command line works: expand $(VAR) as the kubelet would and run it.
-    const env: Record<string, string> = { POD_NAME: 'jvb-7d9c-x2k9p', POD_IP: '10.1.2.3', ...cm.data };
+    const [init] = pod.initContainers;
+    expect(init.image).toBe(`ice-ingress:${PKG.version}`);
+    const env = containerEnv(init, {
+      'metadata.name': 'ice-ingress-jvb-7d9c-x2k9p',
+      'status.podIP': '10.1.2.3',
+    });
+    expect(env.PUBLIC_ADDRESS).toBe('203.0.113.10');
     const argv: string[] = init.args.map((a: string) =>
       a.replace(/\$\(([A-Z_]+)\)/g, (_m, v: string) => env[v]!),
     );
@@ -70,120 +533,30 @@ describe(`deploy/ rendered by ${renderer?.version ?? 'kustomize (not found)'}`, 
     expect(result.stderr).toBe('');
     expect(result.exitCode).toBe(0);
     expect(written[0]?.[0]).toBe('/config/custom-jvb.conf');
-    expect(written[0]?.[1]).toContain(`public-address = "${cm.data.PUBLIC_ADDRESS}"`);
+    expect(written[0]?.[1]).toContain('public-address = "203.0.113.10"');
     // ... into the emptyDir that the JVB container sees at /config (docker-jitsi-meet's volume).
     const mount = init.volumeMounts.find((m: { mountPath: string }) => m.mountPath === '/config');
-    const vol = pod.volumes.find((v: { name: string }) => v.name === mount.name);
-    expect(vol.emptyDir).toBeDefined();
+    expect(pod.volumes.find((v: { name: string }) => v.name === mount.name).emptyDir).toBeDefined();
     const jvbMount = pod.containers[0].volumeMounts.find((m: { name: string }) => m.name === mount.name);
     expect(jvbMount.mountPath).toBe('/config');
   });
 
-  it('overlays/jitsi-helm: the proxy, strict prefix on, watching a Service that selects jitsi-helm’s JVB pods', async () => {
-    const objs = render('overlays/jitsi-helm');
-    expect((await Promise.all(objs.filter((o) => !CRD(o)).map(schemaProblems))).flat()).toEqual([]);
-    expect(new Set(objs.map((o) => o.metadata.namespace))).toEqual(new Set(['jitsi']));
-    checkRbac(objs, 'jitsi');
-    checkProxy(objs);
-    const proxyArgs = checkProxyArgs(
-      one(objs, 'Deployment', 'ice-ingress').spec.template.spec.containers[0].args,
-    );
-    expect(proxyArgs.get('strict-prefix')).toBe('true');
-    // The overlay deploys no JVBs: Helm does.
-    expect(objs.filter((o) => o.kind === 'Deployment').map((o) => o.metadata.name)).toEqual(['ice-ingress']);
-
-    const values = loadValues();
-    const chart = chartJvb(releaseIn(VALUES_FILE), values);
-    const svc = one(objs, 'Service', proxyArgs.get('service')!);
-    expect(svc.spec).toMatchObject({ clusterIP: 'None', publishNotReadyAddresses: false });
-    // Exactly the chart's JVB selector labels, which every JVB pod carries.
-    expect(svc.spec.selector).toEqual(chart.selectorLabels);
-    expect(chart.podLabels).toMatchObject(svc.spec.selector);
-    expect(svc.spec.ports).toEqual([
-      {
-        name: proxyArgs.get('port-name'),
-        port: values.jvb.UDPPort,
-        targetPort: chart.udpPortName,
-        protocol: 'UDP',
-      },
+  it('NOTES.txt tells what to do next on the JVB side', () => {
+    const r = helm([
+      'install',
+      '--dry-run=client',
+      'ice-ingress',
+      CHART,
+      '--namespace',
+      'jitsi',
+      '--values',
+      JITSI_VALUES,
     ]);
-    // The HPA scales the chart's JVB Deployment, from the replica count Helm starts with, never down.
-    const hpa = one(objs, 'HorizontalPodAutoscaler', 'jvb');
-    expect(hpa.spec.scaleTargetRef).toEqual({
-      apiVersion: 'apps/v1',
-      kind: 'Deployment',
-      name: chart.deploymentName,
-    });
-    expect(hpa.spec.minReplicas).toBe(values.jvb.replicaCount);
-    expect(hpa.spec.behavior.scaleDown.selectPolicy).toBe('Disabled');
-    // The JVBs' init container uses the image this overlay deploys.
-    const image = one(objs, 'Deployment', 'ice-ingress').spec.template.spec.containers[0].image;
-    expect(values.jvb.extraInitContainers[0].image).toBe(image);
-  });
-
-  it('the selector check can fail: another release name selects no JVB pod', () => {
-    const objs = render('overlays/jitsi-helm');
-    const svc = one(objs, 'Service', 'jvb');
-    expect(svc.spec.selector).not.toEqual(chartJvb('meet', loadValues()).selectorLabels);
-  });
-
-  it('components/monitoring: the ServiceMonitor finds the metrics Service, which selects the proxy pods', () => {
-    const objs = render('overlays/jitsi-helm');
-    const dep = one(objs, 'Deployment', 'ice-ingress');
-    const metrics = one(objs, 'Service', 'ice-ingress-metrics');
-    const sm = one(objs, 'ServiceMonitor', 'ice-ingress');
-    expect(sm.metadata.namespace).toBe(metrics.metadata.namespace);
-    expect(metrics.metadata.labels).toMatchObject(sm.spec.selector.matchLabels);
-    expect(dep.spec.template.metadata.labels).toMatchObject(metrics.spec.selector);
-    const admin = dep.spec.template.spec.containers[0].ports.find(
-      (p: { name: string }) => p.name === 'admin',
-    );
-    expect(metrics.spec.ports).toEqual([
-      { name: 'admin', port: admin.containerPort, targetPort: 'admin', protocol: 'TCP' },
-    ]);
-    expect(sm.spec.endpoints).toEqual([{ port: 'admin', path: '/metrics', interval: '15s' }]);
-    // The public LoadBalancer does not expose the admin port.
-    expect(one(objs, 'Service', 'ice-ingress').spec.ports.map((p: { name: string }) => p.name)).toEqual([
-      'media',
-    ]);
-    const dash = one(objs, 'ConfigMap', 'ice-ingress-dashboard');
-    expect(dash.metadata.labels).toMatchObject({ grafana_dashboard: '1' });
-    expect(JSON.parse(dash.data['ice-ingress.json']).uid).toBe('ice-ingress');
-    expect(one(objs, 'PrometheusRule', 'ice-ingress').spec.groups[0].rules.length).toBeGreaterThan(0);
-  });
-
-  it('overlays/jitsi-fast-path: the fast-path component grants NET_ADMIN, nothing more (no sysctl)', async () => {
-    const objs = render('overlays/jitsi-fast-path');
-    expect((await Promise.all(objs.map(schemaProblems))).flat()).toEqual([]);
-    checkRbac(objs, 'jitsi');
-    const dep = one(objs, 'Deployment', 'ice-ingress');
-    const pod = dep.spec.template.spec;
-    const [c] = pod.containers;
-    const flags = checkProxyArgs(c.args);
-    expect(flags.get('fast-path')).toBe('nftables');
-    // The fast path runs with the base's workers (the main thread owns the table: docs/workers.md).
-    expect(flags.get('workers')).toBe('auto');
-    // The address clients send to (the kubelet expands $(POD_IP) from the downward API).
-    expect(flags.get('listen')).toBe('$(POD_IP):10000');
-    expect(c.env).toEqual([{ name: 'POD_IP', valueFrom: { fieldRef: { fieldPath: 'status.podIP' } } }]);
-    // The kernel path needs no forwarding (docs/fast-path.md), so no unsafe sysctl for the kubelet.
-    expect(pod.securityContext.sysctls).toBeUndefined();
-    expect(pod.securityContext).toMatchObject({
-      runAsUser: 0,
-      runAsNonRoot: false,
-      seccompProfile: { type: 'RuntimeDefault' },
-    });
-    expect(c.securityContext).toEqual({
-      allowPrivilegeEscalation: false,
-      readOnlyRootFilesystem: true,
-      privileged: false,
-      capabilities: { drop: ['ALL'], add: ['NET_ADMIN'] },
-    });
-    // Everything else is the jitsi overlay's, untouched.
-    const plain = one(render('overlays/jitsi'), 'Deployment', 'ice-ingress');
-    expect(c.ports).toEqual(plain.spec.template.spec.containers[0].ports);
-    expect(c.args.filter((a: string) => !/^--(listen|fast-path)=/.test(a))).toEqual(
-      plain.spec.template.spec.containers[0].args.filter((a: string) => !a.startsWith('--listen=')),
-    );
+    expect(r.status, r.stderr).toBe(0);
+    const notes = r.stdout.slice(r.stdout.indexOf('NOTES:'));
+    expect(notes).toContain('It must be 203.0.113.10 (publicAddress)');
+    expect(notes).toContain('ice-ingress jvb-config');
+    expect(notes).toContain('jvb.extraInitContainers');
+    expect(notes).toContain('kubectl -n jitsi port-forward deploy/ice-ingress 9090');
   });
 });

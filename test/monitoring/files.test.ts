@@ -9,7 +9,7 @@ const GRAFANA_DATASOURCE = '${datasource}';
 // The monitoring files without Prometheus (npm test): shape and the helpers the Prometheus-backed
 // suite (prometheus.test.ts, npm run test:monitoring) relies on.
 
-describe('deploy/components/monitoring files', () => {
+describe('deploy/helm/ice-ingress/files: dashboard and alerts', () => {
   it('the dashboard is Grafana JSON with a Prometheus datasource variable and unique panel ids', () => {
     const d = JSON.parse(readFileSync(join(DIR, 'dashboard.json'), 'utf8')) as {
       uid: string;

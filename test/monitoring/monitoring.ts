@@ -2,9 +2,12 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parse, stringify } from 'yaml';
 
-/** The shipped monitoring files, read as the tests need them. */
+/**
+ * The shipped monitoring files, read as the tests need them: the Helm chart's files/, which it
+ * renders verbatim as the dashboard ConfigMap and the PrometheusRule's spec.
+ */
 
-export const DIR = join(import.meta.dirname, '..', '..', 'deploy', 'components', 'monitoring');
+export const DIR = join(import.meta.dirname, '..', '..', 'deploy', 'helm', 'ice-ingress', 'files');
 
 export interface AlertRule {
   alert: string;
@@ -14,14 +17,13 @@ export interface AlertRule {
   annotations?: Record<string, string>;
 }
 
-/** The PrometheusRule's `spec`: a plain Prometheus rule file. */
+/** files/prometheus-rules.yaml: a plain Prometheus rule file. */
 export function ruleFile(): { groups: { name: string; rules: AlertRule[] }[] } {
-  const obj = parse(readFileSync(join(DIR, 'prometheusrule.yaml'), 'utf8')) as {
-    kind: string;
-    spec: { groups: { name: string; rules: AlertRule[] }[] };
+  const file = parse(readFileSync(join(DIR, 'prometheus-rules.yaml'), 'utf8')) as {
+    groups: { name: string; rules: AlertRule[] }[];
   };
-  if (obj.kind !== 'PrometheusRule') throw new Error(`prometheusrule.yaml: kind ${obj.kind}`);
-  return obj.spec;
+  if (!Array.isArray(file.groups)) throw new Error('prometheus-rules.yaml: no groups');
+  return file;
 }
 
 export const ruleFileText = (): string => stringify(ruleFile(), { lineWidth: 0 });
