@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # ice-ingress: multi-stage build on Node.js 24 LTS; the runtime image holds only the compiled
-# JavaScript, production dependencies and Debian's nft, runs as an unprivileged uid (10001, as deploy/ sets) and
+# JavaScript, production dependencies and Debian's nft, runs as an unprivileged uid (10001, as the Helm chart sets) and
 # starts the CLI in exec form, so SIGTERM reaches Node directly and starts the drain.
 
 FROM node:24-bookworm-slim AS build

@@ -559,4 +559,37 @@ describe(`deploy/helm/ice-ingress with ${helmVersion() || 'helm (not found)'}`, 
     expect(notes).toContain('jvb.extraInitContainers');
     expect(notes).toContain('kubectl -n jitsi port-forward deploy/ice-ingress 9090');
   });
+
+  it('README "Install on Kubernetes": its helm install commands render, and the Jitsi one discovers the chart’s JVB pods', () => {
+    const readme = readFileSync(join(REPO, 'README.md'), 'utf8');
+    const section = readme.slice(readme.indexOf('## Install on Kubernetes'));
+    const body = section.slice(0, section.indexOf('\n## ', 3));
+    // Our chart's installs (the jitsi-helm one needs its repository, which these tests never add).
+    const installs = [...body.matchAll(/^helm install (\S+) (deploy\/\S+)(.*)$/gm)];
+    expect(installs.length).toBeGreaterThanOrEqual(2);
+    const rendered = new Map<string, Manifest[]>();
+    for (const [line, release, chart, rest] of installs) {
+      // As a new user runs it from the clone, with `template` for `install` (no cluster here).
+      const args = rest!.split(/\s+/).filter((a) => a !== '' && a !== '\\' && a !== '--create-namespace');
+      const r = helm(['template', release!, chart!, ...args]);
+      expect(r.status, `${line}: ${r.stderr}`).toBe(0);
+      rendered.set(line, parseObjects(r.stdout));
+    }
+    const jitsiHelm = /^helm install (\S+) jitsi\/jitsi-meet .*-f deploy\/jitsi-helm\/values\.yaml/m.exec(
+      body,
+    );
+    expect(jitsiHelm, 'the jitsi-helm install command').not.toBeNull();
+    const jitsi = [...rendered].find(([line]) =>
+      line.includes('-f deploy/jitsi-helm/ice-ingress-values.yaml'),
+    );
+    expect(jitsi, 'the ice-ingress install with the Jitsi values').toBeDefined();
+    const objs = jitsi![1];
+    const service = proxyContainer(objs)
+      .args.find((a: string) => a.startsWith('--service='))
+      .slice('--service='.length);
+    // The Service the proxy watches selects the pods of the jitsi-helm release installed beside it.
+    expect(one(objs, 'Service', service).spec.selector).toEqual(
+      chartJvb(jitsiHelm![1]!, loadValues()).selectorLabels,
+    );
+  });
 });
