@@ -1,0 +1,86 @@
+import dgram from 'node:dgram';
+import type { PeerSocket } from '../peers/types.ts';
+
+/**
+ * The `node:dgram` adapter of the peer protocol (docs/peers.md): one UDP socket per data-path
+ * thread on `--peer-port` + the worker id, bound before the thread takes client traffic. A tunnel's
+ * datagram is sent as two parts (its fixed 12-byte header and the client's datagram): dgram
+ * gathers them into one datagram (sendmsg with two iovecs), so nothing is copied together here.
+ *
+ * The same traps as the public socket (docs/architecture.md, "UDP traps"): the error listener is
+ * attached before bind(), and the destination is always an IP literal, resolved synchronously.
+ */
+
+function ipLiteralLookup(
+  address: string,
+  _options: unknown,
+  callback: (err: NodeJS.ErrnoException | null, address: string, family: number) => void,
+): void {
+  callback(null, address, address.includes(':') ? 6 : 4);
+}
+
+export interface UdpPeerSocketOptions {
+  readonly host: string;
+  readonly port: number;
+  readonly onDatagram: (buf: Buffer, address: string, port: number) => void;
+  readonly onError: (err: Error) => void;
+}
+
+export class UdpPeerSocket implements PeerSocket {
+  readonly #o: UdpPeerSocketOptions;
+  #sock: dgram.Socket | undefined;
+  readonly #pair: Uint8Array[] = [];
+
+  constructor(o: UdpPeerSocketOptions) {
+    this.#o = o;
+  }
+
+  /** Binds; resolves with the bound port. Rejects (EADDRINUSE, …) without leaving a socket open. */
+  start(): Promise<number> {
+    const { host, port } = this.#o;
+    const sock = dgram.createSocket({ type: host.includes(':') ? 'udp6' : 'udp4', lookup: ipLiteralLookup });
+    return new Promise((resolve, reject) => {
+      const onStartError = (err: Error): void => {
+        try {
+          sock.close();
+        } catch {
+          // Never bound.
+        }
+        reject(err);
+      };
+      sock.once('error', onStartError);
+      sock.on('message', (msg, rinfo) => this.#o.onDatagram(msg, rinfo.address, rinfo.port));
+      sock.bind(port, host, () => {
+        sock.off('error', onStartError);
+        sock.on('error', this.#o.onError);
+        this.#sock = sock;
+        resolve(sock.address().port);
+      });
+    });
+  }
+
+  send(head: Uint8Array, body: Uint8Array | undefined, port: number, address: string): void {
+    const sock = this.#sock;
+    if (sock === undefined) return;
+    if (body === undefined) {
+      sock.send(head, port, address);
+      return;
+    }
+    // dgram copies the list before it returns (it may queue the send): one array serves every call.
+    const pair = this.#pair;
+    pair[0] = head;
+    pair[1] = body;
+    sock.send(pair, port, address);
+  }
+
+  close(): void {
+    const sock = this.#sock;
+    this.#sock = undefined;
+    if (sock === undefined) return;
+    try {
+      sock.close();
+    } catch {
+      // Already closed.
+    }
+  }
+}

@@ -1,0 +1,48 @@
+import dgram from 'node:dgram';
+import { once } from 'node:events';
+import { afterEach, describe, expect, it } from 'vitest';
+import { UdpPeerSocket } from '../../src/io/peer-socket.ts';
+
+const open: Array<{ close(): void }> = [];
+afterEach(() => {
+  for (const s of open.splice(0)) s.close();
+});
+
+describe('UdpPeerSocket', () => {
+  it('sends a header and a body as one datagram, and hands received datagrams on with their source', async () => {
+    const got: Array<{ buf: Buffer; address: string; port: number }> = [];
+    const a = new UdpPeerSocket({
+      host: '127.0.0.1',
+      port: 0,
+      onDatagram: (buf, address, port) => got.push({ buf, address, port }),
+      onError: () => {},
+    });
+    open.push(a);
+    const portA = await a.start();
+    const peer = dgram.createSocket('udp4');
+    open.push(peer);
+    peer.bind(0, '127.0.0.1');
+    await once(peer, 'listening');
+    const portB = peer.address().port;
+    const received = once(peer, 'message');
+    a.send(Buffer.from([1, 2, 3]), Buffer.from([4, 5]), portB, '127.0.0.1');
+    const [msg] = (await received) as [Buffer];
+    expect([...msg]).toEqual([1, 2, 3, 4, 5]);
+    const second = once(peer, 'message');
+    a.send(Buffer.from([9]), undefined, portB, '127.0.0.1');
+    expect([...((await second) as [Buffer])[0]]).toEqual([9]);
+    peer.send(Buffer.from([7]), portA, '127.0.0.1');
+    await new Promise((r) => setTimeout(r, 50));
+    expect(got.map((g) => [[...g.buf], g.address, g.port])).toEqual([[[7], '127.0.0.1', portB]]);
+  });
+
+  it('a port in use rejects start-up and leaves no socket behind', async () => {
+    const a = new UdpPeerSocket({ host: '127.0.0.1', port: 0, onDatagram: () => {}, onError: () => {} });
+    open.push(a);
+    const port = await a.start();
+    const b = new UdpPeerSocket({ host: '127.0.0.1', port, onDatagram: () => {}, onError: () => {} });
+    await expect(b.start()).rejects.toMatchObject({ code: 'EADDRINUSE' });
+    // Sends on a socket that never bound do nothing.
+    b.send(Buffer.from([1]), undefined, port, '127.0.0.1');
+  });
+});
