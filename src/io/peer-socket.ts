@@ -1,5 +1,5 @@
 import dgram from 'node:dgram';
-import type { PeerSocket } from '../peers/types.ts';
+import type { PeerSocket } from '../defs/interfaces.ts';
 
 /**
  * The `node:dgram` adapter of the peer protocol (docs/peers.md): one UDP socket per data-path

@@ -1,9 +1,16 @@
+import type {
+  OwnerHost,
+  PeerLog,
+  PeerRoute,
+  PeerRouting,
+  PeerSocket,
+  ReceiverHost,
+} from '../defs/interfaces.ts';
 import type { UsernameView } from '../stun/parse.ts';
 import { PeerCounters, PeerDrop } from './counters.ts';
 import { PeerOwner } from './owner.ts';
 import { type Peer, PeerSet, type PeerSpec } from './peer-set.ts';
 import { PeerReceiver, type ReceiverPolicy } from './receiver.ts';
-import type { OwnerHost, PeerLog, PeerRoute, PeerRouting, PeerSocket, ReceiverHost } from './types.ts';
 import {
   type Answer,
   BadVersion,

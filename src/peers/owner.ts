@@ -1,3 +1,4 @@
+import type { OwnerHost, PeerLog, PeerRoute, PeerSocket } from '../defs/interfaces.ts';
 import {
   ANSWER_LABELS,
   type PeerCounters,
@@ -8,7 +9,6 @@ import {
 } from './counters.ts';
 import type { Peer } from './peer-set.ts';
 import { TokenTable } from './tokens.ts';
-import type { OwnerHost, PeerLog, PeerRoute, PeerSocket } from './types.ts';
 import {
   DATA_HEADER,
   dataHeader,

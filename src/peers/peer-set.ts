@@ -1,5 +1,5 @@
+import type { PeerLog, PeerSocket } from '../defs/interfaces.ts';
 import type { PeerCounters } from './counters.ts';
-import type { PeerLog, PeerSocket } from './types.ts';
 import { encodeHeartbeat, FLAG_DRAINING, type Heartbeat, type Instance, MsgType } from './wire.ts';
 
 /**

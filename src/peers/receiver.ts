@@ -1,3 +1,12 @@
+import {
+  type Budget,
+  BudgetClass,
+  type NegativeCache,
+  type PeerLog,
+  type PeerSocket,
+  type ReceiverHost,
+  type Shares,
+} from '../defs/interfaces.ts';
 import { hashBytes, hashString } from '../stun/hash.ts';
 import type { UsernameView } from '../stun/parse.ts';
 import {
@@ -11,7 +20,6 @@ import {
 } from './counters.ts';
 import type { Peer, PeerSet } from './peer-set.ts';
 import { TokenTable } from './tokens.ts';
-import type { NegativeCache, PeerLog, PeerSocket, QueryBudget, QueryShares, ReceiverHost } from './types.ts';
 import {
   type Answer,
   DATA_HEADER,
@@ -52,11 +60,11 @@ import {
 
 /** What bounds the receiver side: its budget, tables and times (set by the composition root). */
 export interface ReceiverPolicy {
-  readonly shares: QueryShares;
+  readonly shares: Shares;
   /** The open half of the round budget (first come, first served). */
-  readonly open: QueryBudget;
+  readonly open: Budget;
   /** The fair half: only for a source within its share. */
-  readonly fair: QueryBudget;
+  readonly fair: Budget;
   readonly negative: NegativeCache;
   /** How long a round waits for answers (`--peer-timeout`). */
   readonly timeoutMs: number;
@@ -181,7 +189,7 @@ export class PeerReceiver {
     }
     if (!o.open.take(now, 1)) {
       const share = o.shares.slotOf(address, now);
-      if (!o.shares.take(share, 0, 1, now)) {
+      if (!o.shares.take(share, BudgetClass.Fanout, 1, now)) {
         c.skipped[QuerySkip.SourceShare]!++;
         return false;
       }

@@ -1,4 +1,11 @@
-import type { BackendRef, BudgetClass, FlowEndpoint, FlowSession, Upstream } from '../defs/interfaces.ts';
+import type {
+  BackendRef,
+  BudgetClass,
+  FlowEndpoint,
+  FlowSession,
+  PeerRoute,
+  Upstream,
+} from '../defs/interfaces.ts';
 import type { RouteOutcome } from '../defs/reasons.ts';
 import { sameTransaction } from '../stun/parse.ts';
 
@@ -37,12 +44,18 @@ export class ClientEndpoint implements FlowEndpoint {
   lastSeen: number;
   /** True once it is in the 5-tuple index (a check from it was answered with a success). */
   joined = false;
+  /**
+   * Set while the client's datagrams on this 5-tuple reach this replica through a peer: downstream
+   * goes back through it (docs/peers.md, "Owner"). Written by the registry (`reroute`).
+   */
+  via: PeerRoute | undefined;
 
-  constructor(session: Session, address: string, port: number, now: number) {
+  constructor(session: Session, address: string, port: number, now: number, via?: PeerRoute) {
     this.session = session;
     this.address = address;
     this.port = port;
     this.lastSeen = now;
+    this.via = via;
   }
 }
 

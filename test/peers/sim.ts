@@ -5,13 +5,13 @@
 // handled locally and what reached it through tunnels. No sockets, no timers, no sleeps.
 
 import { pino } from 'pino';
+import { SourceShares } from '../../src/admission/source-shares.ts';
+import { TokenBucket } from '../../src/admission/token-bucket.ts';
+import { NegativeUfrags } from '../../src/admission/ufrag-caches.ts';
+import type { PeerRoute } from '../../src/defs/interfaces.ts';
 import { PeerNode, type PeerNodeOptions } from '../../src/peers/node.ts';
 import type { PeerSpec } from '../../src/peers/peer-set.ts';
-import type { PeerRoute } from '../../src/peers/types.ts';
 import type { Instance } from '../../src/peers/wire.ts';
-import { SourceShares } from '../../src/routing/source-shares.ts';
-import { TokenBucket } from '../../src/routing/token-bucket.ts';
-import { NegativeUfrags } from '../../src/routing/ufrag-caches.ts';
 
 export interface Datagram {
   readonly buf: Buffer;
