@@ -12,6 +12,10 @@ import type {
   FlowHandoff,
   FlowListener,
   FlowSession,
+  OwnerHost,
+  PeerRoute,
+  PeerRouting,
+  ReceiverHost,
   SessionSlots,
   Shares,
   Transport,
@@ -21,6 +25,7 @@ import type { CloseReason } from '../defs/reasons.ts';
 import type { PortPool } from '../session/port-pool.ts';
 import { LocalSessionSlots, SessionRegistry } from '../session/registry.ts';
 import { type ClientEndpoint, type Session, SessionState } from '../session/session.ts';
+import { hashBytes } from '../stun/hash.ts';
 import { Forwarder } from './forwarder.ts';
 import { Router } from './router.ts';
 
@@ -63,9 +68,11 @@ export interface DatapathDeps {
   readonly slots?: SessionSlots;
   readonly shares?: Shares;
   readonly handoff?: FlowHandoff;
+  /** The other replicas of the tier (docs/peers.md); none without `--peers`. */
+  readonly peers?: PeerRouting;
 }
 
-export class Datapath implements FastPathHost {
+export class Datapath implements FastPathHost, OwnerHost<FlowSession>, ReceiverHost {
   /** The counter table (read by /metrics and tests; written only by the data path). */
   readonly counters = new Counters();
   readonly #registry: SessionRegistry;
@@ -73,6 +80,7 @@ export class Datapath implements FastPathHost {
   readonly #router: Router;
   readonly #forwarder: Forwarder;
   readonly #backends: BackendTable;
+  readonly #transport: Transport;
   readonly #clock: Clock;
   readonly #log: Logger;
   readonly #opt: DatapathOptions;
@@ -127,8 +135,10 @@ export class Datapath implements FastPathHost {
       clock,
       log,
       handoff: deps.handoff,
+      peers: deps.peers,
     });
     this.#forwarder = forwarder;
+    this.#transport = transport;
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -236,6 +246,49 @@ export class Datapath implements FastPathHost {
 
   addKernelCounts(s: FlowSession, c: KernelCounts): void {
     this.#registry.noteKernel(s as Session, c);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // The peer layer's host (docs/peers.md): the owner side asks about this replica's sessions and
+  // hands in tunneled datagrams; the receiver side sends the owners' datagrams on to clients and
+  // hands back what no peer owns.
+
+  sessionOfFlow(address: string, port: number, username: Buffer | undefined): FlowSession | undefined {
+    const ep = this.#registry.lookup(address, port);
+    if (ep === undefined || ep.session.state !== SessionState.Established) return undefined;
+    const s = ep.session;
+    if (username !== undefined && !this.#router.accepting) {
+      // An ICE restart (another server ufrag) needs a new session, which a draining owner does not
+      // open: the receiving replica routes it (forwarder.ts drops one that arrives here anyway).
+      const u = s.serverUfrag;
+      if (username.indexOf(0x3a) !== u.length) return undefined;
+      for (let i = 0; i < u.length; i++) if (username[i] !== u.charCodeAt(i)) return undefined;
+    }
+    return s;
+  }
+
+  sessionOfUsername(username: Buffer): FlowSession | undefined {
+    const view = { start: 0, end: username.length, colon: username.indexOf(0x3a) };
+    return this.#registry.findLive(username, view, hashBytes(username, 0, username.length));
+  }
+
+  routeOf(address: string, port: number): PeerRoute | undefined {
+    return this.#registry.lookup(address, port)?.via;
+  }
+
+  tunneled(buf: Buffer, address: string, port: number, route: PeerRoute): boolean {
+    return this.#forwarder.onTunneledDatagram(buf, address, port, route);
+  }
+
+  /** An owner's datagram for a client whose flow this replica tunnels: out of the public socket. */
+  sendToClient(buf: Uint8Array, port: number, address: string): void {
+    this.counters.packetsToClients++;
+    this.counters.bytesToClients += buf.length;
+    this.#transport.sendToClient(buf, port, address);
+  }
+
+  local(buf: Buffer, address: string, port: number): void {
+    this.#forwarder.replay(buf, address, port);
   }
 
   // ---------------------------------------------------------------------------------------------

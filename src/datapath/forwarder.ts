@@ -1,7 +1,14 @@
 import type { Logger } from 'pino';
 import type { Backend, BackendTable } from '../backends/backend-table.ts';
 import type { Counters } from '../defs/counters.ts';
-import type { Clock, FlowHandoff, Transport, UpstreamHandler } from '../defs/interfaces.ts';
+import type {
+  Clock,
+  FlowHandoff,
+  PeerRoute,
+  PeerRouting,
+  Transport,
+  UpstreamHandler,
+} from '../defs/interfaces.ts';
 import { DropReason, RouteCounter } from '../defs/reasons.ts';
 import type { SessionRegistry } from '../session/registry.ts';
 import { type ClientEndpoint, type Session, SessionState } from '../session/session.ts';
@@ -15,6 +22,7 @@ import {
   usernameEquals,
 } from '../stun/parse.ts';
 import type { Router } from './router.ts';
+import { sendToEndpoint } from './to-client.ts';
 
 /**
  * The forwarder: the two hot paths (docs/architecture.md, "Data path"). A datagram on a known
@@ -56,6 +64,8 @@ export interface ForwarderDeps {
   readonly log: Logger;
   /** A pod's other workers (docs/workers.md); undefined in a single process. */
   readonly handoff?: FlowHandoff | undefined;
+  /** The other replicas of the tier (docs/peers.md); undefined without `--peers`. */
+  readonly peers?: PeerRouting | undefined;
 }
 
 export class Forwarder {
@@ -77,16 +87,41 @@ export class Forwarder {
     const c = this.#c;
     c.packetsFromClients++;
     c.bytesFromClients += buf.length;
+    this.#fromClient(buf, address, port, undefined);
+  }
+
+  /**
+   * A datagram the peer layer held while it asked the other replicas about its 5-tuple, and none
+   * owns it: handled as if there were no peers (counted when it arrived; docs/peers.md).
+   */
+  replay(buf: Buffer, address: string, port: number): void {
+    this.#fromClient(buf, address, port, undefined);
+  }
+
+  /**
+   * A client datagram that reached this replica, its session's owner, through the peer `via`
+   * (docs/peers.md, "Owner"). False if it is a check that names no live session here: the route
+   * leads nowhere, and the peer layer ends it.
+   */
+  onTunneledDatagram(buf: Buffer, address: string, port: number, via: PeerRoute): boolean {
+    return this.#fromClient(buf, address, port, via);
+  }
+
+  /** `via`: the peer the datagram came through, undefined for the public socket. */
+  #fromClient(buf: Buffer, address: string, port: number, via: PeerRoute | undefined): boolean {
+    const c = this.#c;
     const ep = this.#registry.lookup(address, port);
-    if (ep === undefined) {
-      this.#newFlow(buf, address, port);
-      return;
-    }
+    if (ep === undefined) return this.#newFlow(buf, address, port, via);
+    // The balancer sent the flow another way (another replica, or back here): downstream follows.
+    if (ep.via !== via) this.#registry.reroute(ep, via);
     const s = ep.session;
     const now = this.#d.clock();
     if (s.state === SessionState.Established) {
       if (buf.length > 0 && buf[0]! < 4) {
-        if (isBindingRequestHeader(buf) && !this.#checkOnKnownFlow(s, ep, buf)) return;
+        if (isBindingRequestHeader(buf)) {
+          const k = this.#checkOnKnownFlow(s, ep, buf);
+          if (k !== Check.Forward) return k === Check.Consumed;
+        }
       } else if (s.current !== ep) {
         // Latch: downstream follows the endpoint the client sends media from.
         this.#registry.latch(s, ep);
@@ -95,74 +130,109 @@ export class Forwarder {
       c.packetsToBackends++;
       c.bytesToBackends += buf.length;
       s.upstream.send(buf);
-      return;
+      return true;
     }
     // Still probing: only further checks (retransmits, new checks of the same pair) matter.
     if (!isBindingRequestHeader(buf)) {
       this.#drop(DropReason.ProbingNotStun);
-      return;
+      return true;
     }
     const view = this.#view;
-    if (!this.#parsed(buf)) return;
+    if (!this.#parsed(buf)) return true;
     if (!usernameEquals(buf, view, s.usernameBytes)) {
       // The client changed credentials while we were still routing its first ones: start over.
       // (A flood that reuses its source ports does this with every datagram: hence a reason of
       // its own, not 'restart', which counts ICE restarts of established sessions.)
       this.#registry.close(s, 'superseded');
+      if (via !== undefined) return this.#d.router.routeTunneled(buf, view, address, port, via);
       this.#d.router.route(buf, view, address, port, undefined);
-      return;
+      return true;
     }
     this.#d.router.round(s, buf, now);
+    return true;
   }
 
   /**
    * A Binding Request on an established 5-tuple. Same ufrag pair, or only the client ufrag
    * changed: remember the transaction so the response reaches this endpoint, and forward (the
    * backend verifies integrity). Another server ufrag: an ICE restart (RFC 8445 §9), for the
-   * router. Returns false if the datagram was consumed here.
+   * router. Says whether the datagram goes on to the backend, was consumed here, or (through a
+   * peer) leads nowhere.
    */
-  #checkOnKnownFlow(s: Session, ep: ClientEndpoint, buf: Buffer): boolean {
+  #checkOnKnownFlow(s: Session, ep: ClientEndpoint, buf: Buffer): Check {
     const view = this.#view;
     const r = parseBindingRequest(buf, view);
-    if (r !== ParseResult.Ok) return true; // Not a well-formed check: the backend decides.
+    if (r !== ParseResult.Ok) return Check.Forward; // Not a well-formed check: the backend decides.
     if (
       usernameEquals(buf, view, s.usernameBytes) ||
       sameServerUfrag(buf, view.start, view.colon, s.serverUfrag)
     ) {
       this.#registry.remember(s, buf, ep);
-      return true;
+      return Check.Forward;
+    }
+    if (ep.via !== undefined && !this.#d.router.accepting) {
+      // A draining owner opens no session, and its peers no longer name it the owner of a restart
+      // (datapath.ts, sessionOfFlow): the replica that receives the flow routes it.
+      this.#drop(DropReason.Draining);
+      return Check.DeadEnd;
     }
     this.#d.router.restart(s, ep, buf, view);
-    return false;
+    return Check.Consumed;
   }
 
-  #newFlow(buf: Buffer, address: string, port: number): void {
+  #newFlow(buf: Buffer, address: string, port: number, via: PeerRoute | undefined): boolean {
+    if (via !== undefined) return this.#tunneledNewFlow(buf, address, port, via);
     const h = this.#d.handoff;
     // Before the not-STUN drop: media on a 5-tuple whose first check went to another worker
-    // follows it there (docs/workers.md, "Hand-off").
-    if (h?.divert(buf, address, port)) return;
+    // follows it there (docs/workers.md, "Hand-off"); media of a flow that another replica owns
+    // goes through its tunnel, or waits for the answer (docs/peers.md, "Receiver").
+    if (h?.divert(buf, address, port)) return true;
+    const p = this.#d.peers;
+    if (p?.divert(buf, address, port)) return true;
     if (buf.length === 0 || buf[0]! > 3) {
       const cls = buf.length === 0 ? PacketClass.Other : classifyFirstByte(buf[0]!);
-      this.#drop(
-        cls === PacketClass.Dtls
-          ? DropReason.UnknownFlowDtls
-          : cls === PacketClass.RtpRtcp
-            ? DropReason.UnknownFlowRtp
-            : DropReason.UnknownFlowOther,
-      );
-      return;
+      // Media or DTLS of an unknown 5-tuple may be a call that the balancer moved here.
+      const media = cls === PacketClass.RtpRtcp || cls === PacketClass.Dtls;
+      if (media && p?.ask(buf, address, port, undefined)) return true;
+      this.#drop(UNKNOWN_FLOW_DROP[cls]!);
+      return true;
     }
-    if (!this.#parsed(buf)) return;
+    const r = parseBindingRequest(buf, this.#view);
+    if (r !== ParseResult.Ok) {
+      // A client's answer to its backend's consent check: STUN, but no first check.
+      if (r === ParseResult.NotBindingRequest && p?.ask(buf, address, port, undefined)) return true;
+      this.#drop(PARSE_DROP[r]!);
+      return true;
+    }
     if (h !== undefined) {
       // Another worker holds a live session of this ufrag pair (NAT rebinding, another candidate
       // whose 5-tuple the kernel hashed here): it routes the check, through its own session.
       const owner = h.ownerOf(buf, this.#view);
       if (owner >= 0) {
         h.handoff(buf, address, port, owner);
-        return;
+        return true;
       }
     }
+    // Another replica may hold its session (by 5-tuple, or by ufrag pair): asked before routing.
+    if (p?.ask(buf, address, port, this.#view)) return true;
     this.#d.router.route(buf, this.#view, address, port, undefined);
+    return true;
+  }
+
+  /**
+   * A datagram of an unknown 5-tuple through a peer: never asked about, never handed to another
+   * worker (no loops): a check of a live session's ufrag pair is that session's rebinding, anything
+   * else is dropped by reason. False when a check names no session here.
+   */
+  #tunneledNewFlow(buf: Buffer, address: string, port: number, via: PeerRoute): boolean {
+    if (buf.length === 0 || buf[0]! > 3) {
+      // Media before its 5-tuple joined (a rebinding's check is on its way to the backend).
+      const cls = buf.length === 0 ? PacketClass.Other : classifyFirstByte(buf[0]!);
+      this.#drop(UNKNOWN_FLOW_DROP[cls]!);
+      return true;
+    }
+    if (!this.#parsed(buf)) return true;
+    return this.#d.router.routeTunneled(buf, this.#view, address, port, via);
   }
 
   /** Parses a check a flow may start or continue with into the view; drops it by reason if unfit. */
@@ -225,9 +295,7 @@ export class Forwarder {
         }
       }
       this.#registry.noteDown(s, buf.length);
-      c.packetsToClients++;
-      c.bytesToClients += buf.length;
-      this.#d.transport.sendToClient(buf, to.port, to.address);
+      sendToEndpoint(to, buf, this.#d.transport, c);
       return;
     }
     if (s.state !== SessionState.Probing) {
@@ -254,6 +322,15 @@ function sameServerUfrag(buf: Uint8Array, start: number, colon: number, ufrag: s
   for (let i = 0; i < ufrag.length; i++) if (buf[start + i] !== ufrag.charCodeAt(i)) return false;
   return true;
 }
+
+/** What becomes of a check on a known 5-tuple (Forwarder.#checkOnKnownFlow). */
+const Check = { Forward: 0, Consumed: 1, DeadEnd: 2 } as const;
+type Check = (typeof Check)[keyof typeof Check];
+
+/** Non-STUN that cannot start a flow, dropped by its RFC 7983 class. */
+const UNKNOWN_FLOW_DROP: DropReason[] = Object.values(PacketClass).map(() => DropReason.UnknownFlowOther);
+UNKNOWN_FLOW_DROP[PacketClass.Dtls] = DropReason.UnknownFlowDtls;
+UNKNOWN_FLOW_DROP[PacketClass.RtpRtcp] = DropReason.UnknownFlowRtp;
 
 const PARSE_DROP: DropReason[] = [];
 PARSE_DROP[ParseResult.Truncated] = DropReason.StunTruncated;

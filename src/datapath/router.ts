@@ -2,13 +2,14 @@ import type { Logger } from 'pino';
 import { ADMIT, type Admission, newAdmitted } from '../admission/admission.ts';
 import type { Backend, BackendTable } from '../backends/backend-table.ts';
 import type { Counters } from '../defs/counters.ts';
-import { BudgetClass, type Transport, type UpstreamHandler } from '../defs/interfaces.ts';
+import { BudgetClass, type PeerRoute, type Transport, type UpstreamHandler } from '../defs/interfaces.ts';
 import { DropReason, ROUTE_LABELS, RouteCounter } from '../defs/reasons.ts';
 import type { SessionRegistry } from '../session/registry.ts';
 import { ClientEndpoint, type Session, SessionState } from '../session/session.ts';
 import { hashBytes } from '../stun/hash.ts';
 import { bindingResponseKind, type UsernameView, usernameEquals } from '../stun/parse.ts';
 import { Probe, probeOf } from './probe.ts';
+import { sendToEndpoint } from './to-client.ts';
 
 /**
  * The router: where a first check goes, and who owns its ufrag (docs/architecture.md, "Routing").
@@ -108,16 +109,33 @@ export class Router {
     return s;
   }
 
+  /**
+   * A parsed check on a new 5-tuple that reached this replica through a peer (`via`): a rebinding
+   * of a live session here, exactly as from the public socket, or nothing — a tunneled datagram
+   * never opens a session (docs/peers.md, "Owner"). False if no live session has its ufrag pair.
+   */
+  routeTunneled(buf: Buffer, view: UsernameView, address: string, port: number, via: PeerRoute): boolean {
+    const d = this.#d;
+    const live = d.registry.findLive(buf, view, hashBytes(buf, view.start, view.end));
+    if (live === undefined) {
+      this.#drop(DropReason.TunnelNoSession);
+      return false;
+    }
+    this.#rebind(live, buf, address, port, d.clock(), via);
+    return true;
+  }
+
   /** The same ufrag pair as a live session from a new 5-tuple: ask its owner, move nothing yet. */
-  #rebind(live: Session, buf: Buffer, address: string, port: number, now: number): void {
+  #rebind(live: Session, buf: Buffer, address: string, port: number, now: number, via?: PeerRoute): void {
     const d = this.#d;
     const r = d.admission.admitRebind(address, now);
     if (r !== ADMIT) {
       this.#drop(r);
       return;
     }
-    // Joins only when the owner answers this transaction with a success (forwarder.ts).
-    d.registry.remember(live, buf, new ClientEndpoint(live, address, port, now));
+    // Joins only when the owner answers this transaction with a success (forwarder.ts); a check
+    // that came through a peer joins with its route.
+    d.registry.remember(live, buf, new ClientEndpoint(live, address, port, now, via));
     d.counters.packetsToBackends++;
     d.counters.bytesToBackends += buf.length;
     live.upstream.send(buf);
@@ -144,7 +162,7 @@ export class Router {
     const live = d.registry.findLive(buf, view, hashBytes(buf, view.start, view.end));
     if (live !== undefined && live !== s) {
       d.registry.setRestart(s, undefined);
-      this.#rebind(live, buf, ep.address, ep.port, d.clock());
+      this.#rebind(live, buf, ep.address, ep.port, d.clock(), ep.via);
       return;
     }
     d.registry.setRestart(s, this.route(buf, view, ep.address, ep.port, ep));
@@ -257,10 +275,8 @@ export class Router {
     d.admission.learn(s.serverUfragHash, owner.name);
     d.registry.establish(s, owner, ep);
     d.onRouted?.(d.clock() - s.createdAt, ROUTE_LABELS[route]!);
-    c.packetsToClients++;
-    c.bytesToClients += response.length;
     d.registry.noteDown(s, response.length);
-    d.transport.sendToClient(response, ep.port, ep.address);
+    sendToEndpoint(ep, response, d.transport, c);
   }
 
   #toFanout(s: Session, p: Probe): void {

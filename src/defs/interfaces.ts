@@ -267,17 +267,25 @@ export interface ReceiverHost {
 
 /** The owner side's view of the data path; `S` is its session type, opaque here. */
 export interface OwnerHost<S> {
-  /** The established session one of whose endpoints is the client 5-tuple, if any. */
-  sessionOfFlow(address: string, port: number): S | undefined;
+  /**
+   * The established session one of whose endpoints is the client 5-tuple, if any. `username`: the
+   * check the receiver asked with, if any — a draining owner does not claim an ICE restart (another
+   * server ufrag), which the receiving replica then routes itself.
+   */
+  sessionOfFlow(address: string, port: number, username: Buffer | undefined): S | undefined;
   /** The established session with this USERNAME (`server:client` ufrag pair), if any. */
   sessionOfUsername(username: Buffer): S | undefined;
+  /** The route the endpoint at this client 5-tuple is reached through now (undefined: directly). */
+  routeOf(address: string, port: number): PeerRoute | undefined;
   /**
    * A client datagram that reached this replica through a peer: handled as if it had arrived on
    * the public socket from (address, port), except that downstream for that 5-tuple goes back
    * through `route`. It is never asked about or handed to another peer or worker (no loops), and
-   * opens no session of its own: it belongs to a live session or is dropped.
+   * opens no session of its own: it belongs to a live session or is dropped. False if it was a
+   * check that names no session here (or an ICE restart a draining owner will not take): the
+   * route leads nowhere.
    */
-  tunneled(buf: Buffer, address: string, port: number, route: PeerRoute): void;
+  tunneled(buf: Buffer, address: string, port: number, route: PeerRoute): boolean;
 }
 
 /**

@@ -61,6 +61,11 @@ const DROPS = indexed({
   UpstreamNoSession: 'upstream_no_session',
   /** A candidate answered a probe with an error response: "not mine" (libwebrtc sends 401). */
   ProbeNotMine: 'probe_not_mine',
+  /**
+   * A check that reached this replica through a peer names no live session here (docs/peers.md,
+   * "Owner"): a tunneled datagram never opens a session, nor is it asked about or handed on.
+   */
+  TunnelNoSession: 'tunnel_no_session',
 });
 export const DropReason = DROPS.index;
 export type DropReason = number;

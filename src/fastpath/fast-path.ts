@@ -161,6 +161,10 @@ export class NftFastPath implements FlowListener {
     this.#plan.changed(s);
     this.#schedule();
   }
+  routeChanged(s: FlowSession, _ep: FlowEndpoint): void {
+    this.#plan.changed(s);
+    this.#schedule();
+  }
   closed(s: FlowSession, _reason: CloseReason, established: boolean): Promise<void> | undefined {
     if (!established) return undefined;
     // A session in the kernel (or, while a batch runs, maybe about to be) has counts to come: its

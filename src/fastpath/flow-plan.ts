@@ -40,6 +40,10 @@ export function desiredFlow(s: FlowSession, look: FlowLookup): KernelFlow | 'use
   const port = s.upstream.localPort;
   // IPv4 only (docs/fast-path.md, "IPv6"); the upstream port is known once the socket is bound.
   if (b === undefined || port <= 0 || b.address.includes(':') || c.address.includes(':')) return 'userspace';
+  // A client whose flow reaches this replica through a peer: the kernel would send the backend's
+  // datagrams straight to the client from here, which the balancer no longer maps to it; Node
+  // sends them back through the peer (docs/peers.md, "Workers and the kernel fast path").
+  if (c.via !== undefined) return 'userspace';
   const toBackend = look.nextHop(b.address);
   const toClient = look.nextHop(c.address);
   if (toBackend === undefined || toClient === undefined) return 'userspace';

@@ -61,6 +61,11 @@ export const [TunnelClose, TUNNEL_CLOSE_LABELS] = labels({
   Replaced: 'replaced',
   /** Owner: the session ended. */
   SessionClosed: 'session_closed',
+  /**
+   * Owner: a check through it named no session here (its session ended meanwhile, or an ICE
+   * restart that a draining owner does not take): the receiver asks again and routes it itself.
+   */
+  NoSession: 'no_session',
   /** This replica stops. */
   Shutdown: 'shutdown',
 });

@@ -1,4 +1,5 @@
 import type {
+  FlowEndpoint,
   OwnerHost,
   PeerLog,
   PeerRoute,
@@ -119,13 +120,17 @@ export class PeerNode<S extends object> implements PeerRouting {
     return this.receiver.ask(buf, address, port, view);
   }
 
-  // --- The data path's view of the owner side -----------------------------------------------------
+  // --- Flow events of the data path (a FlowListener when S is its FlowSession) ---------------------
 
-  rerouted(old: PeerRoute | undefined, next: PeerRoute | undefined): void {
-    this.owner.rerouted(old, next);
+  routeChanged(s: S, ep: FlowEndpoint, old: PeerRoute | undefined): void {
+    this.owner.rerouted(s, old, ep.via);
   }
 
-  sessionClosed(s: S): void {
+  endpointLeft(_s: S, ep: FlowEndpoint): void {
+    if (ep.via !== undefined) this.owner.left(ep.via);
+  }
+
+  closed(s: S): void {
     this.owner.sessionClosed(s);
   }
 

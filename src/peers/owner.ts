@@ -59,7 +59,8 @@ export class OwnerTunnel<S extends object> implements PeerRoute {
   /** Its token, set once it has a slot. */
   slot = 0;
   gen = 0;
-  readonly session: S;
+  /** The session it serves (an ICE restart may move its endpoint to another). */
+  session: S;
   /** The client 5-tuple the receiver asked about. */
   readonly address: string;
   readonly port: number;
@@ -128,7 +129,7 @@ export class PeerOwner<S extends object> {
   onQuery(q: Query, peer: Peer, fromPort: number): void {
     const o = this.#o;
     let owned: Owned = Owned.Flow;
-    let s = o.host.sessionOfFlow(q.address, q.port);
+    let s = o.host.sessionOfFlow(q.address, q.port, q.username);
     if (s === undefined && q.username !== undefined) {
       s = o.host.sessionOfUsername(q.username);
       owned = Owned.Ufrag;
@@ -172,7 +173,8 @@ export class PeerOwner<S extends object> {
       c.handoffsIn++;
       o.log.info({ client: `${t.address}:${t.port}`, peer: t.peer }, 'flow taken from peer');
     }
-    o.host.tunneled(buf.subarray(DATA_HEADER), t.address, t.port, t);
+    if (!o.host.tunneled(buf.subarray(DATA_HEADER), t.address, t.port, t))
+      this.#close(t, TunnelClose.NoSession, true);
   }
 
   onRelease(slot: number, gen: number, peer: Peer): void {
@@ -195,22 +197,32 @@ export class PeerOwner<S extends object> {
     this.#o.socket.send(t.down, buf, t.peerPort, t.peerRef.address);
   }
 
-  // --- From the data path -------------------------------------------------------------------------
+  // --- From the data path (its flow events) ------------------------------------------------------
 
   /**
-   * An endpoint's route changed from `old` to `next` (a datagram of its client arrived another
-   * way: through another replica, or directly). The old tunnel ends and its receiver forgets it.
+   * The client's datagrams on an endpoint of `s` now arrive through `next` (or directly) instead
+   * of `old`: the new tunnel serves `s`, the old one ends unless an endpoint still uses it.
    */
-  rerouted(old: PeerRoute | undefined, next: PeerRoute | undefined): void {
-    if (old === next || !(old instanceof OwnerTunnel) || !old.open) return;
-    this.#close(old as OwnerTunnel<S>, TunnelClose.Replaced, true);
+  rerouted(s: S, old: PeerRoute | undefined, next: PeerRoute | undefined): void {
+    if (next instanceof OwnerTunnel && next.open && next.session !== s)
+      this.#rehome(next as OwnerTunnel<S>, s);
+    if (old !== next && old instanceof OwnerTunnel)
+      this.#release(old as OwnerTunnel<S>, TunnelClose.Replaced);
   }
 
-  /** The session ended: its tunnels end, and their receivers forget them. */
+  /** An endpoint reached through `route` left its session. */
+  left(route: PeerRoute): void {
+    if (route instanceof OwnerTunnel) this.#release(route as OwnerTunnel<S>, TunnelClose.Idle);
+  }
+
+  /**
+   * The session ended: its tunnels end and their receivers forget them — except one an endpoint
+   * still uses (an ICE restart moved it to the new session: it serves that one now).
+   */
   sessionClosed(s: S): void {
     const list = this.#bySession.get(s);
     if (list === undefined) return;
-    for (const t of [...list]) this.#close(t, TunnelClose.SessionClosed, true);
+    for (const t of [...list]) this.#release(t, TunnelClose.SessionClosed);
   }
 
   /** A peer left, went silent or restarted: its tunnels end (nobody to tell). */
@@ -236,6 +248,30 @@ export class PeerOwner<S extends object> {
 
   // ---------------------------------------------------------------------------------------------
 
+  /** Ends `t`, telling its receiver, unless the endpoint at its 5-tuple is still reached through it. */
+  #release(t: OwnerTunnel<S>, reason: number): void {
+    if (!t.open) return;
+    if (this.#o.host.routeOf(t.address, t.port) === t) {
+      const s = this.#o.host.sessionOfFlow(t.address, t.port, undefined);
+      if (s !== undefined && s !== t.session) this.#rehome(t, s);
+      return;
+    }
+    this.#close(t, reason, true);
+  }
+
+  /** `t` serves another session now (an ICE restart took its endpoint over). */
+  #rehome(t: OwnerTunnel<S>, s: S): void {
+    this.#untrack(t);
+    t.session = s;
+    this.#track(t);
+  }
+
+  #untrack(t: OwnerTunnel<S>): void {
+    const list = this.#bySession.get(t.session)!;
+    list.splice(list.indexOf(t), 1);
+    if (list.length === 0) this.#bySession.delete(t.session);
+  }
+
   #track(t: OwnerTunnel<S>): void {
     const list = this.#bySession.get(t.session);
     if (list === undefined) this.#bySession.set(t.session, [t]);
@@ -248,9 +284,7 @@ export class PeerOwner<S extends object> {
     if (t.state === TunnelState.Active) this.#active--;
     t.state = TunnelState.Closed;
     this.#table.delete(t.slot, t.gen);
-    const list = this.#bySession.get(t.session)!;
-    list.splice(list.indexOf(t), 1);
-    if (list.length === 0) this.#bySession.delete(t.session);
+    this.#untrack(t);
     o.counters.tunnelsClosed[reason]!++;
     if (tellReceiver) {
       o.socket.send(

@@ -1,4 +1,4 @@
-import type { FlowListener } from '../defs/interfaces.ts';
+import type { FlowListener, PeerRoute } from '../defs/interfaces.ts';
 import type { CloseReason } from '../defs/reasons.ts';
 import type { ClientEndpoint, Session } from './session.ts';
 
@@ -29,6 +29,10 @@ export class FlowEvents {
 
   endpointLeft(s: Session, ep: ClientEndpoint): void {
     for (const l of this.#listeners) l.endpointLeft?.(s, ep);
+  }
+
+  routeChanged(s: Session, ep: ClientEndpoint, old: PeerRoute | undefined): void {
+    for (const l of this.#listeners) l.routeChanged?.(s, ep, old);
   }
 
   /** The promises of listeners that still have counts of the session to add (or none). */

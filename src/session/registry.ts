@@ -1,6 +1,13 @@
 import type { Logger } from 'pino';
 import type { Counters } from '../defs/counters.ts';
-import type { BackendRef, Clock, FlowListener, SessionSlots, Upstream } from '../defs/interfaces.ts';
+import type {
+  BackendRef,
+  Clock,
+  FlowListener,
+  PeerRoute,
+  SessionSlots,
+  Upstream,
+} from '../defs/interfaces.ts';
 import type { KernelCounts } from '../defs/kernel-counts.ts';
 import { CLOSE_REASONS, type CloseReason, DropReason, type RouteOutcome } from '../defs/reasons.ts';
 import type { UsernameView } from '../stun/parse.ts';
@@ -214,6 +221,17 @@ export class SessionRegistry {
   latch(s: Session, ep: ClientEndpoint): void {
     s.current = ep;
     this.#events.currentChanged(s, ep);
+  }
+
+  /**
+   * The client's datagrams on `ep` now arrive another way: through a peer (`via`), or directly
+   * (undefined). Downstream for the endpoint follows (docs/peers.md, "Owner"). Called only on a
+   * change; announced for established sessions (the kernel fast path and the peer layer follow).
+   */
+  reroute(ep: ClientEndpoint, via: PeerRoute | undefined): void {
+    const old = ep.via;
+    ep.via = via;
+    if (ep.session.state === SessionState.Established) this.#events.routeChanged(ep.session, ep, old);
   }
 
   /** Ends a session and everything it holds; idempotent. A probing restart of it ends too. */

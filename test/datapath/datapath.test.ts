@@ -929,6 +929,16 @@ describe('port quarantine', () => {
   });
 });
 
+describe('datagrams through a peer (docs/peers.md; more in datapath-peers.test.ts)', () => {
+  it('a check that names no session here is dropped, opens nothing, and says the route leads nowhere', () => {
+    const r = rig();
+    const route = { peer: '10.1.0.2:10001', send: () => {} };
+    expect(r.datapath.tunneled(check(unknownCreds()), A.address, A.port, route)).toBe(false);
+    expect(drops(r, 'tunnel_no_session')).toBe(1);
+    expect(r.transport.upstreams).toHaveLength(0);
+  });
+});
+
 describe('coverage of the counters', () => {
   it('every drop reason and every close reason is produced by some test above', () => {
     const dropsSeen = new Set<string>();

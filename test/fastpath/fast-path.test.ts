@@ -672,6 +672,32 @@ describe('NftFastPath', () => {
     expect(fp.kernelSessions).toBe(0);
   });
 
+  it('a session whose client flow reaches it through a peer leaves the kernel, its counts stay right, and comes back with the flow', async () => {
+    const { nft, host, fp } = await setup();
+    const s = session(40000, 16384);
+    fp.established(s);
+    await fp.flushNow();
+    expect(fp.kernelSessions).toBe(1);
+    nft.forward('up', '198.18.0.2|40000', 5, 100);
+    nft.forward('down', '10.77.2.11|10000|16384', 3, 100);
+    // The balancer sent the client's flow to another replica, which tunnels it here (docs/peers.md).
+    const route = { peer: '10.0.0.2:10001', send: () => {} };
+    s.current.via = route;
+    fp.routeChanged(s, s.current);
+    await fp.flushNow();
+    expect(nft.scripts.at(-1)).toBe(script(deleteFlowLines(flow(40000, 16384), 1, LISTEN)));
+    expect(fp.kernelSessions).toBe(0);
+    // What the kernel forwarded before it left still reaches the session's counts.
+    await fp.pollNow();
+    expect(host.counts.get(s.id)).toMatchObject({ packetsUp: 5, packetsDown: 3 });
+    // The flow comes back to this replica directly: into the kernel again.
+    s.current.via = undefined;
+    fp.routeChanged(s, s.current);
+    await fp.flushNow();
+    expect(fp.kernelSessions).toBe(1);
+    expect(nft.keys('up')).toEqual(['198.18.0.2|40000']);
+  });
+
   it('a backend whose source cannot be resolved waits in userspace and goes in once it resolves', async () => {
     const { nft, sources, fp, handovers, advance } = await setup();
     sources.unreachable.add('10.77.2.11');

@@ -72,11 +72,13 @@ export class SimNode {
       ownerHost: {
         sessionOfFlow: (a, p) => this.byFlow.get(`${a}:${p}`),
         sessionOfUsername: (u) => this.byUsername.get(u.toString('latin1')),
+        routeOf: (a, p) => this.routes.get(`${a}:${p}`),
         tunneled: (buf, a, p, route) => {
           this.tunneled.push({ buf: Buffer.from(buf), address: a, port: p, route });
           // As the data path does for a known 5-tuple: the endpoint's route follows its datagrams.
           const key = `${a}:${p}`;
           if (this.byFlow.has(key)) this.reroute(key, route);
+          return true;
         },
       },
       clock: now,
@@ -119,12 +121,24 @@ export class SimNode {
     return 'local';
   }
 
+  /** As the registry does: the endpoint's route changes, and the flow event follows. */
   reroute(key: string, route: PeerRoute | undefined): void {
     const old = this.routes.get(key);
     if (old !== route) {
       this.routes.set(key, route);
-      this.node.rerouted(old, route);
+      const [address, port] = key.split(':') as [string, string];
+      this.node.routeChanged(this.byFlow.get(key)!, { address, port: Number(port), via: route }, old);
     }
+  }
+
+  /** The session ends (as the registry does: its endpoints leave the index, then the event). */
+  close(s: SimSession): void {
+    for (const [key, x] of this.byFlow) {
+      if (x !== s) continue;
+      this.byFlow.delete(key);
+      this.routes.delete(key);
+    }
+    this.node.closed(s);
   }
 
   spec(): PeerSpec {

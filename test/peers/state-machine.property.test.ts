@@ -97,11 +97,7 @@ describe('peers: random runs keep the invariants', () => {
             case 'close': {
               const n = nodes[a.node]!;
               const s = n.byFlow.get(CLIENTS[a.client]!);
-              if (s !== undefined) {
-                n.byFlow.delete(CLIENTS[a.client]!);
-                n.routes.delete(CLIENTS[a.client]!);
-                n.node.sessionClosed(s);
-              }
+              if (s !== undefined) n.close(s);
               break;
             }
             case 'down':
