@@ -7,7 +7,7 @@ import { DropReason, ROUTE_LABELS, RouteCounter } from '../defs/reasons.ts';
 import type { SessionRegistry } from '../session/registry.ts';
 import { ClientEndpoint, type Session, SessionState } from '../session/session.ts';
 import { hashBytes } from '../stun/hash.ts';
-import { bindingResponseKind, type UsernameView, usernameEquals } from '../stun/parse.ts';
+import { bindingErrorCode, bindingResponseKind, type UsernameView, usernameEquals } from '../stun/parse.ts';
 import { Probe, probeOf } from './probe.ts';
 import { sendToEndpoint } from './to-client.ts';
 
@@ -229,7 +229,11 @@ export class Router {
       this.#win(s, from, buf, s.txEndpoints[i]!);
       return;
     }
-    // An error (401 from libwebrtc for an unknown ufrag, 400, 487, …) means "not mine".
+    // An error (401 from libwebrtc for an unknown ufrag, 400, 487, …) means "not mine". A 403 is
+    // a backend that knows the ufrag and refuses this address for it (ice4j #287, after ICE
+    // completed): it has bound the address to that session, so the port must rest before another
+    // flow uses it — at once, the backend would refuse the next session's checks from it too.
+    if (bindingErrorCode(buf) === 403) d.registry.backendHolds(s);
     p.excluded.add(from);
     this.#drop(DropReason.ProbeNotMine);
     if (p.directed) {

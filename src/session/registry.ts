@@ -298,6 +298,15 @@ export class SessionRegistry {
     s.routedBy = outcome;
   }
 
+  /**
+   * A backend keeps state for this session's upstream address although it refused the flow (a 403:
+   * it knows the ufrag, and bound the address to it): the port rests at release like an answered
+   * one, and its socket is not reused at once.
+   */
+  backendHolds(s: Session): void {
+    s.answered = true;
+  }
+
   /** Marks an ICE restart of `s` in progress (the probing session `next`), or none. */
   setRestart(s: Session, next: Session | undefined): void {
     s.restartOf = next;

@@ -18,6 +18,7 @@ export const BINDING_ERROR = 0x0111;
 /** RFC 8489 §18.3 attribute types. */
 export const ATTR_USERNAME = 0x0006;
 export const ATTR_MESSAGE_INTEGRITY = 0x0008;
+export const ATTR_ERROR_CODE = 0x0009;
 export const ATTR_MESSAGE_INTEGRITY_SHA256 = 0x001c;
 export const ATTR_FINGERPRINT = 0x8028;
 

@@ -1,4 +1,5 @@
 import {
+  ATTR_ERROR_CODE,
   ATTR_FINGERPRINT,
   ATTR_MESSAGE_INTEGRITY,
   ATTR_MESSAGE_INTEGRITY_SHA256,
@@ -162,6 +163,25 @@ export function bindingResponseKind(buf: Uint8Array): 0 | 1 | 2 {
   if (readU32(buf, 4) !== MAGIC_COOKIE) return 0;
   if (type === BINDING_SUCCESS) return 1;
   if (type === BINDING_ERROR) return 2;
+  return 0;
+}
+
+/**
+ * The code of a Binding error response's ERROR-CODE attribute (RFC 8489 §14.8: class × 100 +
+ * number), or 0 if it has none or the attributes do not fit. Walks the attributes bounds-checked;
+ * no allocation.
+ */
+export function bindingErrorCode(buf: Uint8Array): number {
+  if (bindingResponseKind(buf) !== 2) return 0;
+  const end = Math.min(buf.length, HEADER_LENGTH + ((buf[2]! << 8) | buf[3]!));
+  let at = HEADER_LENGTH;
+  while (at + 4 <= end) {
+    const type = (buf[at]! << 8) | buf[at + 1]!;
+    const len = (buf[at + 2]! << 8) | buf[at + 3]!;
+    if (at + 4 + len > end) return 0;
+    if (type === ATTR_ERROR_CODE) return len < 4 ? 0 : (buf[at + 6]! & 0x07) * 100 + buf[at + 7]!;
+    at += 4 + ((len + 3) & ~3);
+  }
   return 0;
 }
 

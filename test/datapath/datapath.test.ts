@@ -908,6 +908,23 @@ describe('port quarantine', () => {
     expect(drops(r, 'ports_exhausted')).toBe(0);
   });
 
+  it('a port a backend answered with 403 (it knows the ufrag and bound the address to it) rests too', () => {
+    const r = rig({ ports });
+    send(r, check(unknownCreds()), B);
+    const up = r.transport.upstreams[0]!;
+    for (const probe of up.sent) {
+      const transactionId = probe.buf.subarray(8, 20);
+      up.inject(buildBindingError({ transactionId, code: 403, password: 'pw' }), probe);
+    }
+    expect(closedBy(r, 'probe_failed')).toBe(1); // every candidate said "not mine"
+    // The backend would refuse the next session's checks from that address: not reused at once.
+    send(r, check(unknownCreds()), C);
+    expect(drops(r, 'ports_exhausted')).toBe(1);
+    r.clock.now += 60_000;
+    send(r, check(unknownCreds()), C);
+    expect(r.transport.upstreams.map((u) => u.localPort)).toEqual([40_000, 40_000]);
+  });
+
   it('a port on which a backend answered a success rests for --port-quarantine', () => {
     const r = rig({ ports });
     const e = established(r, r.backends[0]!, A);

@@ -7,6 +7,7 @@ import { describe, expect, it } from 'vitest';
 import { crc32Range } from '../../src/stun/crc32.ts';
 import { classifyFirstByte, PacketClass } from '../../src/stun/demux.ts';
 import {
+  bindingErrorCode,
   bindingResponseKind,
   newUsernameView,
   ParseResult,
@@ -15,7 +16,13 @@ import {
   stunMessageType,
 } from '../../src/stun/parse.ts';
 import { isUtf8 } from '../../src/stun/utf8.ts';
-import { AttrType, encodeStun, MessageType } from '../fixtures/stun-bytes.ts';
+import {
+  AttrType,
+  buildBindingError,
+  buildBindingSuccess,
+  encodeStun,
+  MessageType,
+} from '../fixtures/stun-bytes.ts';
 
 const data = (name: string): Buffer => readFileSync(new URL(`../data/${name}`, import.meta.url));
 
@@ -262,5 +269,49 @@ describe('crc32Range', () => {
     }
     // The check value of CRC-32/ISO-HDLC.
     expect(crc32Range(Buffer.from('123456789'), 0, 9)).toBe(0xcbf43926);
+  });
+});
+
+describe('bindingErrorCode', () => {
+  it('reads the ERROR-CODE of an error response (RFC 8489 §14.8), past other attributes', () => {
+    const transactionId = randomBytes(12);
+    for (const code of [400, 401, 403, 487])
+      expect(bindingErrorCode(buildBindingError({ transactionId, code }))).toBe(code);
+    // Signed (MESSAGE-INTEGRITY and FINGERPRINT after it), as ice4j signs its 403.
+    expect(bindingErrorCode(buildBindingError({ transactionId, code: 403, password: 'pw' }))).toBe(403);
+    // A SOFTWARE attribute first.
+    const withSoftware = encodeStun({
+      type: MessageType.BINDING_ERROR,
+      transactionId,
+      attributes: [
+        [AttrType.SOFTWARE, Buffer.from('ice4j')],
+        [AttrType.ERROR_CODE, Buffer.from([0, 0, 4, 3, 0x46])],
+      ],
+    });
+    expect(bindingErrorCode(withSoftware)).toBe(403);
+  });
+
+  it('is 0 for anything else, and never reads past the datagram', () => {
+    const transactionId = randomBytes(12);
+    expect(
+      bindingErrorCode(
+        buildBindingSuccess({ transactionId, mapped: { address: '1.2.3.4', port: 5 }, password: 'p' }),
+      ),
+    ).toBe(0);
+    expect(bindingErrorCode(request('a:b'))).toBe(0);
+    const e = buildBindingError({ transactionId, code: 403, fingerprint: false });
+    // Cut anywhere: nothing before the whole attribute is in, the code once it is.
+    const attrEnd = 20 + 4 + ((e.readUInt16BE(22) + 3) & ~3);
+    for (let n = 0; n < e.length; n++)
+      expect(bindingErrorCode(e.subarray(0, n))).toBe(n < attrEnd - 3 ? 0 : 403);
+    fc.assert(
+      fc.property(fc.uint8Array({ maxLength: 200 }), (bytes) => {
+        const b = Buffer.concat([e.subarray(0, 20), Buffer.from(bytes)]);
+        b.writeUInt16BE(bytes.length, 2);
+        const code = bindingErrorCode(b);
+        expect(code).toBeGreaterThanOrEqual(0);
+        expect(code).toBeLessThan(800);
+      }),
+    );
   });
 });
