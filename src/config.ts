@@ -2,6 +2,7 @@ import { isIP } from 'node:net';
 import type { DatapathOptions } from './datapath/datapath.ts';
 import { BadInputError } from './defs/errors.ts';
 import { parseBackends } from './discovery/static.ts';
+import { type PeersSource, parsePeersFlag } from './peers/peers-flag.ts';
 import { MAX_WORKERS } from './workers/cpus.ts';
 
 /**
@@ -48,6 +49,16 @@ export interface Config extends DatapathOptions {
   readonly logLevel: string;
   /** Data-path worker threads; `auto` = the CPUs the pod may use (src/workers/cpus.ts). */
   readonly workers: number | 'auto';
+  /** The other replicas of the tier (`--peers`, docs/peers.md); `off` without. */
+  readonly peers: PeersSource;
+  /** The peer protocol's port; worker i binds peerPort + i. */
+  readonly peerPort: number;
+  /** This replica's own address among the peers (`--pod-ip`), if given. */
+  readonly podIp: string | undefined;
+  readonly peerTimeoutMs: number;
+  /** Query rounds per second at most (each data-path thread keeps 1/N). */
+  readonly peerQueryRate: number;
+  readonly peerNegativeTtlMs: number;
 }
 
 interface OptionSpec {
@@ -169,8 +180,8 @@ export const OPTIONS: readonly OptionSpec[] = [
   {
     flag: 'drain-timeout',
     arg: 'DURATION',
-    def: '20s',
-    help: 'on SIGTERM: keep relaying this long, then exit',
+    def: '1h',
+    help: 'on SIGTERM: keep relaying own and tunneled flows until none is left or this long, then exit',
   },
   {
     flag: 'fast-path',
@@ -184,6 +195,42 @@ export const OPTIONS: readonly OptionSpec[] = [
     arg: 'N|auto',
     def: '1',
     help: 'data-path threads sharing the listening port (SO_REUSEPORT); auto = CPUs of the cgroup quota',
+  },
+  {
+    flag: 'peers',
+    arg: 'IP[:PORT],...|dns:NAME|k8s:SERVICE',
+    def: '',
+    help: "the other replicas of this tier: a list, a headless Service's DNS name, or the proxy's own Service (EndpointSlices); empty = none",
+  },
+  {
+    flag: 'peer-port',
+    arg: 'PORT',
+    def: '10001',
+    help: 'UDP port of the peer protocol (worker i: PORT+i); never exposed by the load balancer',
+  },
+  {
+    flag: 'pod-ip',
+    arg: 'IP',
+    def: '',
+    help: "this replica's own address among the peers (optional: it also recognises itself)",
+  },
+  {
+    flag: 'peer-timeout',
+    arg: 'DURATION',
+    def: '250ms',
+    help: "how long one query round waits for the peers' answers",
+  },
+  {
+    flag: 'peer-query-rate',
+    arg: 'N',
+    def: '2000',
+    help: 'query rounds to the peers per second at most (fair shares per client source)',
+  },
+  {
+    flag: 'peer-negative-ttl',
+    arg: 'DURATION',
+    def: '2s',
+    help: 'how long a client 5-tuple no peer owns is not asked about again',
   },
 ];
 
@@ -330,6 +377,22 @@ export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Pa
       bad('upstream-ports', `needs at least one port per worker (${workers})`);
     }
   }
+  const peerPort = int('peer-port', 1, 65535);
+  const peersParsed = parsePeersFlag(raw('peers').value, peerPort);
+  for (const p of peersParsed.problems) problems.push(`${raw('peers').from}: ${p}`);
+  const podIpText = raw('pod-ip').value;
+  if (podIpText !== '' && isIP(podIpText) === 0) bad('pod-ip', 'expected an IP address');
+  if (peersParsed.source.kind !== 'off') {
+    // Worker i binds peerPort + i: the whole range must be free of the other ports we bind.
+    const span = typeof workers === 'number' ? workers : MAX_WORKERS;
+    const last = peerPort + span - 1;
+    const clash = (p: number): boolean => p >= peerPort && p <= last;
+    if (last > 65535) bad('peer-port', `needs ${span} ports from it (one per worker), past 65535`);
+    else if (clash(listen.port) || (admin !== undefined && clash(admin.port)))
+      bad('peer-port', `its ${span} ports (one per worker) must not contain the listening or admin port`);
+    else if (upstreamPorts !== undefined && peerPort <= upstreamPorts[1] && last >= upstreamPorts[0])
+      bad('peer-port', `its ${span} ports (one per worker) must not overlap --upstream-ports`);
+  }
   const logLevel = raw('log-level').value;
   if (!LOG_LEVELS.has(logLevel)) bad('log-level', `expected one of ${[...LOG_LEVELS].join(', ')}`);
 
@@ -365,6 +428,12 @@ export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Pa
     fastPath,
     logLevel,
     workers,
+    peers: peersParsed.source,
+    peerPort,
+    podIp: podIpText === '' ? undefined : podIpText,
+    peerTimeoutMs: duration('peer-timeout', 1),
+    peerQueryRate: int('peer-query-rate', 1, 10_000_000),
+    peerNegativeTtlMs: duration('peer-negative-ttl', 0),
   };
   if (problems.length > 0) throw new ConfigError(problems);
   return { kind: 'run', config: Object.freeze(config) };

@@ -1,22 +1,16 @@
-import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { type ChildProcess, spawnSync } from 'node:child_process';
 import dgram from 'node:dgram';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
+import { CLI, exited, startCli } from './fixtures/cli-process.ts';
 import { FakeIceClient } from './fixtures/ice-client.ts';
 import { FakeMediaServer } from './fixtures/media-server.ts';
 import { track } from './fixtures/track.ts';
 
 /** The real CLI as a child process: flags, exit codes, admin HTTP, signals. */
-
-const CLI = fileURLToPath(new URL('../src/cli.ts', import.meta.url));
-const children: ChildProcess[] = [];
-afterEach(async () => {
-  for (const c of children.splice(0)) if (c.exitCode === null) c.kill('SIGKILL');
-});
 
 function runSync(args: string[], env: NodeJS.ProcessEnv = {}) {
   return spawnSync(process.execPath, [CLI, ...args], {
@@ -27,39 +21,12 @@ function runSync(args: string[], env: NodeJS.ProcessEnv = {}) {
 }
 
 /** Starts the proxy and resolves with its listen and admin ports, read from its JSON start-up log. */
-function start(
+async function start(
   args: string[],
 ): Promise<{ child: ChildProcess; listen: number; admin: number; logs: string[] }> {
-  const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  children.push(child);
-  const logs: string[] = [];
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`no start-up log: ${logs.join('')}`)), 10_000);
-    let buf = '';
-    child.stdout!.on('data', (d: Buffer) => {
-      buf += d.toString();
-      let nl = buf.indexOf('\n');
-      while (nl >= 0) {
-        const line = buf.slice(0, nl);
-        buf = buf.slice(nl + 1);
-        logs.push(line);
-        const rec = JSON.parse(line) as { msg: string; listen?: { port: number }; admin?: string };
-        if (rec.msg === 'ice-ingress started') {
-          clearTimeout(timer);
-          resolve({ child, listen: rec.listen!.port, admin: Number(rec.admin!.split(':').at(-1)), logs });
-        }
-        nl = buf.indexOf('\n');
-      }
-    });
-    child.stderr!.on('data', (d: Buffer) => logs.push(d.toString()));
-    child.once('exit', (code) => reject(new Error(`exited ${code}: ${logs.join('')}`)));
-  });
+  const p = await startCli(args);
+  return { ...p, listen: p.listen.port };
 }
-
-const exited = (child: ChildProcess): Promise<number | null> =>
-  new Promise((resolve) =>
-    child.exitCode !== null ? resolve(child.exitCode) : child.once('exit', (code) => resolve(code)),
-  );
 
 describe('ice-ingress CLI', () => {
   it('prints help and version', () => {

@@ -2,6 +2,15 @@ import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom
 import type { Counters } from '../defs/counters.ts';
 import type { BackendSpec, BackendState, KernelPathSource } from '../defs/interfaces.ts';
 import { CLOSE_REASONS, DROP_REASON_LABELS, ROUTE_LABELS } from '../defs/reasons.ts';
+import {
+  ANSWER_LABELS,
+  PEER_DROP_LABELS,
+  type PeerCounters,
+  QUERY_OUTCOME_LABELS,
+  QUERY_SKIP_LABELS,
+  TUNNEL_CLOSE_LABELS,
+  TUNNEL_DIR_LABELS,
+} from '../peers/counters.ts';
 
 /**
  * Every Prometheus metric of the pod (prom-client), registered here and nowhere else: the data
@@ -53,6 +62,33 @@ export function createRoutingHistogram(): Histogram<'outcome'> {
 }
 
 type Rows = ReadonlyArray<readonly [string, number]>;
+
+/**
+ * A counter whose values are ours: prom-client counters only go up, and our plain numbers are the
+ * source of truth, so each scrape starts from a reset and writes the absolute values (the
+ * exposition is the same as for a native counter).
+ */
+function mirrorCounter(
+  registry: Registry,
+  name: string,
+  help: string,
+  label: string | undefined,
+  read: () => Rows,
+): void {
+  new Counter({
+    name,
+    help,
+    labelNames: label === undefined ? [] : [label],
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const [value, n] of read()) this.inc(label === undefined ? {} : { [label]: value }, n);
+    },
+  });
+}
+
+const byIndex = (labels: readonly string[], values: ArrayLike<number>): Rows =>
+  labels.map((l, i) => [l, values[i]!]);
 const DIRECTIONS = ['client_in', 'backend_out', 'backend_in', 'client_out'] as const;
 
 export function createRegistry(src: MetricSources, withProcessMetrics = true): Registry {
@@ -62,22 +98,8 @@ export function createRegistry(src: MetricSources, withProcessMetrics = true): R
   const counters = typeof source === 'function' ? source : (): Counters => source;
   if (src.routing !== undefined) registry.registerMetric(src.routing);
 
-  // prom-client counters only go up; ours are the source of truth, so each scrape starts from a
-  // reset and writes the absolute values (the exposition is the same as for a native counter).
-  const mirror = (name: string, help: string, label: string | undefined, read: () => Rows): void => {
-    new Counter({
-      name,
-      help,
-      labelNames: label === undefined ? [] : [label],
-      registers: [registry],
-      collect() {
-        this.reset();
-        for (const [value, n] of read()) this.inc(label === undefined ? {} : { [label]: value }, n);
-      },
-    });
-  };
-  const byIndex = (labels: readonly string[], values: ArrayLike<number>): Rows =>
-    labels.map((l, i) => [l, values[i]!]);
+  const mirror = (name: string, help: string, label: string | undefined, read: () => Rows): void =>
+    mirrorCounter(registry, name, help, label, read);
 
   // By direction and path: `userspace` (Node's sockets) and, with the fast path on, `kernel` (read
   // from the nftables named counters every few seconds; the kernel forwards each datagram it
@@ -392,4 +414,106 @@ export function registerWorkerMetrics(registry: Registry, stats: WorkerMetricSou
       this.set(stats.handoffRoutes());
     },
   });
+}
+
+// ---------------------------------------------------------------------------------------------
+// The other replicas of the tier (src/peers, docs/peers.md)
+
+/** What the peer series read: one thread's peer end, or a pod's workers' summed. */
+export interface PeerMetricSource {
+  /** The peer layer's counters (summed over the data-path threads). */
+  counters(): PeerCounters;
+  /** Tunnels open now: [receiver side, owner side]. */
+  tunnels(): readonly [number, number];
+  /** Known peers (self excluded) by state: [not heard yet, ready, draining, silent]. */
+  peers(): readonly [number, number, number, number];
+}
+
+/** Time from a query round's start to its end (a "mine", every "not mine", or the timeout). */
+export function createPeerRoundHistogram(): Histogram {
+  return new Histogram({
+    name: 'ice_ingress_peer_query_seconds',
+    help: "Time from a query round's start to its end: the first owner's answer, every peer's no, or the timeout.",
+    buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1],
+    registers: [],
+  });
+}
+
+/** `rounds`: from {@link createPeerRoundHistogram}, registered here. */
+export function registerPeerMetrics(registry: Registry, src: PeerMetricSource, rounds: Histogram): void {
+  const registers = [registry];
+  registry.registerMetric(rounds);
+  const counter = (name: string, help: string, label: string | undefined, rows: () => Rows): void =>
+    mirrorCounter(registry, name, help, label, rows);
+  new Gauge({
+    name: 'ice_ingress_peers',
+    help: 'Known peers (this replica excluded) by state: ready, draining (answering, in SIGTERM drain), silent (no answer for 3 s, or not heard from yet).',
+    labelNames: ['state'],
+    registers,
+    collect() {
+      const [unknown, ready, draining, silent] = src.peers();
+      this.set({ state: 'ready' }, ready);
+      this.set({ state: 'draining' }, draining);
+      this.set({ state: 'silent' }, silent + unknown);
+    },
+  });
+  counter(
+    'ice_ingress_peer_queries_total',
+    'Query rounds this replica asked its peers about unknown client 5-tuples, by outcome (owned, none, timeout).',
+    'outcome',
+    () => byIndex(QUERY_OUTCOME_LABELS, src.counters().queries),
+  );
+  counter(
+    'ice_ingress_peer_queries_skipped_total',
+    'Unknown client 5-tuples not asked about (handled as without peers), by reason.',
+    'reason',
+    () => byIndex(QUERY_SKIP_LABELS, src.counters().skipped),
+  );
+  counter(
+    'ice_ingress_peer_answers_total',
+    "Answers this replica gave to its peers' queries: flow (a 5-tuple of its sessions), ufrag (a ufrag pair of its sessions), none.",
+    'answer',
+    () => byIndex(ANSWER_LABELS, src.counters().answers),
+  );
+  counter(
+    'ice_ingress_peer_handoffs_total',
+    'Client flows handed between replicas: out = this replica tunnels one to its owner, in = this replica (the owner) took one from the replica that receives it.',
+    'direction',
+    () => [
+      ['out', src.counters().handoffsOut],
+      ['in', src.counters().handoffsIn],
+    ],
+  );
+  counter(
+    'ice_ingress_peer_tunnel_packets_total',
+    'Tunneled datagrams, by direction (to_owner, from_receiver, to_receiver, from_owner).',
+    'direction',
+    () => byIndex(TUNNEL_DIR_LABELS, src.counters().tunnelPackets),
+  );
+  counter(
+    'ice_ingress_peer_tunnel_bytes_total',
+    'Payload bytes of tunneled datagrams (without the 12-byte tunnel header), by direction.',
+    'direction',
+    () => byIndex(TUNNEL_DIR_LABELS, src.counters().tunnelBytes),
+  );
+  new Gauge({
+    name: 'ice_ingress_peer_tunnels',
+    help: 'Tunnels open now: receiver (flows this replica sends to their owners), owner (its sessions reached through a peer).',
+    labelNames: ['side'],
+    registers,
+    collect() {
+      const [receiver, owner] = src.tunnels();
+      this.set({ side: 'receiver' }, receiver);
+      this.set({ side: 'owner' }, owner);
+    },
+  });
+  counter('ice_ingress_peer_tunnels_closed_total', 'Tunnels ended, by reason.', 'reason', () =>
+    byIndex(TUNNEL_CLOSE_LABELS, src.counters().tunnelsClosed),
+  );
+  counter(
+    'ice_ingress_peer_drops_total',
+    'Peer-port datagrams dropped by reason, and client datagrams that could not be held while their query was in flight (hold_full).',
+    'reason',
+    () => byIndex(PEER_DROP_LABELS, src.counters().drops),
+  );
 }

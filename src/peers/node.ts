@@ -51,6 +51,8 @@ export interface PeerNodeOptions<S>
   readonly self: Instance;
   readonly selfAddress: string | undefined;
   readonly selfPort: number;
+  /** This thread's worker id (0 in one process): its socket is on selfPort + worker. */
+  readonly worker?: number;
   readonly workers: number;
   readonly socket: PeerSocket;
   readonly receiverHost: ReceiverHost;
@@ -74,9 +76,11 @@ export class PeerNode<S extends object> implements PeerRouting {
   readonly #hb: Heartbeat = { seq: 0, workers: 1, flags: 0 };
   readonly #query: Query = { slot: 0, gen: 0, address: '', port: 0, username: undefined };
   readonly #answer: Answer = { slot: 0, gen: 0, owned: Owned.None, ownerSlot: 0, ownerGen: 0 };
+  readonly #ownPort: number;
 
   constructor(o: PeerNodeOptions<S>) {
     const counters = this.counters;
+    this.#ownPort = o.selfPort + (o.worker ?? 0);
     this.set = new PeerSet({
       self: o.self,
       selfAddress: o.selfAddress,
@@ -189,7 +193,11 @@ export class PeerNode<S extends object> implements PeerRouting {
     const hi = instanceHi(buf);
     const lo = instanceLo(buf);
     if (this.set.isSelf(hi, lo)) {
+      // Our own datagram: the peer list names this replica. A ping from another of its threads
+      // gets a pong, so that thread learns it too (it pinged our port, not its own).
       c.drops[PeerDrop.Self]!++;
+      if (type === MsgType.Ping && port !== this.#ownPort && decodeHeartbeat(buf, this.#hb))
+        this.set.heard(peer, type, this.#hb, hi, lo, port);
       this.set.markSelf(peer);
       return;
     }

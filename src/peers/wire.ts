@@ -1,3 +1,4 @@
+import { getRandomValues } from 'node:crypto';
 import { isIP } from 'node:net';
 
 /**
@@ -93,6 +94,13 @@ function header(buf: Buffer, type: MsgType): void {
 export interface Instance {
   readonly hi: number;
   readonly lo: number;
+}
+
+/** A replica's random instance id, drawn once at start (every thread of the replica shares it). */
+export function newInstance(): Instance {
+  const r = getRandomValues(new Uint32Array(2));
+  // Never all zero: a peer's id 0/0 means "not heard from yet" (peer-set.ts).
+  return { hi: r[0]! || 1, lo: r[1]! };
 }
 
 function control(type: MsgType, length: number, self: Instance): Buffer {

@@ -3,15 +3,18 @@ import type { Logger } from 'pino';
 import type { Histogram, Registry } from 'prom-client';
 import {
   createHandoverHistogram,
+  createPeerRoundHistogram,
   createRegistry,
   createRoutingHistogram,
   registerDiscoveryMetrics,
+  registerPeerMetrics,
   registerWorkerMetrics,
 } from '../admin/metrics.ts';
 import { startAdminServer } from '../admin/server.ts';
 import type { Config } from '../config.ts';
 import type { Datapath } from '../datapath/datapath.ts';
 import { createDiscovery, type DiscoveryOptions } from '../discovery/index.ts';
+import { createPeerDiscovery } from '../discovery/peers.ts';
 import type { DiscoverySource } from '../discovery/types.ts';
 import type { NftFastPath } from '../fastpath/fast-path.ts';
 import { KernelTable } from '../fastpath/kernel-table.ts';
@@ -20,6 +23,8 @@ import { checkFastPath, FastPathUnavailable, systemProbes } from '../fastpath/pr
 import { ingressDevices } from '../fastpath/routes.ts';
 import type { UdpTransport } from '../io/udp.ts';
 import { createLogger } from '../log.ts';
+import { PeerState } from '../peers/peer-set.ts';
+import { type Instance, newInstance } from '../peers/wire.ts';
 import type { PortPool } from '../session/port-pool.ts';
 import { resolveWorkers } from '../workers/cpus.ts';
 import { type DataPlane, startWorkerPool } from '../workers/pool.ts';
@@ -60,6 +65,9 @@ export interface IngressHandle {
   readonly failed: Promise<Error>;
 }
 
+/** How long a replica waits, at most, for every listed peer to answer before it turns ready. */
+const PEERS_HEARD_MS = 3000;
+
 /** One process: the pod, and its one data-path thread's parts (tests, the demo). */
 export interface ProxyHandle extends IngressHandle {
   readonly datapath: Datapath;
@@ -77,6 +85,8 @@ interface PodParts {
   readonly table: KernelTable | undefined;
   readonly routing: Histogram<'outcome'>;
   readonly handover: Histogram;
+  /** With `--peers`: this replica's instance id, and the query rounds' histogram (docs/peers.md). */
+  readonly peers: { readonly instance: Instance; readonly rounds: Histogram } | undefined;
 }
 
 /** The discovery options of a config. */
@@ -110,6 +120,14 @@ export async function startIngress(config: Config, opts: StartOptions = {}): Pro
       fastPath: parts.table !== undefined,
       onRouted: (ms, outcome) => parts.routing.observe({ outcome }, ms / 1000),
       onHandover: (ms) => parts.handover.observe(ms / 1000),
+      ...(parts.peers === undefined
+        ? {}
+        : {
+            peers: {
+              instance: parts.peers.instance,
+              onRound: (ms: number) => parts.peers!.rounds.observe(ms / 1000),
+            },
+          }),
     }),
   );
   return handle;
@@ -118,6 +136,7 @@ export async function startIngress(config: Config, opts: StartOptions = {}): Pro
 /** One process: the pod with its data path in this thread. */
 export async function startProxy(config: Config, opts: StartOptions = {}): Promise<ProxyHandle> {
   const { handle, plane } = await startPod(config, opts, async (parts) => {
+    const p = parts.peers;
     const thread = await startThread(config, {
       log: parts.log,
       clock: () => performance.now(),
@@ -125,8 +144,19 @@ export async function startProxy(config: Config, opts: StartOptions = {}): Promi
       ...(parts.table === undefined ? {} : { kernel: { table: parts.table } }),
       onRouted: (ms, outcome) => parts.routing.observe({ outcome }, ms / 1000),
       onHandover: (ms) => parts.handover.observe(ms / 1000),
+      ...(p === undefined
+        ? {}
+        : {
+            peers: {
+              instance: p.instance,
+              worker: 0,
+              workers: 1,
+              onRound: (ms: number) => p.rounds.observe(ms / 1000),
+            },
+          }),
     });
     const { datapath, transport, ports, fastPath } = thread;
+    const node = thread.peers?.node;
     return {
       thread,
       listen: thread.listen,
@@ -141,7 +171,21 @@ export async function startProxy(config: Config, opts: StartOptions = {}): Promi
       },
       applyBackends: (specs) => datapath.updateBackends(specs),
       synced: () => datapath.synced,
-      stopAccepting: () => datapath.stopAccepting(),
+      applyPeers: (peers) => node?.updatePeers(peers),
+      peersHeard: () => node === undefined || node.set.states()[PeerState.Unknown] === 0,
+      ...(node === undefined
+        ? {}
+        : {
+            peerMetrics: {
+              counters: () => node.counters,
+              tunnels: () => [node.receiver.tunnels, node.owner.tunnels] as const,
+              peers: () => node.set.states(),
+            },
+          }),
+      stopAccepting: () => {
+        datapath.stopAccepting();
+        node?.setDraining();
+      },
       sessions: () => datapath.size,
       settleMs: 0,
       stop: () => thread.stop(),
@@ -176,9 +220,20 @@ async function startPod<P extends DataPlane>(
   const observed =
     opts.discovery === undefined ? await createDiscovery(discoveryOptions(config), { log }) : undefined;
   const discovery: DiscoverySource = opts.discovery ?? observed!;
+  const peerDiscovery = await createPeerDiscovery(
+    {
+      source: config.peers,
+      peerPort: config.peerPort,
+      kubeconfig: config.kubeconfig,
+      dnsIntervalMs: config.dnsIntervalMs,
+    },
+    log,
+  );
   const routing = createRoutingHistogram();
   const handover = createHandoverHistogram();
-  const plane = await startPlane({ log, table, routing, handover });
+  const peers =
+    peerDiscovery === undefined ? undefined : { instance: newInstance(), rounds: createPeerRoundHistogram() };
+  const plane = await startPlane({ log, table, routing, handover, peers });
   const listen = plane.listen;
   if (table !== undefined) {
     // Once bound (the rules match the listening address), before the first backends (so before
@@ -201,10 +256,29 @@ async function startPod<P extends DataPlane>(
   );
   if (plane.workerMetrics !== undefined) registerWorkerMetrics(registry, plane.workerMetrics);
   if (observed !== undefined) registerDiscoveryMetrics(registry, observed);
+  if (plane.peerMetrics !== undefined && peers !== undefined)
+    registerPeerMetrics(registry, plane.peerMetrics, peers.rounds);
   discovery.start((specs) => plane.applyBackends(specs));
+  // The peers: before the first ready, every listed one answered a ping, or PEERS_HEARD_MS passed
+  // (a dead one in a static list must not keep a replica unready): a new replica in a rolling
+  // update can ask about the flows the balancer is about to move to it.
+  let peersAt: number | undefined;
+  let peerList: readonly string[] = [];
+  peerDiscovery?.start((specs) => {
+    peersAt ??= performance.now();
+    const next = specs.map((p) => `${p.address}:${p.port}`);
+    const added = next.filter((x) => !peerList.includes(x));
+    const removed = peerList.filter((x) => !next.includes(x));
+    if (added.length + removed.length > 0) log.info({ added, removed, total: next.length }, 'peers updated');
+    peerList = next;
+    plane.applyPeers(specs);
+  });
+  const peersReady = (): boolean =>
+    peerDiscovery === undefined ||
+    (peersAt !== undefined && (plane.peersHeard() || performance.now() - peersAt >= PEERS_HEARD_MS));
 
   let draining = false;
-  const ready = (): boolean => !draining && plane.synced();
+  const ready = (): boolean => !draining && plane.synced() && peersReady();
   let admin: Awaited<ReturnType<typeof startAdminServer>> | undefined;
   if (config.admin !== undefined) {
     try {
@@ -214,6 +288,7 @@ async function startPod<P extends DataPlane>(
       });
     } catch (err) {
       await discovery.stop();
+      await peerDiscovery?.stop();
       await plane.stop();
       await table?.delete();
       throw err;
@@ -224,6 +299,7 @@ async function startPod<P extends DataPlane>(
       listen,
       admin: admin ? `${config.admin!.host}:${admin.port}` : 'off',
       discovery: discovery.kind,
+      ...(peerDiscovery === undefined ? {} : { peers: peerDiscovery.kind, peerPort: config.peerPort }),
       ...(plane.workers > 1 ? { workers: plane.workers } : {}),
       fastPath: config.fastPath,
     },
@@ -234,6 +310,7 @@ async function startPod<P extends DataPlane>(
   const close = (): Promise<void> => {
     closed ??= (async () => {
       await discovery.stop();
+      await peerDiscovery?.stop();
       // Each thread removes its own from the table before its sockets close; the table goes last.
       await plane.stop();
       await table?.delete();

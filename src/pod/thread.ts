@@ -11,6 +11,7 @@ import { ingressDevices, NextHops } from '../fastpath/routes.ts';
 import { SourceAddresses } from '../fastpath/source-address.ts';
 import { UdpTransport } from '../io/udp.ts';
 import { PortPool } from '../session/port-pool.ts';
+import { createThreadPeers, type PeerThreadOptions, type ThreadPeers } from './thread-peers.ts';
 
 /**
  * What one data-path thread does, written once for both ways a pod runs (docs/architecture.md,
@@ -36,6 +37,8 @@ export interface ThreadOptions {
   readonly onHandover: (ms: number) => void;
   /** A worker's shared limits, fair shares and hand-off (docs/workers.md); none in one process. */
   readonly shared?: Pick<DatapathDeps, 'budgets' | 'slots' | 'shares' | 'handoff'>;
+  /** With `--peers`: this thread's place in the replica (docs/peers.md). */
+  readonly peers?: PeerThreadOptions;
 }
 
 export interface DataThread {
@@ -47,6 +50,8 @@ export interface DataThread {
   readonly fastPath: NftFastPath | undefined;
   /** Where clients send (the bound listening address; port 0 resolved). */
   readonly listen: { address: string; port: number };
+  /** The thread's end of the peer protocol, with `--peers`. */
+  readonly peers: ThreadPeers | undefined;
   /** Stops the sweeps, the fast path (its last counts, then what is its own in the table), the
    * sessions and the sockets, in that order; idempotent. */
   stop(): Promise<void>;
@@ -78,6 +83,8 @@ export async function startThread(config: Config, o: ThreadOptions): Promise<Dat
     onClientDatagram: (buf, address, port) => datapath.onClientDatagram(buf, address, port),
     onListenError: (err) => log.error({ err: err.message }, 'listening socket error'),
   });
+  const peers =
+    o.peers === undefined ? undefined : createThreadPeers(config, o.peers, log, clock, () => datapath);
   datapath = new Datapath({
     transport,
     backends: new BackendTable(),
@@ -87,12 +94,23 @@ export async function startThread(config: Config, o: ThreadOptions): Promise<Dat
     options: config,
     onRouted: o.onRouted,
     ...o.shared,
+    ...(peers === undefined ? {} : { peers: peers.node }),
   });
   let listen: { address: string; port: number };
   try {
     listen = await transport.start();
   } catch (err) {
     throw listenError(config, err as NodeJS.ErrnoException);
+  }
+  if (peers !== undefined) {
+    try {
+      await peers.start();
+    } catch (err) {
+      transport.close();
+      throw err;
+    }
+    // Before the first backends, so it hears of every session (its tunnels follow them).
+    datapath.addListener(peers.node);
   }
 
   let fastPath: NftFastPath | undefined;
@@ -119,6 +137,7 @@ export async function startThread(config: Config, o: ThreadOptions): Promise<Dat
           ? NftFastPath.owner(o.kernel.table, options, deps)
           : NftFastPath.attach({ ...options, worker: o.kernel.worker }, deps);
     } catch (err) {
+      peers?.stop();
       transport.close();
       throw err;
     }
@@ -144,12 +163,15 @@ export async function startThread(config: Config, o: ThreadOptions): Promise<Dat
           log.error({ err: (err as Error).message }, 'fast path: could not stop');
         }
       }
+      // The other ends of its tunnels hear it first: they ask again instead of sending into a
+      // closed socket.
+      peers?.stop();
       datapath.closeAll('shutdown');
       transport.close();
     })();
     return stopped;
   };
-  return { datapath, transport, ports, fastPath, listen, stop };
+  return { datapath, transport, ports, fastPath, listen, peers, stop };
 }
 
 /** A listening socket that cannot bind names the flag (--listen) and the reason. */

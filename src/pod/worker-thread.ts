@@ -65,8 +65,19 @@ const thread = await startThread(config, {
     ),
     handoff: node,
   },
+  ...(init.peers === undefined
+    ? {}
+    : {
+        peers: {
+          instance: init.peers.instance,
+          worker: id,
+          workers: init.workers,
+          onRound: (ms: number) => post({ type: 'peerRound', ms }),
+        },
+      }),
 });
 const { datapath, transport, ports, fastPath } = thread;
+const peers = thread.peers?.node;
 // No backends (so no sessions) before the main thread's first snapshot: nothing is missed.
 datapath.addListener(node);
 node.start((buf, address, p) => datapath.onClientDatagram(buf, address, p));
@@ -84,6 +95,16 @@ const publishNow = (): void =>
     activeSources: datapath.activeSources,
     freePorts: ports === undefined ? -1 : ports.available,
     kernel: fastPath,
+    ...(peers === undefined
+      ? {}
+      : {
+          peers: {
+            counters: peers.counters,
+            receiverTunnels: peers.receiver.tunnels,
+            ownerTunnels: peers.owner.tunnels,
+            states: peers.set.states(),
+          },
+        }),
   });
 const publisher = setInterval(() => {
   node.sweep();
@@ -104,8 +125,12 @@ port.on('message', (m: ToWorker) => {
     case 'negative':
       datapath.reject(m.hash);
       break;
+    case 'peers':
+      peers?.updatePeers(m.specs);
+      break;
     case 'drain':
       datapath.stopAccepting();
+      peers?.setDraining();
       break;
     case 'close':
       clearInterval(publisher);

@@ -1,4 +1,6 @@
 import type { BackendSpec } from '../defs/interfaces.ts';
+import type { PeerSpec } from '../peers/peer-set.ts';
+import type { Instance } from '../peers/wire.ts';
 
 /** What the main thread and the data-path workers tell each other (docs/workers.md). */
 
@@ -34,6 +36,8 @@ export interface WorkerInit<C extends PoolConfig = PoolConfig> {
     readonly slots: SharedArrayBuffer;
     readonly stats: SharedArrayBuffer;
   };
+  /** With `--peers`: the replica's instance id, one for all its workers (docs/peers.md). */
+  readonly peers?: { readonly instance: Instance };
 }
 
 /** A won probe: the server ufrag's 32-bit hash (stun/hash.ts, as admission keys it) → backend name. */
@@ -51,6 +55,7 @@ export interface Negative {
 
 export type ToWorker =
   | { readonly type: 'backends'; readonly specs: readonly BackendSpec[] }
+  | { readonly type: 'peers'; readonly specs: readonly PeerSpec[] }
   | Learned
   | Negative
   | { readonly type: 'drain' }
@@ -62,6 +67,8 @@ export type FromWorker =
   | { readonly type: 'routed'; readonly ms: number; readonly outcome: string }
   /** A session's media went to the kernel fast path this long after it was established. */
   | { readonly type: 'handover'; readonly ms: number }
+  /** A query round to the peers ended after this long. */
+  | { readonly type: 'peerRound'; readonly ms: number }
   | Learned
   | Negative
   | { readonly type: 'closed' };

@@ -1,14 +1,16 @@
 import { performance } from 'node:perf_hooks';
 import { Worker } from 'node:worker_threads';
 import type { Logger } from 'pino';
-import type { MetricSources, WorkerMetricSource } from '../admin/metrics.ts';
+import type { MetricSources, PeerMetricSource, WorkerMetricSource } from '../admin/metrics.ts';
 import type { BackendSpec, KernelPathSource } from '../defs/interfaces.ts';
+import type { PeerSpec } from '../peers/peer-set.ts';
+import type { Instance } from '../peers/wire.ts';
 import { SharedDirectory } from './directory.ts';
 import { perWorkerLimits, SharedSessionSlots, SharedTokenBucket } from './limits.ts';
 import type { FromWorker, PoolConfig, ToWorker, WorkerInit } from './messages.ts';
 import { splitPortRange } from './port-split.ts';
 import { Doorbell, HandoffRing } from './ring.ts';
-import { createStatsBuffer, Stat, WorkerStats } from './stats.ts';
+import { createStatsBuffer, PeerStat, Stat, WorkerStats } from './stats.ts';
 
 /**
  * The worker pool of a pod with `--workers N` (N ≥ 2; docs/workers.md), as its main thread runs
@@ -30,6 +32,8 @@ export interface PoolOptions {
   /** A worker's routing time and outcome, and fast-path hand-over time (pod metrics). */
   readonly onRouted: (ms: number, outcome: string) => void;
   readonly onHandover: (ms: number) => void;
+  /** With `--peers`: the replica's instance id, and each query round's duration (pod metrics). */
+  readonly peers?: { readonly instance: Instance; readonly onRound: (ms: number) => void };
 }
 
 /**
@@ -45,6 +49,13 @@ export interface DataPlane {
   applyBackends(specs: readonly BackendSpec[]): void;
   /** Every thread has the first snapshot (and none has failed). */
   synced(): boolean;
+  /** With `--peers`: a snapshot of the peer list, for every thread (docs/peers.md). */
+  applyPeers(peers: readonly PeerSpec[]): void;
+  /** Every listed peer has answered a ping (as the first thread sees it); true without peers. */
+  peersHeard(): boolean;
+  /** The peer series, with `--peers`. */
+  readonly peerMetrics?: PeerMetricSource;
+  /** Draining: no new sessions, and the peers hear so (existing sessions and tunnels go on). */
   stopAccepting(): void;
   sessions(): number;
   /** Waited before trusting a zero session count while draining (worker rows lag a little). */
@@ -152,6 +163,7 @@ export async function startWorkerPool<C extends PoolConfig>(
         slots: slotsCap.buffer,
         stats: statsBuffer,
       },
+      ...(opts.peers === undefined ? {} : { peers: { instance: opts.peers.instance } }),
     };
     const worker = new Worker(opts.workerEntry, {
       workerData: init,
@@ -175,6 +187,9 @@ export async function startWorkerPool<C extends PoolConfig>(
             break;
           case 'handover':
             opts.onHandover(m.ms);
+            break;
+          case 'peerRound':
+            opts.peers?.onRound(m.ms);
             break;
           case 'learned':
             broadcast(m, id);
@@ -257,6 +272,18 @@ export async function startWorkerPool<C extends PoolConfig>(
       broadcast({ type: 'backends', specs });
     },
     synced: () => !hasFailed && snapshot !== undefined && slots.every((s) => s.applied && !s.closed),
+    applyPeers: (specs) => broadcast({ type: 'peers', specs }),
+    // Worker 0's row lags its pongs by a publish period at most.
+    peersHeard: () => opts.peers === undefined || stats.peerStates()[0] === 0,
+    ...(opts.peers === undefined
+      ? {}
+      : {
+          peerMetrics: {
+            counters: () => stats.peerCounters(),
+            tunnels: () => [stats.sum(PeerStat.receiverTunnels), stats.sum(PeerStat.ownerTunnels)] as const,
+            peers: () => stats.peerStates(),
+          },
+        }),
     stopAccepting: () => broadcast({ type: 'drain' }),
     sessions: () => stats.sum(Stat.sessions),
     // Worker rows are republished every PUBLISH_MS: a drain waits one period before trusting a zero.

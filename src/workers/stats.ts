@@ -1,6 +1,7 @@
 import { Counters } from '../defs/counters.ts';
 import type { KernelPathSource } from '../defs/interfaces.ts';
 import { CLOSE_REASONS, DROP_REASON_LABELS, ROUTE_LABELS } from '../defs/reasons.ts';
+import { PeerCounters } from '../peers/counters.ts';
 
 /**
  * Per-worker statistics in one SharedArrayBuffer: each worker copies its Counters and gauges into
@@ -52,7 +53,31 @@ export const Stat = {
   fastPathFailures: CLOSED + CLOSE_REASONS.length + 14,
   fastPathSessions: CLOSED + CLOSE_REASONS.length + 15,
 } as const;
-export const ROW = CLOSED + CLOSE_REASONS.length + 16;
+/**
+ * The peer layer's counters (src/peers/counters.ts, with `--peers`; zeros without): its arrays in
+ * this order, then its hand-off counts, its open tunnels and its view of the peers' states.
+ */
+const PEER_ARRAYS = [
+  'queries',
+  'skipped',
+  'answers',
+  'tunnelPackets',
+  'tunnelBytes',
+  'tunnelsClosed',
+  'drops',
+] as const;
+const PEER = CLOSED + CLOSE_REASONS.length + 16;
+const PEER_SIZES = PEER_ARRAYS.map((k) => new PeerCounters()[k].length);
+const PEER_SCALARS = PEER + PEER_SIZES.reduce((a, b) => a + b, 0);
+export const PeerStat = {
+  handoffsOut: PEER_SCALARS,
+  handoffsIn: PEER_SCALARS + 1,
+  receiverTunnels: PEER_SCALARS + 2,
+  ownerTunnels: PEER_SCALARS + 3,
+  /** Known peers by state (peer-set.ts PeerState): not heard yet, ready, draining, silent. */
+  peerStates: PEER_SCALARS + 4,
+} as const;
+export const ROW = PEER_SCALARS + 8;
 
 export interface Gauges {
   sessions: number;
@@ -66,6 +91,16 @@ export interface Gauges {
   freePorts: number;
   /** The worker's kernel fast path, when on. */
   kernel?: KernelPathSource;
+  /** The worker's end of the peer protocol, with `--peers`. */
+  peers?: PeerGauges;
+}
+
+/** What a worker publishes of its peer end. */
+export interface PeerGauges {
+  readonly counters: PeerCounters;
+  readonly receiverTunnels: number;
+  readonly ownerTunnels: number;
+  readonly states: readonly [number, number, number, number];
 }
 
 export function createStatsBuffer(workers: number): SharedArrayBuffer {
@@ -96,6 +131,18 @@ export function publish(buffer: SharedArrayBuffer, worker: number, c: Counters, 
   row[Stat.fastPathTransactions] = k?.stats.transactions ?? 0;
   row[Stat.fastPathFailures] = k?.stats.failures ?? 0;
   row[Stat.fastPathSessions] = k?.kernelSessions ?? 0;
+  const p = g.peers;
+  if (p === undefined) return;
+  let o = PEER;
+  for (const key of PEER_ARRAYS) {
+    row.set(p.counters[key], o);
+    o += p.counters[key].length;
+  }
+  row[PeerStat.handoffsOut] = p.counters.handoffsOut;
+  row[PeerStat.handoffsIn] = p.counters.handoffsIn;
+  row[PeerStat.receiverTunnels] = p.receiverTunnels;
+  row[PeerStat.ownerTunnels] = p.ownerTunnels;
+  row.set(p.states, PeerStat.peerStates);
 }
 
 /** Main-thread side: reads the rows. */
@@ -131,6 +178,29 @@ export class WorkerStats {
       stats: { transactions: this.sum(Stat.fastPathTransactions), failures: this.sum(Stat.fastPathFailures) },
       kernelSessions: this.sum(Stat.fastPathSessions),
     };
+  }
+
+  /** The pod's peer counters: every worker's, summed (a fresh object; called once per scrape). */
+  peerCounters(): PeerCounters {
+    const c = new PeerCounters();
+    let o = PEER;
+    for (const key of PEER_ARRAYS) {
+      const a = c[key];
+      for (let i = 0; i < a.length; i++) a[i] = this.sum(o + i);
+      o += a.length;
+    }
+    c.handoffsOut = this.sum(PeerStat.handoffsOut);
+    c.handoffsIn = this.sum(PeerStat.handoffsIn);
+    return c;
+  }
+
+  /**
+   * The peers' states as worker 0 sees them: every worker pings every peer on its own, and they
+   * agree but for a ping period; a sum would count each peer once per worker.
+   */
+  peerStates(): [number, number, number, number] {
+    const s = PeerStat.peerStates;
+    return [this.get(0, s), this.get(0, s + 1), this.get(0, s + 2), this.get(0, s + 3)];
   }
 
   /** The pod's Counters: every worker's, summed (a fresh object; called once per scrape). */

@@ -58,6 +58,8 @@ const NOT_EXPOSED: Record<string, string> = {
   kubeconfig: 'in a pod the client uses its in-cluster account',
   'upstream-bind': 'a pod has one address; 0.0.0.0 picks it',
   'upstream-bind6': 'likewise for IPv6',
+  peers: "made from peers.mode: k8s:<the release's Service> or dns:<the chart's headless peer Service>",
+  'pod-ip': 'the downward API (status.podIP), whenever peers are on',
 };
 
 /** The flag's text for a chart value (how templates/_helpers.tpl writes it). */
@@ -162,6 +164,7 @@ const SCHEMA_WIDER: Record<string, unknown[]> = {
   'idle-timeout': ['0s'],
   'dns-interval': ['0s'],
   'probe-timeout': ['0s'],
+  'peer-timeout': ['0s'],
   'upstream-ports': ['70000-70001', '10-5', '1-65535'], // the last holds the listening port
   backends: [['jvb-0=10.0.0.5:70000']],
 };
@@ -349,9 +352,20 @@ describe('the deploy checks can fail', () => {
     expect(() =>
       checkRbac([deployment(true), role(['get', 'list', 'watch']), binding, cluster], k8s),
     ).toThrow();
-    checkRbac([deployment(false)], { ...k8s, mode: 'dns' });
-    expect(() => checkRbac([deployment(false), role(['get']), binding], { ...k8s, mode: 'dns' })).toThrow();
-    expect(() => checkRbac([deployment(true)], { ...k8s, mode: 'static' })).toThrow();
+    checkRbac([deployment(false)], { ...k8s, mode: 'dns', peers: 'off' });
+    expect(() =>
+      checkRbac([deployment(false), role(['get']), binding], { ...k8s, mode: 'dns', peers: 'dns' }),
+    ).toThrow();
+    expect(() => checkRbac([deployment(true)], { ...k8s, mode: 'static', peers: 'off' })).toThrow();
+    // Peers k8s (docs/peers.md) with discovery dns: the peers' Role in the release's namespace.
+    const peersRole = { ...role(['get', 'list', 'watch']), metadata: { name: 'p-peers', namespace: 'n' } };
+    const peersBinding = {
+      ...binding,
+      metadata: { name: 'p-peers', namespace: 'n' },
+      roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'Role', name: 'p-peers' },
+    };
+    checkRbac([deployment(true), peersRole, peersBinding], { ...k8s, mode: 'dns', peers: 'k8s' });
+    expect(() => checkRbac([deployment(false)], { ...k8s, mode: 'dns', peers: 'k8s' })).toThrow();
   });
 
   it('--workers and CPU', () => {

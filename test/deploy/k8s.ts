@@ -140,15 +140,26 @@ export const ofKind = (objs: Obj[], kind: string): Manifest[] =>
  * get/list/watch on EndpointSlices in the one namespace its Service is in, bound to its own
  * account; with DNS or static discovery, none at all, and no API token in the pod.
  */
+/**
+ * The proxy's RBAC is exactly what it reads: with discovery k8s a Role on endpointslices (read
+ * only) in the discovered Service's namespace; with peers k8s (docs/peers.md) the same in the
+ * release's namespace (one Role serves both when that is the same namespace); otherwise nothing,
+ * and no token mounted.
+ */
 export function checkRbac(
   objs: Obj[],
-  expected: { mode: string; namespace: string; releaseNamespace: string; account: string },
+  expected: { mode: string; peers?: string; namespace: string; releaseNamespace: string; account: string },
 ): void {
   const rbacKinds = ['Role', 'RoleBinding', 'ClusterRole', 'ClusterRoleBinding'];
   const proxy = ofKind(objs, 'Deployment').find((d) => d.metadata.name === expected.account)!;
   const pod = proxy.spec.template.spec;
   expect(pod.serviceAccountName).toBe(expected.account);
-  if (expected.mode !== 'k8s') {
+  const peers = expected.peers ?? 'k8s';
+  const want: [string, string][] = [];
+  if (expected.mode === 'k8s') want.push([expected.account, expected.namespace]);
+  if (peers === 'k8s' && !(expected.mode === 'k8s' && expected.namespace === expected.releaseNamespace))
+    want.push([`${expected.account}-peers`, expected.releaseNamespace]);
+  if (want.length === 0) {
     expect(objs.filter((o) => rbacKinds.includes(o.kind))).toEqual([]);
     expect(pod.automountServiceAccountToken).toBe(false);
     return;
@@ -156,23 +167,20 @@ export function checkRbac(
   expect(pod.automountServiceAccountToken).toBe(true);
   expect(objs.filter((o) => o.kind === 'ClusterRole' || o.kind === 'ClusterRoleBinding')).toEqual([]);
   const roles = ofKind(objs, 'Role');
-  expect(roles.map((r) => [r.metadata.name, r.metadata.namespace])).toEqual([
-    [expected.account, expected.namespace],
-  ]);
-  expect(roles[0]!.rules).toEqual([
-    { apiGroups: ['discovery.k8s.io'], resources: ['endpointslices'], verbs: ['get', 'list', 'watch'] },
-  ]);
+  expect(roles.map((r) => [r.metadata.name, r.metadata.namespace])).toEqual(want);
+  for (const r of roles) {
+    expect(r.rules).toEqual([
+      { apiGroups: ['discovery.k8s.io'], resources: ['endpointslices'], verbs: ['get', 'list', 'watch'] },
+    ]);
+  }
   const bindings = ofKind(objs, 'RoleBinding');
-  expect(bindings).toHaveLength(1);
-  expect(bindings[0]!.metadata.namespace).toBe(expected.namespace);
-  expect(bindings[0]!.roleRef).toEqual({
-    apiGroup: 'rbac.authorization.k8s.io',
-    kind: 'Role',
-    name: expected.account,
-  });
-  expect(bindings[0]!.subjects).toEqual([
-    { kind: 'ServiceAccount', name: expected.account, namespace: expected.releaseNamespace },
-  ]);
+  expect(bindings.map((b) => [b.metadata.name, b.metadata.namespace])).toEqual(want);
+  for (const [i, b] of bindings.entries()) {
+    expect(b.roleRef).toEqual({ apiGroup: 'rbac.authorization.k8s.io', kind: 'Role', name: want[i]![0] });
+    expect(b.subjects).toEqual([
+      { kind: 'ServiceAccount', name: expected.account, namespace: expected.releaseNamespace },
+    ]);
+  }
   // Only the proxy runs with that account; any other pod has no token (the bundled JVBs).
   for (const d of ofKind(objs, 'Deployment').filter((x) => x !== proxy)) {
     expect(d.spec.template.spec.serviceAccountName).toBeUndefined();
@@ -258,10 +266,14 @@ export function checkProxy(objs: Obj[], name: string): Map<string, string> {
   checkWorkersAgreeWithCpu(flags.get('workers') ?? '1', c.resources);
   const listenPort = Number(flags.get('listen')!.split(':').at(-1));
   const adminPort = Number(flags.get('admin')!.split(':').at(-1));
+  const peerPort = flags.get('peer-port');
   expect(c.ports).toEqual([
     { name: 'media', containerPort: listenPort, protocol: 'UDP' },
     { name: 'admin', containerPort: adminPort, protocol: 'TCP' },
+    // With peers (docs/peers.md): worker 0's peer port, never on the public Service below.
+    ...(peerPort === undefined ? [] : [{ name: 'peer', containerPort: Number(peerPort), protocol: 'UDP' }]),
   ]);
+  if (flags.has('peers')) expect(flags.get('pod-ip')).toBe('$(POD_IP)');
 
   const selector = dep.spec.selector.matchLabels;
   expect(dep.spec.template.metadata.labels).toMatchObject(selector);

@@ -34,16 +34,20 @@ const PKG = JSON.parse(readFileSync(join(REPO, 'package.json'), 'utf8')) as { ve
 const jitsiValues = parse(readFileSync(JITSI_VALUES, 'utf8'));
 
 /** The value sets the chart is rendered with; each is a user's realistic choice. */
-const VALUE_SETS: Record<string, RenderOptions & { mode: string }> = {
-  defaults: { mode: 'k8s' },
-  'Jitsi (jitsi-helm) with strict prefix': { mode: 'k8s', values: [JITSI_VALUES] },
-  workers: { mode: 'k8s', values: [ciValues('workers')] },
-  'kernel fast path': { mode: 'k8s', values: [ciValues('fast-path')] },
-  'Jitsi with the kernel fast path': { mode: 'k8s', values: [JITSI_VALUES, ciValues('fast-path')] },
-  'monitoring off': { mode: 'k8s', values: [ciValues('monitoring-off')] },
-  'DNS discovery': { mode: 'dns', values: [ciValues('dns')] },
-  'static discovery': { mode: 'static', values: [ciValues('static')] },
-  'bundled videobridges': { mode: 'k8s', values: [ciValues('videobridge')] },
+const VALUE_SETS: Record<string, RenderOptions & { mode: string; peers: string }> = {
+  defaults: { mode: 'k8s', peers: 'k8s' },
+  'Jitsi (jitsi-helm) with strict prefix': { mode: 'k8s', peers: 'k8s', values: [JITSI_VALUES] },
+  workers: { mode: 'k8s', peers: 'k8s', values: [ciValues('workers')] },
+  'kernel fast path': { mode: 'k8s', peers: 'k8s', values: [ciValues('fast-path')] },
+  'Jitsi with the kernel fast path': {
+    mode: 'k8s',
+    peers: 'k8s',
+    values: [JITSI_VALUES, ciValues('fast-path')],
+  },
+  'monitoring off': { mode: 'k8s', peers: 'k8s', values: [ciValues('monitoring-off')] },
+  'DNS discovery': { mode: 'dns', peers: 'dns', values: [ciValues('dns')] },
+  'static discovery': { mode: 'static', peers: 'off', values: [ciValues('static')] },
+  'bundled videobridges': { mode: 'k8s', peers: 'k8s', values: [ciValues('videobridge')] },
 };
 
 const POD_FIELDS = { 'status.podIP': '10.4.2.17', 'metadata.name': 'ice-ingress-7d9f-abcde' };
@@ -73,6 +77,7 @@ describe(`deploy/helm/ice-ingress with ${helmVersion() || 'helm (not found)'}`, 
       expect(flags.get('discovery')).toBe(set.mode);
       checkRbac(objs, {
         mode: set.mode,
+        peers: set.peers,
         namespace: 'jitsi',
         releaseNamespace: 'jitsi',
         account: 'ice-ingress',
@@ -204,7 +209,15 @@ describe(`deploy/helm/ice-ingress with ${helmVersion() || 'helm (not found)'}`, 
 
   it('RBAC follows the Service’s namespace: the Role and its binding there, the account in the release’s', () => {
     const objs = render({ set: ['discovery.k8s.namespace=media'] });
+    // And the peers' Role in the release's namespace, where the proxy's own Service is.
     checkRbac(objs, { mode: 'k8s', namespace: 'media', releaseNamespace: 'jitsi', account: 'ice-ingress' });
+    checkRbac(render({ set: ['discovery.k8s.namespace=media', 'peers.mode=off'] }), {
+      mode: 'k8s',
+      peers: 'off',
+      namespace: 'media',
+      releaseNamespace: 'jitsi',
+      account: 'ice-ingress',
+    });
     expect(proxyContainer(objs).args).toContain('--namespace=media');
     // The checks can fail: the same objects do not pass as another mode's or namespace's.
     expect(() =>
@@ -213,6 +226,32 @@ describe(`deploy/helm/ice-ingress with ${helmVersion() || 'helm (not found)'}`, 
     expect(() =>
       checkRbac(objs, { mode: 'dns', namespace: 'media', releaseNamespace: 'jitsi', account: 'ice-ingress' }),
     ).toThrow();
+  });
+
+  it('peers (docs/peers.md): the peer port pod to pod only, the pod IP from the downward API, a headless Service for dns', () => {
+    const objs = render({ set: ['networkPolicy.enabled=true'] });
+    const c = proxyContainer(objs);
+    expect(c.args).toContain('--peers=k8s:ice-ingress');
+    expect(c.args).toContain('--pod-ip=$(POD_IP)');
+    expect(c.env).toContainEqual({ name: 'POD_IP', valueFrom: { fieldRef: { fieldPath: 'status.podIP' } } });
+    expect(c.ports).toContainEqual({ name: 'peer', containerPort: 10001, protocol: 'UDP' });
+    // Never in the LoadBalancer Service.
+    expect(one(objs, 'Service', 'ice-ingress').spec.ports.map((p: Manifest) => p.port)).toEqual([10000]);
+    // The NetworkPolicy admits the peer ports (one per worker) from the proxy pods only.
+    const np = one(objs, 'NetworkPolicy', 'ice-ingress');
+    const peerRule = np.spec.ingress.find((r: Manifest) => r.ports[0].port === 10001);
+    expect(peerRule).toEqual({
+      ports: [{ port: 10001, endPort: 10032, protocol: 'UDP' }],
+      from: [{ podSelector: { matchLabels: one(objs, 'Service', 'ice-ingress').spec.selector } }],
+    });
+    const dns = render({ set: ['peers.mode=dns'] });
+    const svc = one(dns, 'Service', 'ice-ingress-peers');
+    expect(svc.spec).toMatchObject({ clusterIP: 'None', publishNotReadyAddresses: true });
+    expect(svc.spec.selector).toEqual(one(dns, 'Service', 'ice-ingress').spec.selector);
+    expect(proxyContainer(dns).args).toContain('--peers=dns:ice-ingress-peers.jitsi.svc.cluster.local');
+    const off = proxyContainer(render({ set: ['peers.mode=off'] }));
+    expect(off.args.filter((a: string) => a.startsWith('--peer') || a.startsWith('--pod-ip'))).toEqual([]);
+    expect(off.env).toBeUndefined();
   });
 
   it('every value marked "CLI: --flag" reaches that flag', () => {
@@ -236,8 +275,18 @@ describe(`deploy/helm/ice-ingress with ${helmVersion() || 'helm (not found)'}`, 
       'drainTimeout=2m',
       'logLevel=debug',
       'workers=2',
+      'peers.port=11001',
+      'peers.timeout=300ms',
+      'peers.queryRate=3456',
+      'peers.negativeTtl=3s',
     ];
     const expected = {
+      peers: 'k8s:ice-ingress',
+      'peer-port': '11001',
+      'pod-ip': '$(POD_IP)',
+      'peer-timeout': '300ms',
+      'peer-query-rate': '3456',
+      'peer-negative-ttl': '3s',
       listen: '0.0.0.0:10001',
       admin: '0.0.0.0:9091',
       'strict-prefix': 'true',
@@ -294,11 +343,14 @@ describe(`deploy/helm/ice-ingress with ${helmVersion() || 'helm (not found)'}`, 
         'discovery.static.backends={a=10.0.0.5:10000,b=10.0.0.6:10000}',
       ]),
     ).toEqual({ ...expected, discovery: 'static', backends: 'a=10.0.0.5:10000,b=10.0.0.6:10000' });
-    // The pod's grace period follows the drain: 2m + the 10 s margin.
+    // The pod's grace period follows the drain: 2m + the 30 s margin; by default 1 h + 30 s.
     expect(
       one(render({ set: common }), 'Deployment', 'ice-ingress').spec.template.spec
         .terminationGracePeriodSeconds,
-    ).toBe(130);
+    ).toBe(150);
+    expect(one(render(), 'Deployment', 'ice-ingress').spec.template.spec.terminationGracePeriodSeconds).toBe(
+      3630,
+    );
   });
 
   it('Jitsi: the proxy watches a headless Service that selects exactly jitsi-helm’s JVB pods, strict prefix on', () => {
@@ -444,13 +496,16 @@ describe(`deploy/helm/ice-ingress with ${helmVersion() || 'helm (not found)'}`, 
       { port: 53, protocol: 'UDP' },
       { port: 53, protocol: 'TCP' },
       { port: 10000, protocol: 'UDP' },
+      // DNS peers (the chart's headless peer Service): the other proxy pods' peer ports.
+      { port: 10001, endPort: 10032, protocol: 'UDP' },
     ]);
     const stat = render({ values: [ciValues('static')] });
     expect(proxyContainer(stat).args).toContain('--backends=jvb-0=10.0.0.5:10000,jvb-1=10.0.0.6:10000');
     expect(ofKind(stat, 'HorizontalPodAutoscaler')).toEqual([]);
     expect(one(stat, 'Deployment', 'ice-ingress').spec.replicas).toBe(3);
-    // Headless discovery Services are for discovery k8s only.
+    // Headless discovery Services are for discovery k8s only; the peer Service for peers dns.
     expect([...dns, ...stat].filter((o) => o.kind === 'Service').map((o) => o.metadata.name)).toEqual([
+      'ice-ingress-peers',
       'ice-ingress',
       'ice-ingress',
     ]);
@@ -461,8 +516,12 @@ describe(`deploy/helm/ice-ingress with ${helmVersion() || 'helm (not found)'}`, 
     const np = one(objs, 'NetworkPolicy', 'ice-ingress');
     const dep = one(objs, 'Deployment', 'ice-ingress');
     expect(np.spec.podSelector.matchLabels).toEqual(dep.spec.selector.matchLabels);
+    const peers = [{ podSelector: { matchLabels: dep.spec.selector.matchLabels } }];
+    const peerPorts = [{ port: 10001, endPort: 10032, protocol: 'UDP' }];
     expect(np.spec.ingress).toEqual([
       { ports: [{ port: 'media', protocol: 'UDP' }] },
+      // The peer ports (docs/peers.md): from the proxy pods only.
+      { ports: peerPorts, from: peers },
       { ports: [{ port: 'admin', protocol: 'TCP' }], from: [{ podSelector: {} }] },
     ]);
     const jvb = one(objs, 'Deployment', 'ice-ingress-jvb');
@@ -482,6 +541,7 @@ describe(`deploy/helm/ice-ingress with ${helmVersion() || 'helm (not found)'}`, 
           },
         ],
       },
+      { ports: peerPorts, to: peers },
       { to: [{ ipBlock: { cidr: '10.0.0.1/32' } }], ports: [{ port: 443, protocol: 'TCP' }] },
     ]);
     // Egress with discovery k8s and no API server address would cut the watch: refused.

@@ -81,6 +81,28 @@ parseDuration): the grace period must outlast the drain.
 {{- mulf $n $scale | ceil | int }}
 {{- end }}
 
+{{/* The headless Service that lists the proxy pods for peers.mode dns. */}}
+{{- define "ice-ingress.peersServiceName" -}}
+{{- printf "%s-peers" (include "ice-ingress.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+--peers (docs/peers.md): the EndpointSlices of the release's own Service (k8s), or the name of
+the headless peer Service (dns; fully qualified: the proxy resolves it as given).
+*/}}
+{{- define "ice-ingress.peersFlag" -}}
+{{- if eq .Values.peers.mode "k8s" }}
+{{- printf "k8s:%s" (include "ice-ingress.fullname" .) }}
+{{- else }}
+{{- printf "dns:%s.%s.svc.%s" (include "ice-ingress.peersServiceName" .) .Release.Namespace .Values.peers.clusterDomain }}
+{{- end }}
+{{- end }}
+
+{{/* The proxy talks to the API server: discovery k8s, or peers k8s. */}}
+{{- define "ice-ingress.apiClient" -}}
+{{- or (eq .Values.discovery.mode "k8s") (eq .Values.peers.mode "k8s") }}
+{{- end }}
+
 {{/*
 The proxy's flags (src/config.ts OPTIONS), one per value marked "CLI:" in values.yaml. Only the
 chosen discovery mode's flags are given.
@@ -128,6 +150,14 @@ chosen discovery mode's flags are given.
 - --workers={{ $v.workers }}
 {{- if $v.fastPath.enabled }}
 - --fast-path=nftables
+{{- end }}
+{{- if ne $v.peers.mode "off" }}
+- --peers={{ include "ice-ingress.peersFlag" . }}
+- --peer-port={{ int64 $v.peers.port }}
+- --pod-ip=$(POD_IP)
+- --peer-timeout={{ $v.peers.timeout }}
+- --peer-query-rate={{ int64 $v.peers.queryRate }}
+- --peer-negative-ttl={{ $v.peers.negativeTtl }}
 {{- end }}
 {{- range $v.extraArgs }}
 - {{ . }}
