@@ -42,6 +42,12 @@ describe('deploy/helm/ice-ingress/files: dashboard and alerts', () => {
       'ice_ingress_discovery_backends',
       'nodejs_eventloop_lag_p99_seconds',
       'process_cpu_seconds_total',
+      // docs/peers.md
+      'ice_ingress_peers',
+      'ice_ingress_peer_queries_total',
+      'ice_ingress_peer_handoffs_total',
+      'ice_ingress_peer_tunnel_packets_total',
+      'ice_ingress_peer_tunnels',
     ]) {
       expect(all, m).toContain(m);
     }
@@ -57,6 +63,7 @@ describe('deploy/helm/ice-ingress/files: dashboard and alerts', () => {
       'IceIngressSlowRouting',
       'IceIngressEventLoopLag',
       'IceIngressCpuSaturated',
+      'IceIngressPeerSilent',
     ]);
     for (const a of alerts()) {
       expect(a.labels?.severity, a.alert).toMatch(/^(critical|warning|info)$/);

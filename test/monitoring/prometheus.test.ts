@@ -188,6 +188,10 @@ beforeAll(async () => {
     `--upstream-ports=${upstreamBase}-${upstreamBase + 499}`,
     `--backends=jvb-a=${prefixed.address}:${prefixed.port},jvb-b=${plain.address}:${plain.port}`,
     '--probe-timeout=300ms',
+    // Peers (docs/peers.md): the replica alone in its list, so every peer series exists and none
+    // is silent (IceIngressPeerSilent stays quiet).
+    `--peer-port=${upstreamBase + 600}`,
+    `--peers=127.0.0.1:${upstreamBase + 600}`,
   ]);
   const proxy = { address: '127.0.0.1', port: listen };
 
