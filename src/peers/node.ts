@@ -77,6 +77,7 @@ export class PeerNode<S extends object> implements PeerRouting {
   readonly #query: Query = { slot: 0, gen: 0, address: '', port: 0, username: undefined };
   readonly #answer: Answer = { slot: 0, gen: 0, owned: Owned.None, ownerSlot: 0, ownerGen: 0 };
   readonly #ownPort: number;
+  #swept = Number.NEGATIVE_INFINITY;
 
   constructor(o: PeerNodeOptions<S>) {
     const counters = this.counters;
@@ -155,9 +156,14 @@ export class PeerNode<S extends object> implements PeerRouting {
     this.receiver.tick(now);
   }
 
-  /** Heartbeats, silent peers, idle tunnels (call every few hundred ms). */
+  /**
+   * Heartbeats and silent peers (call every few hundred ms); idle tunnels once a second (a walk of
+   * the tunnel tables, for timeouts counted in seconds).
+   */
   sweep(now: number): void {
     this.set.heartbeat(now);
+    if (now - this.#swept < 1000) return;
+    this.#swept = now;
     this.receiver.sweep(now);
     this.owner.sweep(now);
   }

@@ -100,11 +100,10 @@ export class PeerSet {
     this.#o = o;
   }
 
-  /** Peers that a query round waits for (not silent). */
-  get waited(): number {
-    let n = 0;
-    for (const p of this.peers) if (p.waited) n++;
-    return n;
+  /** Whether a query round would wait for anyone (a peer not silent): asked per unknown flow. */
+  get anyWaited(): boolean {
+    for (const p of this.peers) if (p.waited) return true;
+    return false;
   }
 
   /** Known peers by state: [unknown, ready, draining, silent]. */

@@ -172,7 +172,7 @@ export class PeerReceiver {
   ask(buf: Buffer, address: string, port: number, view: UsernameView | undefined): boolean {
     const o = this.#o;
     const c = o.counters;
-    if (o.peers.waited === 0) {
+    if (!o.peers.anyWaited) {
       c.skipped[QuerySkip.NoPeers]!++;
       return false;
     }
