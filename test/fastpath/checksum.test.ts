@@ -9,61 +9,26 @@
 import { describe, expect, it } from 'vitest';
 import { carrierWords, onesSum } from '../../src/fastpath/checksum.ts';
 import { addFlowLines, type KernelFlow } from '../../src/fastpath/nft-script.ts';
+import {
+  addrText,
+  complete,
+  datagram,
+  ip4,
+  natFlow,
+  neg,
+  put16,
+  randomFlow,
+  rng,
+  rtpPayload,
+  sum,
+  u16,
+  valid,
+} from './ipv4-udp.ts';
 
-/** RFC 1071 sum of a byte range, folded (written here again, independent of checksum.ts). */
-function sum(b: Uint8Array, from = 0, to = b.length, start = 0): number {
-  let s = start;
-  for (let i = from; i < to; i += 2) s += (b[i]! << 8) | (i + 1 < to ? b[i + 1]! : 0);
-  while (s > 0xffff) s = (s & 0xffff) + (s >>> 16);
-  return s;
-}
 const add = (a: number, b: number): number => {
   const s = a + b;
   return (s & 0xffff) + (s >>> 16);
 };
-const neg = (a: number): number => ~a & 0xffff;
-
-const ip4 = (a: string): number[] => a.split('.').map(Number);
-const u16 = (b: Uint8Array, o: number): number => (b[o]! << 8) | b[o + 1]!;
-const put16 = (b: Uint8Array, o: number, v: number): void => {
-  b[o] = v >> 8;
-  b[o + 1] = v & 0xff;
-};
-const addrText = (b: Uint8Array, o: number): string => [...b.subarray(o, o + 4)].join('.');
-
-/** The UDP pseudo-header's sum (RFC 768) for the datagram as it is now. */
-function pseudoSum(d: Uint8Array): number {
-  const p = new Uint8Array(12);
-  p.set(d.subarray(12, 20), 0);
-  p[9] = 17;
-  p.set(d.subarray(24, 26), 10);
-  return sum(p);
-}
-
-/** An IPv4/UDP datagram (no options) with valid checksums; `partial`: the UDP field is the seed. */
-function datagram(
-  src: [string, number],
-  dst: [string, number],
-  payload: number[],
-  partial: boolean,
-): Uint8Array {
-  const d = new Uint8Array(28 + payload.length);
-  d.set([0x45, 0xb8], 0); // DSCP EF, as WebRTC audio may carry
-  put16(d, 2, d.length);
-  put16(d, 4, 0x1c2d);
-  d.set([0x40, 0, 63, 17], 6);
-  d.set(ip4(src[0]), 12);
-  d.set(ip4(dst[0]), 16);
-  put16(d, 10, neg(sum(d, 0, 20)));
-  put16(d, 20, src[1]);
-  put16(d, 22, dst[1]);
-  put16(d, 24, 8 + payload.length);
-  d.set(payload, 28);
-  if (partial) put16(d, 26, pseudoSum(d));
-  else put16(d, 26, neg(sum(d, 20, d.length, pseudoSum(d))) || 0xffff);
-  return d;
-}
-
 /** What the kernel does for one statement of a flow chain (the forms nft-script.ts emits). */
 function apply(d: Uint8Array, stmt: string, partial: boolean): void {
   const raw = /^@(nh|th),(\d+),(\d+) set 0x([0-9a-f]+)$/.exec(stmt);
@@ -92,15 +57,6 @@ function apply(d: Uint8Array, stmt: string, partial: boolean): void {
   d.set(bytes, at);
 }
 
-/** The device completing a CHECKSUM_PARTIAL datagram: the sum over the UDP part, seed included. */
-function complete(d: Uint8Array): void {
-  put16(d, 26, neg(sum(d, 20, d.length)) || 0xffff);
-}
-
-function valid(d: Uint8Array): { ip: boolean; udp: boolean } {
-  return { ip: sum(d, 0, 20) === 0xffff, udp: sum(d, 20, d.length, pseudoSum(d)) === 0xffff };
-}
-
 /** The statements between the counter and `fwd` of a chain line. */
 function statements(chainLine: string): string[] {
   const body = /\{ (.*); \}$/.exec(chainLine)![1]!;
@@ -109,19 +65,6 @@ function statements(chainLine: string): string[] {
 
 const LISTEN = { address: '198.18.0.1', port: 10000 };
 const hop = { via: '10.77.0.1', dev: 'eth1' };
-
-/** A small deterministic generator (xorshift32): the same flows on every run. */
-function rng(seed: number): () => number {
-  let x = seed;
-  return () => {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    return (x >>> 0) / 2 ** 32;
-  };
-}
-const octet = (r: () => number): number => Math.floor(r() * 256);
-const addr = (r: () => number): string => [octet(r), octet(r), octet(r), octet(r)].join('.');
 
 function forward(f: KernelFlow, partial: boolean, payload: number[]) {
   const [up, down] = addFlowLines(f, 1, LISTEN);
@@ -151,16 +94,8 @@ describe('checksums after the kernel path rewrites', () => {
     it(`2000 random flows, both directions, backends on the listening port and off it${partial ? ' (CHECKSUM_PARTIAL)' : ''}`, () => {
       const r = rng(partial ? 7 : 11);
       for (let i = 0; i < 2000; i++) {
-        const f: KernelFlow = {
-          client: { address: addr(r), port: 1 + Math.floor(r() * 65535) },
-          backend: { address: addr(r), port: i % 2 === 0 ? LISTEN.port : 1 + Math.floor(r() * 65535) },
-          upstreamPort: 16384 + Math.floor(r() * 16384),
-          source: addr(r),
-          toBackend: hop,
-          toClient: hop,
-        };
-        const payload = Array.from({ length: 1 + Math.floor(r() * 60) }, () => octet(r));
-        payload[0] = 0x80;
+        const f = randomFlow(r, i, LISTEN.port, hop);
+        const payload = rtpPayload(r);
         const { toBackend, toClient } = forward(f, partial, payload);
         // What the backend and the client receive: addressed as Node's sockets would have sent it.
         expect([
@@ -182,14 +117,7 @@ describe('checksums after the kernel path rewrites', () => {
   }
 
   it('one raw write and one checksummed write per changing pair (two checksummed writes per direction at most)', () => {
-    const f: KernelFlow = {
-      client: { address: '203.0.113.7', port: 40000 },
-      backend: { address: '10.77.2.11', port: 10000 },
-      upstreamPort: 16384,
-      source: '10.77.2.1',
-      toBackend: hop,
-      toClient: hop,
-    };
+    const f = natFlow(hop);
     const { up, down } = forward(f, false, [0x80, 1, 2, 3]);
     expect(statements(up)).toHaveLength(3);
     expect(statements(down)).toHaveLength(3);
