@@ -1,5 +1,4 @@
 import { describe, expect, it } from 'vitest';
-import type { FastPathHost } from '../../src/defs/interfaces.ts';
 import type { KernelCounts } from '../../src/defs/kernel-counts.ts';
 import { NftFastPath } from '../../src/fastpath/fast-path.ts';
 import { KernelTable } from '../../src/fastpath/kernel-table.ts';
@@ -12,11 +11,11 @@ import {
   deleteOwnedLines,
   deleteTableScript,
   type KernelFlow,
-  type NextHop,
   tableScript,
 } from '../../src/fastpath/nft-script.ts';
 import { createLogger } from '../../src/log.ts';
-import { ClientEndpoint, Session, SessionState } from '../../src/session/session.ts';
+import { ClientEndpoint } from '../../src/session/session.ts';
+import { Host, Routes, SOURCE, Sources, session } from './fakes.ts';
 
 /**
  * The orchestration around the pure plan, with `nft` replaced by a model of the table that keeps
@@ -175,9 +174,6 @@ class FakeNft implements Nft {
   }
 }
 
-/** The upstream source address every test backend gets (Sources below). */
-const SOURCE = '10.77.2.1';
-
 /** The whole 4-tuple key of an element: upstream to the listening address, downstream to SOURCE. */
 function flowKey(dir: 'up' | 'down', key: string): string {
   const p = key.split('|');
@@ -276,80 +272,6 @@ function clone(s: State): State {
     flows: new Map([...s.flows].map(([k, e]) => [k, { ...e }])),
     counters: new Map([...s.counters].map(([k, c]) => [k, { ...c }])),
   };
-}
-
-class Host implements FastPathHost {
-  readonly touched: Array<[number, number]> = [];
-  readonly counts = new Map<number, KernelCounts>();
-  touch(s: Session, now: number): void {
-    this.touched.push([s.id, now]);
-  }
-  addKernelCounts(s: Session, c: KernelCounts): void {
-    const t = this.counts.get(s.id) ?? { packetsUp: 0, bytesUp: 0, packetsDown: 0, bytesDown: 0 };
-    t.packetsUp += c.packetsUp;
-    t.bytesUp += c.bytesUp;
-    t.packetsDown += c.packetsDown;
-    t.bytesDown += c.bytesDown;
-    this.counts.set(s.id, t);
-  }
-}
-
-/** Upstream source addresses: known once resolved; `unreachable` ones fail to resolve. */
-class Sources {
-  readonly known = new Map<string, string>();
-  readonly resolved: string[] = [];
-  readonly unreachable = new Set<string>();
-  get(a: string): string | undefined {
-    return this.known.get(a);
-  }
-  async resolve(a: string): Promise<string> {
-    this.resolved.push(a);
-    if (this.unreachable.has(a)) throw new Error('connect ENETUNREACH');
-    this.known.set(a, '10.77.2.1');
-    return '10.77.2.1';
-  }
-}
-
-/** The namespace's routes: `next` becomes what get() answers only at refresh(), as with the file. */
-class Routes {
-  refreshes = 0;
-  next = (a: string): NextHop | undefined => {
-    if (a.startsWith('10.77.')) return { via: a, dev: 'eth1' };
-    if (a.startsWith('198.18.')) return { via: '198.18.0.254', dev: 'eth0' };
-    return undefined;
-  };
-  #current: (a: string) => NextHop | undefined = () => undefined;
-  async refresh(): Promise<void> {
-    this.refreshes++;
-    this.#current = this.next;
-  }
-  get(a: string): NextHop | undefined {
-    return this.#current(a);
-  }
-}
-
-let id = 1;
-function session(
-  clientPort: number,
-  upstreamPort: number,
-  client = '198.18.0.2',
-  backend = '10.77.2.11',
-): Session {
-  const up = { localPort: upstreamPort, sendTo() {}, send() {}, connect() {}, close() {} };
-  const s = new Session(
-    id++,
-    's:c',
-    1,
-    { username: 1, serverUfrag: 2 },
-    upstreamPort,
-    { address: client, port: clientPort },
-    0,
-  );
-  s.upstream = up;
-  s.state = SessionState.Established;
-  s.backend = { name: 'b', address: backend, port: 10000 } as Session['backend'];
-  s.endpoints.push(s.current);
-  return s;
 }
 
 /** The flow of a session() with the default routes and sources. */
