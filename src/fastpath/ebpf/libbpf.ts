@@ -80,8 +80,18 @@ export function errnoText(rc: number): string {
 
 type Fn = (...args: unknown[]) => unknown;
 
-/** Binds libbpf and libc through koffi. Throws (with the loader's message) when either is missing. */
+let bound: Libbpf | undefined;
+
+/**
+ * Binds libbpf and libc through koffi, once per thread (koffi's type names are per thread).
+ * Throws (with the loader's message) when either is missing.
+ */
 export function openLibbpf(): Libbpf {
+  bound ??= bind();
+  return bound;
+}
+
+function bind(): Libbpf {
   const require = createRequire(import.meta.url);
   const koffi = require('koffi') as typeof import('koffi');
   const bpf = koffi.load('libbpf.so.1');
