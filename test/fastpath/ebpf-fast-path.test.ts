@@ -294,6 +294,15 @@ describe('EbpfFastPath', () => {
     expect(fp.kernelSessions).toBe(0);
   });
 
+  it('a next hop on an interface that is gone (no index) keeps the session in Node', async () => {
+    const { maps, fp, routes } = await setup();
+    routes.next = (a) => ({ via: a, dev: 'gone0' });
+    await routes.refresh();
+    fp.established(session(40000, 16384));
+    expect(maps.flows.size).toBe(0);
+    expect(fp.kernelSessions).toBe(0);
+  });
+
   it('a failed map update leaves nothing of the session in the kernel; it stays in Node', async () => {
     const { maps, fp } = await setup();
     maps.failPuts = 1;

@@ -1,7 +1,13 @@
 // The eBPF path's start-up check names everything that is missing, in one line.
+import { resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { Libbpf } from '../../src/fastpath/ebpf/libbpf.ts';
-import { checkEbpf, type EbpfProbes, EbpfUnavailable } from '../../src/fastpath/ebpf/preflight.ts';
+import {
+  checkEbpf,
+  defaultObjectPath,
+  type EbpfProbes,
+  EbpfUnavailable,
+} from '../../src/fastpath/ebpf/preflight.ts';
 
 /** CapEff with the given capability bits set. */
 const status = (...bits: number[]): string =>
@@ -52,5 +58,9 @@ describe('eBPF preflight', () => {
     expect(await checkEbpf(probes({ caps: [39] }), '/x.o')).toEqual([
       'no CAP_NET_ADMIN (grant the NET_ADMIN capability)',
     ]);
+  });
+
+  it('the object is looked for where npm run build:bpf writes it, at the package root', () => {
+    expect(defaultObjectPath()).toBe(resolve(import.meta.dirname, '../../build/bpf/ice_ingress.bpf.o'));
   });
 });
