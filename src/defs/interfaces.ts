@@ -215,8 +215,11 @@ export interface FlowListener {
 
 /** What the kernel fast path asks of the data path (for sessions it heard of as a listener). */
 export interface FastPathHost {
-  /** The kernel forwarded client datagrams of `s`: refresh its idle clock. */
-  touch(s: FlowSession, now: number): void;
+  /**
+   * The kernel forwarded client datagrams of `s`, the last at `at` (the fast path's clock):
+   * refresh its idle clock, never back in time.
+   */
+  touch(s: FlowSession, at: number): void;
   /** Datagrams and UDP payload bytes the kernel forwarded for `s` since the last call. */
   addKernelCounts(s: FlowSession, c: KernelCounts): void;
 }

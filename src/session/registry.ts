@@ -335,10 +335,14 @@ export class SessionRegistry {
     s.bytesDown += bytes;
   }
 
-  /** The kernel fast path forwarded client datagrams of `s` (docs/fast-path.md): it is not idle. */
-  touch(s: Session, now: number): void {
-    s.lastClientAt = now;
-    s.current.lastSeen = now;
+  /**
+   * The kernel fast path forwarded client datagrams of `s` (docs/fast-path.md), the last at `at`:
+   * it is not idle. Never back in time: Node may have seen a later datagram of the client (a
+   * consent check) than the kernel's last (the eBPF path reports the kernel's own time).
+   */
+  touch(s: Session, at: number): void {
+    if (at > s.lastClientAt) s.lastClientAt = at;
+    if (at > s.current.lastSeen) s.current.lastSeen = at;
   }
 
   /** Datagrams and bytes the kernel fast path forwarded for `s`, for its close log. */

@@ -860,6 +860,24 @@ describe('sessions over time', () => {
     expect(r.transport.violations).toEqual([]);
   });
 
+  it('the kernel fast path keeps a session from idling (touch), and an older kernel time never moves its idle clock back', () => {
+    const r = rig();
+    const e = established(r, r.backends[0]!, A);
+    const s = [...r.datapath.sessions].find((x) => x.id === e.id)!;
+    r.tick(50_000);
+    // Kernel-forwarded media at t=50 s (Node saw nothing since the check).
+    r.datapath.touch(s, r.clock.now);
+    r.tick(50_000); // 50 s after the kernel's last datagram: within the 60 s idle timeout
+    expect(r.datapath.size).toBe(1);
+    // A later read reporting an earlier kernel time changes nothing.
+    r.datapath.touch(s, r.clock.now - 90_000);
+    r.tick(9_000);
+    expect(r.datapath.size).toBe(1);
+    r.tick(2_000); // 61 s after the last datagram
+    expect(r.datapath.size).toBe(0);
+    expect(closedBy(r, 'idle')).toBe(1);
+  });
+
   it("a listener with counts still to add (the kernel fast path) holds the session's close log until they are in", async () => {
     const lines: Array<Record<string, unknown>> = [];
     const log = pino({ level: 'info' }, { write: (m: string) => lines.push(JSON.parse(m)) });
