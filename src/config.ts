@@ -19,7 +19,7 @@ export interface HostPort {
 }
 
 export type DiscoveryKind = 'static' | 'k8s' | 'dns';
-export type FastPathKind = 'off' | 'nftables';
+export type FastPathKind = 'off' | 'nftables' | 'ebpf';
 
 /** Every setting; the data path's own options are a part of it, passed through as they are. */
 export interface Config extends DatapathOptions {
@@ -185,9 +185,9 @@ export const OPTIONS: readonly OptionSpec[] = [
   },
   {
     flag: 'fast-path',
-    arg: 'off|nftables',
+    arg: 'off|nftables|ebpf',
     def: 'off',
-    help: 'forward established media in the kernel (needs NET_ADMIN and nft; --listen with a specific IPv4 address)',
+    help: 'forward established media in the kernel: nftables (needs NET_ADMIN and nft) or ebpf (needs BPF, NET_ADMIN, libbpf and the built program); both need --listen with a specific IPv4 address',
   },
   { flag: 'log-level', arg: 'LEVEL', def: 'info', help: 'fatal|error|warn|info|debug|trace|silent' },
   {
@@ -360,14 +360,15 @@ export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Pa
     return v === 'true';
   };
   const fastPath = raw('fast-path').value as FastPathKind;
-  if (fastPath !== 'off' && fastPath !== 'nftables') bad('fast-path', 'expected off or nftables');
-  if (fastPath === 'nftables' && isIP(listen.host) !== 4) {
+  if (fastPath !== 'off' && fastPath !== 'nftables' && fastPath !== 'ebpf')
+    bad('fast-path', 'expected off, nftables or ebpf');
+  else if (fastPath !== 'off' && isIP(listen.host) !== 4) {
     problems.push(
-      `--fast-path nftables: needs --listen with an IPv4 address (got ${listen.host}); the kernel path is IPv4 only`,
+      `--fast-path ${fastPath}: needs --listen with an IPv4 address (got ${listen.host}); the kernel path is IPv4 only`,
     );
-  } else if (fastPath === 'nftables' && listen.host === '0.0.0.0') {
+  } else if (fastPath !== 'off' && listen.host === '0.0.0.0') {
     problems.push(
-      '--fast-path nftables: needs --listen with the specific address clients send to (e.g. the pod IP), not 0.0.0.0: the kernel rewrites replies to come from it',
+      `--fast-path ${fastPath}: needs --listen with the specific address clients send to (e.g. the pod IP), not 0.0.0.0: the kernel rewrites replies to come from it`,
     );
   }
   let workers: number | 'auto' = 'auto';

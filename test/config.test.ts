@@ -83,17 +83,22 @@ describe('parseConfig', () => {
     expect(p[0]).toMatch(/^--upstream-ports: .*10000/);
   });
 
-  it('takes --fast-path off|nftables; nftables needs a specific IPv4 listening address', () => {
+  it('takes --fast-path off|nftables|ebpf; both kernel paths need a specific IPv4 listening address', () => {
     const b = ['--backends', 'a=10.0.0.5:10000'];
     expect(run(b).fastPath).toBe('off');
     expect(run([...b, '--listen', '10.0.0.1:10000'], { ICE_INGRESS_FAST_PATH: 'nftables' }).fastPath).toBe(
       'nftables',
     );
-    expect(problems([...b, '--fast-path', 'ebpf'])).toEqual([
-      '--fast-path: expected off or nftables (got "ebpf")',
+    expect(run([...b, '--listen', '10.0.0.1:10000', '--fast-path', 'ebpf']).fastPath).toBe('ebpf');
+    expect(problems([...b, '--fast-path', 'xdp'])).toEqual([
+      '--fast-path: expected off, nftables or ebpf (got "xdp")',
     ]);
-    expect(problems([...b, '--fast-path', 'nftables'])[0]).toMatch(/^--fast-path nftables: .*not 0\.0\.0\.0/);
-    expect(problems([...b, '--fast-path', 'nftables', '--listen', '[::1]:10000'])[0]).toMatch(/IPv4 only/);
+    for (const kind of ['nftables', 'ebpf']) {
+      expect(problems([...b, '--fast-path', kind])[0]).toMatch(
+        new RegExp(`^--fast-path ${kind}: .*not 0\\.0\\.0\\.0`),
+      );
+      expect(problems([...b, '--fast-path', kind, '--listen', '[::1]:10000'])[0]).toMatch(/IPv4 only/);
+    }
   });
 
   it('answers --help and --version', () => {

@@ -224,6 +224,20 @@ export interface FastPathHost {
   addKernelCounts(s: FlowSession, c: KernelCounts): void;
 }
 
+/**
+ * The eBPF kernel path's maps as a data-path thread writes them (docs/fast-path.md, "eBPF"): the
+ * descriptors of the pod's loaded maps (threads share a process's descriptors, so they travel to
+ * worker threads as numbers) and the thread's own range of counter slots.
+ */
+export interface KernelMaps {
+  readonly flowsFd: number;
+  readonly countsFd: number;
+  /** Bytes of the counters array's values (what to map). */
+  readonly countsBytes: number;
+  /** This thread's counter slots: [first, first + count), two per session. */
+  readonly slots: { readonly first: number; readonly count: number };
+}
+
 /** What /metrics reads from the kernel fast path (one, or a pod's workers' summed). */
 export interface KernelPathSource {
   readonly totals: KernelCounts;

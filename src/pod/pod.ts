@@ -16,7 +16,15 @@ import type { Datapath } from '../datapath/datapath.ts';
 import { createDiscovery, type DiscoveryOptions } from '../discovery/index.ts';
 import { createPeerDiscovery } from '../discovery/peers.ts';
 import type { DiscoverySource } from '../discovery/types.ts';
-import type { NftFastPath } from '../fastpath/fast-path.ts';
+import { openLibbpf } from '../fastpath/ebpf/libbpf.ts';
+import {
+  checkEbpf,
+  defaultObjectPath,
+  EbpfUnavailable,
+  systemEbpfProbes,
+} from '../fastpath/ebpf/preflight.ts';
+import { EbpfProgram } from '../fastpath/ebpf/program.ts';
+import type { KernelPath } from '../fastpath/kernel-path.ts';
 import { KernelTable } from '../fastpath/kernel-table.ts';
 import { NftCommand } from '../fastpath/nft-runner.ts';
 import { checkFastPath, FastPathUnavailable, systemProbes } from '../fastpath/preflight.ts';
@@ -74,15 +82,17 @@ export interface ProxyHandle extends IngressHandle {
   readonly transport: UdpTransport;
   /** The upstream port range, when one is configured. */
   readonly ports: PortPool | undefined;
-  /** The kernel fast path, when `--fast-path nftables`. */
-  readonly fastPath: NftFastPath | undefined;
+  /** The kernel fast path, when `--fast-path nftables` or `ebpf`. */
+  readonly fastPath: KernelPath | undefined;
 }
 
 /** What the pod hands the plane it starts. */
 interface PodParts {
   readonly log: Logger;
-  /** The one nftables table, with the fast path on; created once the plane is bound. */
+  /** The one nftables table, with `--fast-path nftables`; created once the plane is bound. */
   readonly table: KernelTable | undefined;
+  /** The eBPF program and its maps, with `--fast-path ebpf`; loaded before the plane starts. */
+  readonly ebpf: EbpfProgram | undefined;
   readonly routing: Histogram<'outcome'>;
   readonly handover: Histogram;
   /** With `--peers`: this replica's instance id, and the query rounds' histogram (docs/peers.md). */
@@ -113,11 +123,12 @@ export function discoveryOptions(config: Config): DiscoveryOptions {
 export async function startIngress(config: Config, opts: StartOptions = {}): Promise<IngressHandle> {
   const n = resolveWorkers(config.workers);
   if (n <= 1) return startProxy(config, opts);
-  const { handle } = await startPod(config, opts, (parts) =>
+  const { handle } = await startPod(config, opts, n, (parts) =>
     startWorkerPool(config, n, {
       log: parts.log,
       workerEntry: opts.workerEntry ?? WORKER_ENTRY,
-      fastPath: parts.table !== undefined,
+      fastPath: parts.table !== undefined || parts.ebpf !== undefined,
+      ...(parts.ebpf === undefined ? {} : { ebpf: (worker: number) => parts.ebpf!.handles(worker) }),
       onRouted: (ms, outcome) => parts.routing.observe({ outcome }, ms / 1000),
       onHandover: (ms) => parts.handover.observe(ms / 1000),
       ...(parts.peers === undefined
@@ -135,13 +146,17 @@ export async function startIngress(config: Config, opts: StartOptions = {}): Pro
 
 /** One process: the pod with its data path in this thread. */
 export async function startProxy(config: Config, opts: StartOptions = {}): Promise<ProxyHandle> {
-  const { handle, plane } = await startPod(config, opts, async (parts) => {
+  const { handle, plane } = await startPod(config, opts, 1, async (parts) => {
     const p = parts.peers;
     const thread = await startThread(config, {
       log: parts.log,
       clock: () => performance.now(),
       reusePort: false,
-      ...(parts.table === undefined ? {} : { kernel: { table: parts.table } }),
+      ...(parts.table !== undefined
+        ? { kernel: { table: parts.table } }
+        : parts.ebpf !== undefined
+          ? { kernel: { ebpf: parts.ebpf.handles(0) } }
+          : {}),
       onRouted: (ms, outcome) => parts.routing.observe({ outcome }, ms / 1000),
       onHandover: (ms) => parts.handover.observe(ms / 1000),
       ...(p === undefined
@@ -205,6 +220,7 @@ const WORKER_ENTRY = new URL(
 async function startPod<P extends DataPlane>(
   config: Config,
   opts: StartOptions,
+  threads: number,
   startPlane: (parts: PodParts) => Promise<P>,
 ): Promise<{ handle: IngressHandle; plane: P }> {
   const log = opts.log ?? createLogger(config.logLevel);
@@ -214,6 +230,12 @@ async function startPod<P extends DataPlane>(
     const problems = await checkFastPath(systemProbes());
     if (problems.length > 0) throw new FastPathUnavailable(problems);
     table = new KernelTable(new NftCommand(), log);
+  }
+  if (config.fastPath === 'ebpf') {
+    // Before anything is bound, as for nftables; then the program, so the threads can open its
+    // maps. It passes every datagram to the stack until a thread writes a session's entries.
+    const problems = await checkEbpf(systemEbpfProbes(), defaultObjectPath());
+    if (problems.length > 0) throw new EbpfUnavailable(problems);
   }
   // Before anything is bound: bad discovery input (a --kubeconfig that is no kubeconfig) stops
   // start-up with nothing to undo.
@@ -233,7 +255,30 @@ async function startPod<P extends DataPlane>(
   const handover = createHandoverHistogram();
   const peers =
     peerDiscovery === undefined ? undefined : { instance: newInstance(), rounds: createPeerRoundHistogram() };
-  const plane = await startPlane({ log, table, routing, handover, peers });
+  let ebpf: EbpfProgram | undefined;
+  if (config.fastPath === 'ebpf') {
+    try {
+      ebpf = EbpfProgram.load(
+        {
+          objectPath: defaultObjectPath(),
+          maxSessions: config.maxSessions,
+          owners: threads,
+          linkPollMs: 1000,
+        },
+        { libbpf: openLibbpf(), devices: () => ingressDevices(), log },
+      );
+    } catch (err) {
+      // The kernel refused the object (too old a kernel, a verifier refusal): one line, exit 1.
+      throw new EbpfUnavailable([(err as Error).message]);
+    }
+  }
+  let plane: P;
+  try {
+    plane = await startPlane({ log, table, ebpf, routing, handover, peers });
+  } catch (err) {
+    ebpf?.stop();
+    throw err;
+  }
   const listen = plane.listen;
   if (table !== undefined) {
     // Once bound (the rules match the listening address), before the first backends (so before
@@ -251,7 +296,7 @@ async function startPod<P extends DataPlane>(
   }
 
   const registry = createRegistry(
-    { ...plane.metrics, routing, ...(table === undefined ? {} : { handover }) },
+    { ...plane.metrics, routing, ...(table === undefined && ebpf === undefined ? {} : { handover }) },
     opts.processMetrics ?? true,
   );
   if (plane.workerMetrics !== undefined) registerWorkerMetrics(registry, plane.workerMetrics);
@@ -291,6 +336,7 @@ async function startPod<P extends DataPlane>(
       await peerDiscovery?.stop();
       await plane.stop();
       await table?.delete();
+      ebpf?.stop();
       throw err;
     }
   }
@@ -311,9 +357,11 @@ async function startPod<P extends DataPlane>(
     closed ??= (async () => {
       await discovery.stop();
       await peerDiscovery?.stop();
-      // Each thread removes its own from the table before its sockets close; the table goes last.
+      // Each thread removes its own from the table (or the maps) before its sockets close; the
+      // table (or the program) goes last.
       await plane.stop();
       await table?.delete();
+      ebpf?.stop();
       if (admin !== undefined) {
         admin.server.closeAllConnections();
         await new Promise<void>((r) => admin!.server.close(() => r()));

@@ -3,8 +3,11 @@ import { BackendTable } from '../backends/backend-table.ts';
 import type { Config } from '../config.ts';
 import { Datapath, type DatapathDeps } from '../datapath/datapath.ts';
 import { EnvironmentError } from '../defs/errors.ts';
-import type { Clock } from '../defs/interfaces.ts';
+import type { Clock, KernelMaps } from '../defs/interfaces.ts';
+import { EbpfFastPath, openFlowMaps } from '../fastpath/ebpf/fast-path.ts';
+import { openLibbpf } from '../fastpath/ebpf/libbpf.ts';
 import { type FastPathDeps, type FastPathOptions, NftFastPath } from '../fastpath/fast-path.ts';
+import type { KernelPath } from '../fastpath/kernel-path.ts';
 import type { KernelTable } from '../fastpath/kernel-table.ts';
 import { NftCommand } from '../fastpath/nft-runner.ts';
 import { ingressDevices, NextHops } from '../fastpath/routes.ts';
@@ -27,10 +30,15 @@ export interface ThreadOptions {
   /** SO_REUSEPORT on the listening socket: the pool's worker threads share one address. */
   readonly reusePort: boolean;
   /**
-   * The thread's place at the nftables table (src/fastpath/table-role.ts), with the fast path on:
-   * the pod's table itself (one process: its owner) or the worker's id (a worker thread).
+   * With a fast path on, the thread's part in it. `--fast-path nftables`: its place at the table
+   * (src/fastpath/table-role.ts), the pod's table itself (one process: its owner) or the worker's
+   * id (a worker thread). `--fast-path ebpf`: the pod's maps and this thread's counter slots (the
+   * pod owns the program in both cases; a worker's id only names it in the logs).
    */
-  readonly kernel?: { readonly table: KernelTable } | { readonly worker: number };
+  readonly kernel?:
+    | { readonly table: KernelTable }
+    | { readonly worker: number }
+    | { readonly ebpf: KernelMaps; readonly worker?: number };
   /** Once per session whose owner was found: routing time and outcome. */
   readonly onRouted: (ms: number, outcome: string) => void;
   /** Once per session the kernel took over: ms from established to its elements in the kernel. */
@@ -46,8 +54,8 @@ export interface DataThread {
   readonly transport: UdpTransport;
   /** The upstream port range, when one is configured. */
   readonly ports: PortPool | undefined;
-  /** The kernel fast path, when `--fast-path nftables`. */
-  readonly fastPath: NftFastPath | undefined;
+  /** The kernel fast path, when `--fast-path nftables` or `ebpf`. */
+  readonly fastPath: KernelPath | undefined;
   /** Where clients send (the bound listening address; port 0 resolved). */
   readonly listen: { address: string; port: number };
   /** The thread's end of the peer protocol, with `--peers`. */
@@ -113,8 +121,16 @@ export async function startThread(config: Config, o: ThreadOptions): Promise<Dat
     datapath.addListener(peers.node);
   }
 
-  let fastPath: NftFastPath | undefined;
-  if (o.kernel !== undefined) {
+  let fastPath: KernelPath | undefined;
+  if (o.kernel !== undefined && 'ebpf' in o.kernel) {
+    try {
+      fastPath = await startEbpf(config, o, o.kernel, datapath, listen);
+    } catch (err) {
+      transport.close();
+      throw err;
+    }
+    datapath.addListener(fastPath);
+  } else if (o.kernel !== undefined) {
     const options: FastPathOptions = {
       listenAddress: listen.address,
       listenPort: listen.port,
@@ -172,6 +188,38 @@ export async function startThread(config: Config, o: ThreadOptions): Promise<Dat
     return stopped;
   };
   return { datapath, transport, ports, fastPath, listen, peers, stop };
+}
+
+/** The thread's eBPF fast path: its sessions' entries in the pod's maps (docs/fast-path.md, "eBPF"). */
+function startEbpf(
+  config: Config,
+  o: ThreadOptions,
+  k: { readonly ebpf: KernelMaps; readonly worker?: number },
+  datapath: Datapath,
+  listen: { address: string; port: number },
+): Promise<EbpfFastPath> {
+  const libbpf = openLibbpf();
+  return EbpfFastPath.attach(
+    {
+      listenAddress: listen.address,
+      listenPort: listen.port,
+      pollIntervalMs: pollInterval(config),
+      slots: k.ebpf.slots,
+      ...(k.worker === undefined ? {} : { worker: k.worker }),
+    },
+    {
+      maps: openFlowMaps(libbpf, k.ebpf),
+      host: datapath,
+      sources: new SourceAddresses(config.upstreamBind),
+      nextHops: new NextHops(),
+      ifindex: (dev) => libbpf.ifindex(dev),
+      clock: o.clock,
+      // CLOCK_MONOTONIC (libuv's hrtime), the clock of bpf_ktime_get_ns().
+      monotonicNs: () => Number(process.hrtime.bigint()),
+      log: o.log,
+      onHandover: o.onHandover,
+    },
+  );
 }
 
 /** A listening socket that cannot bind names the flag (--listen) and the reason. */

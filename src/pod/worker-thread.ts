@@ -49,8 +49,11 @@ const thread = await startThread(config, {
   log,
   clock,
   reusePort: true,
-  // The main thread owns the table; this worker adds its own flows to it.
+  // The main thread owns the table or the program; this worker adds its own flows to it.
   ...(config.fastPath === 'nftables' ? { kernel: { worker: id } } : {}),
+  ...(config.fastPath === 'ebpf' && init.ebpf !== undefined
+    ? { kernel: { ebpf: init.ebpf, worker: id } }
+    : {}),
   onRouted: (ms, outcome) => post({ type: 'routed', ms, outcome }),
   onHandover: (ms) => post({ type: 'handover', ms }),
   shared: {

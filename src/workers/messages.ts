@@ -1,4 +1,4 @@
-import type { BackendSpec } from '../defs/interfaces.ts';
+import type { BackendSpec, KernelMaps } from '../defs/interfaces.ts';
 import type { PeerSpec } from '../peers/peer-set.ts';
 import type { Instance } from '../peers/wire.ts';
 
@@ -38,6 +38,8 @@ export interface WorkerInit<C extends PoolConfig = PoolConfig> {
   };
   /** With `--peers`: the replica's instance id, one for all its workers (docs/peers.md). */
   readonly peers?: { readonly instance: Instance };
+  /** `--fast-path ebpf`: the pod's maps (descriptors are the process's) and this worker's slots. */
+  readonly ebpf?: KernelMaps;
 }
 
 /** A won probe: the server ufrag's 32-bit hash (stun/hash.ts, as admission keys it) → backend name. */

@@ -2,7 +2,7 @@ import { performance } from 'node:perf_hooks';
 import { Worker } from 'node:worker_threads';
 import type { Logger } from 'pino';
 import type { MetricSources, PeerMetricSource, WorkerMetricSource } from '../admin/metrics.ts';
-import type { BackendSpec, KernelPathSource } from '../defs/interfaces.ts';
+import type { BackendSpec, KernelMaps, KernelPathSource } from '../defs/interfaces.ts';
 import type { PeerSpec } from '../peers/peer-set.ts';
 import type { Instance } from '../peers/wire.ts';
 import { SharedDirectory } from './directory.ts';
@@ -27,8 +27,10 @@ export interface PoolOptions {
   readonly log: Logger;
   /** The worker threads' entry module (src/pod/worker-thread.ts; tests: a fixture wrapping it). */
   readonly workerEntry: URL;
-  /** `--fast-path nftables`: the workers' fast paths write into the pod's table. */
+  /** A kernel fast path is on: the workers' fast paths write into the pod's table or maps. */
   readonly fastPath: boolean;
+  /** `--fast-path ebpf`: worker `i`'s view of the pod's maps (its own counter slots). */
+  readonly ebpf?: (worker: number) => KernelMaps;
   /** A worker's routing time and outcome, and fast-path hand-over time (pod metrics). */
   readonly onRouted: (ms: number, outcome: string) => void;
   readonly onHandover: (ms: number) => void;
@@ -164,6 +166,7 @@ export async function startWorkerPool<C extends PoolConfig>(
         stats: statsBuffer,
       },
       ...(opts.peers === undefined ? {} : { peers: { instance: opts.peers.instance } }),
+      ...(opts.ebpf === undefined ? {} : { ebpf: opts.ebpf(id) }),
     };
     const worker = new Worker(opts.workerEntry, {
       workerData: init,

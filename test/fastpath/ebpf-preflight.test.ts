@@ -49,6 +49,7 @@ describe('eBPF preflight', () => {
     expect(err.message.split('\n')).toHaveLength(1);
     expect(err.message).toMatch(/^--fast-path ebpf is not possible here: no CAP_BPF .*; no libbpf/);
     expect(err.code).toBe('ICE_INGRESS_FAST_PATH');
+    expect(err.exitStatus).toBe(1);
   });
 
   it('NET_ADMIN alone is not enough, nor BPF alone', async () => {

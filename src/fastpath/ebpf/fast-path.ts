@@ -1,4 +1,4 @@
-import type { FlowEndpoint, FlowListener, FlowSession } from '../../defs/interfaces.ts';
+import type { FlowEndpoint, FlowListener, FlowSession, KernelMaps } from '../../defs/interfaces.ts';
 import type { KernelCounts } from '../../defs/kernel-counts.ts';
 import type { CloseReason } from '../../defs/reasons.ts';
 import type { FastPathDeps } from '../fast-path.ts';
@@ -15,7 +15,6 @@ import {
   rewrites,
   VALUE_BYTES,
 } from './map-layout.ts';
-import { EbpfProgram, type MapHandles, type ProgramDeps, type ProgramOptions } from './program.ts';
 
 /**
  * The eBPF kernel path's flow listener (docs/fast-path.md, "eBPF"): it follows the same flow
@@ -33,10 +32,9 @@ import { EbpfProgram, type MapHandles, type ProgramDeps, type ProgramOptions } f
  * go first, then the slots are read one last time, so the close log has every datagram the kernel
  * forwarded (bar one racing the deletion by nanoseconds).
  *
- * Two modes, as NftFastPath: {@link EbpfFastPath.start} in one process loads and owns the program
- * (program.ts) and removes it at stop; {@link EbpfFastPath.attach} in a worker thread writes its
- * own sessions into the maps the main thread owns, with its own range of counter slots, and
- * removes only its own entries at stop.
+ * One owner, many writers: the pod loads and owns the program and its maps (program.ts), in one
+ * process and with worker threads alike; each data-path thread's EbpfFastPath writes only its own
+ * sessions' entries, with its own range of counter slots, and removes only those at stop.
  */
 
 /** The maps as a session owner writes them. */
@@ -52,7 +50,7 @@ export interface FlowMaps {
 }
 
 /** The real maps, through libbpf (the descriptors from the owner, EbpfProgram.handles). */
-export function openFlowMaps(lib: Libbpf, h: MapHandles): FlowMaps {
+export function openFlowMaps(lib: Libbpf, h: KernelMaps): FlowMaps {
   const region = lib.mmap(h.countsFd, h.countsBytes);
   return {
     put: (k, v) => lib.update(h.flowsFd, k, v),
@@ -174,7 +172,6 @@ export class EbpfFastPath implements FlowListener {
   /** Established sessions waiting for a source address or a fresh routing table. */
   readonly #waiting = new Set<FlowSession>();
   readonly #slots: Slots;
-  readonly #program: EbpfProgram | undefined;
   #installed = 0;
   #poller: NodeJS.Timeout | undefined;
   #settling: Promise<void> | undefined;
@@ -182,10 +179,9 @@ export class EbpfFastPath implements FlowListener {
   // Scratch for the hot-ish paths (an event, a poll): no allocation per counter read.
   readonly #read: CounterRead = { packets: 0, bytes: 0, lastNs: 0 };
 
-  private constructor(opt: EbpfFastPathOptions, deps: EbpfFastPathDeps, program?: EbpfProgram) {
+  private constructor(opt: EbpfFastPathOptions, deps: EbpfFastPathDeps) {
     this.#opt = opt;
     this.#d = deps;
-    this.#program = program;
     this.#listen = { address: opt.listenAddress, port: opt.listenPort };
     this.#slots = new Slots(opt.slots.first, opt.slots.count);
     this.#look = {
@@ -195,31 +191,9 @@ export class EbpfFastPath implements FlowListener {
   }
 
   /**
-   * One process: loads the program (program.ts: it hooks the interfaces) and writes this thread's
-   * sessions into its maps. `openMaps` binds the maps (openFlowMaps; tests pass a model).
+   * A data-path thread (the one of one process, or a worker thread): writes its sessions into
+   * maps the pod owns (program.ts), with its own range of counter slots.
    */
-  static async start(
-    opt: Omit<EbpfFastPathOptions, 'slots' | 'worker'>,
-    program: Omit<ProgramOptions, 'owners'>,
-    deps: Omit<EbpfFastPathDeps, 'maps'> & Pick<ProgramDeps, 'libbpf' | 'devices'>,
-  ): Promise<EbpfFastPath> {
-    const p = EbpfProgram.load({ ...program, owners: 1 }, deps);
-    try {
-      const h = p.handles(0);
-      const fp = new EbpfFastPath(
-        { ...opt, slots: h.slots },
-        { ...deps, maps: openFlowMaps(deps.libbpf, h) },
-        p,
-      );
-      await fp.#begin();
-      return fp;
-    } catch (err) {
-      p.stop();
-      throw err;
-    }
-  }
-
-  /** A worker thread (or a test): writes into maps someone else owns, with its own slots. */
   static async attach(opt: EbpfFastPathOptions, deps: EbpfFastPathDeps): Promise<EbpfFastPath> {
     const fp = new EbpfFastPath(opt, deps);
     await fp.#begin();
@@ -235,11 +209,6 @@ export class EbpfFastPath implements FlowListener {
   /** Sessions with entries in the kernel right now. */
   get kernelSessions(): number {
     return this.#installed;
-  }
-
-  /** The interfaces the program is on (one process; a worker: none of its own). */
-  get devices(): string[] {
-    return this.#program?.devices ?? [];
   }
 
   // FlowListener: each event brings the kernel in step with the session before it returns.
@@ -487,8 +456,8 @@ export class EbpfFastPath implements FlowListener {
   }
 
   /**
-   * Reads the counters a last time, deletes this owner's entries (from here on Node sees all the
-   * media), unmaps the counters, and in one process takes the program off the interfaces.
+   * Reads the counters a last time, deletes this thread's entries (from here on Node sees all the
+   * media) and unmaps the counters; the pod takes the program off once every thread has stopped.
    * Idempotent.
    */
   async stop(): Promise<void> {
@@ -501,10 +470,6 @@ export class EbpfFastPath implements FlowListener {
     this.#tracked.clear();
     this.#waiting.clear();
     this.#d.maps.close();
-    this.#program?.stop();
-    this.#d.log.info(
-      { worker: this.#opt.worker },
-      this.#program === undefined ? "fast path: this worker's entries removed" : 'fast path: entries removed',
-    );
+    this.#d.log.info({ worker: this.#opt.worker }, 'fast path: eBPF entries removed');
   }
 }

@@ -1,6 +1,7 @@
 import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
+import { EnvironmentError } from '../../defs/errors.ts';
 import { type Libbpf, openLibbpf } from './libbpf.ts';
 
 /**
@@ -28,11 +29,11 @@ export function defaultObjectPath(): string {
   return fileURLToPath(new URL(`${up}build/bpf/ice_ingress.bpf.o`, import.meta.url));
 }
 
-export class EbpfUnavailable extends Error {
-  readonly code = 'ICE_INGRESS_FAST_PATH';
+/** What is missing, in one line (exit 1), as the nftables path's FastPathUnavailable. */
+export class EbpfUnavailable extends EnvironmentError {
   readonly problems: readonly string[];
   constructor(problems: readonly string[]) {
-    super(`--fast-path ebpf is not possible here: ${problems.join('; ')}`);
+    super('ICE_INGRESS_FAST_PATH', `--fast-path ebpf is not possible here: ${problems.join('; ')}`);
     this.problems = problems;
   }
 }

@@ -1,14 +1,16 @@
 import type { Logger } from 'pino';
+import type { KernelMaps } from '../../defs/interfaces.ts';
 import type { Libbpf, LoadedObject, TcFilter } from './libbpf.ts';
 import { COUNTER_BYTES, COUNTS_MAP, FLOWS_MAP, PROGRAM } from './map-layout.ts';
 
 /**
  * The owner of the eBPF kernel path's kernel objects (docs/fast-path.md, "eBPF"): it loads the
  * program and its two maps, puts the program on the ingress of every interface that carries media
- * (now and as interfaces come up later), and takes it off again at stop. One owner per process:
- * the main thread; the flows in the maps are written by whoever holds the sessions
- * (EbpfFastPath: this thread in one process, each worker thread with `--workers N`), through the
- * map file descriptors this owner hands out — threads share them, nothing is pinned.
+ * (now and as interfaces come up later), and takes it off again at stop. One owner per pod, made
+ * by src/pod/pod.ts in the main thread; the entries in the maps are written by whoever holds the
+ * sessions (each data-path thread's EbpfFastPath: the one thread of one process, or each worker
+ * thread), through the map file descriptors this owner hands out — threads share them, nothing is
+ * pinned.
  *
  * Only our own filter is ever touched: one tc filter per interface at a fixed handle and
  * priority, and only if the program there is ours (by name) or there is none. A foreign filter
@@ -38,21 +40,6 @@ export interface ProgramDeps {
   /** The interfaces to hook right now: those with an IPv4 address, but loopback (routes.ts). */
   readonly devices: () => readonly string[];
   readonly log: Logger;
-}
-
-/** A contiguous range of counter slots: one session owner's (two slots per session). */
-export interface SlotRange {
-  readonly first: number;
-  readonly count: number;
-}
-
-/** What a session owner needs to write flows: the maps' descriptors and its slots. */
-export interface MapHandles {
-  readonly flowsFd: number;
-  readonly countsFd: number;
-  /** Bytes of the counters array's values (what to mmap). */
-  readonly countsBytes: number;
-  readonly slots: SlotRange;
 }
 
 const PAGE = 4096;
@@ -121,7 +108,7 @@ export class EbpfProgram {
   }
 
   /** The maps and the counter slots of session owner `i` (0 ≤ i < owners). */
-  handles(i: number): MapHandles {
+  handles(i: number): KernelMaps {
     const perOwner = EbpfProgram.slotsPerOwner(this.#opt.maxSessions);
     return {
       flowsFd: this.#obj.maps.get(FLOWS_MAP)!,
