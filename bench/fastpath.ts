@@ -1,6 +1,7 @@
 /**
- * `npm run bench:fastpath` (root): the kernel fast path (docs/fast-path.md) beside plain kernel
- * routing, the userspace proxy and nginx, in one run, in network namespaces made here:
+ * `npm run bench:fastpath` (root): both kernel fast paths (docs/fast-path.md: `--fast-path
+ * nftables` and `--fast-path ebpf`) beside plain kernel routing, the userspace proxy and nginx, in
+ * one run, in the network namespaces of bench/bench-ns.ts:
  *
  *   cli 10.78.1.2 ── veth ── prx 10.78.1.1 | 10.78.2.1 ── veth ── pod 10.78.2.2:10000 (C echo)
  *
@@ -19,21 +20,34 @@
  *   frames on a packet socket (udpbench.c: cheaper per datagram than a UDP socket, and paced by
  *   the receiving core instead of overrunning its backlog, so every variant is measured at the
  *   rate core 0 takes, with no datagram forwarded and then dropped);
- * - hand-over (fast path only): 100 sessions arriving within one second, each streaming media
- *   through its hand-over; the proxy's per-session hand-over times (its debug log) and datagrams lost.
+ * - hand-over (each kernel path): 100 sessions arriving within one second, each streaming media
+ *   through its hand-over; the proxy's per-session hand-over times (its debug log) and datagrams
+ *   lost;
+ * - rebinding (each kernel path): 10 sessions rebind while in the kernel and stream 50 datagrams
+ *   2 ms apart from the new 5-tuple at once (bench/rebind-client.ts); the echoes lost.
  *
  * Environment: BENCH_SECONDS (3), BENCH_SESSIONS (100), BENCH_WINDOW (4), BENCH_REPS (5),
  * BENCH_SIZES ("1200,100"), BENCH_ONEWAY_ONLY (1: only the one-way runs), BENCH_VARIANTS (a
- * comma-separated subset, e.g. "routing,kernel"; the ratios need routing). Needs root and the packages of `sh test/fastpath-ns/prereqs.sh --bench`. Wrap it in
- * `flock /tmp/ice-bench.lock` on a shared machine. Everything it starts is in its namespaces and
- * is killed with them.
+ * comma-separated subset of routing,nftables,ebpf,userspace,nginx; the ratios need routing). Needs
+ * root, the packages of `sh test/fastpath-ns/prereqs.sh --bench` and the eBPF object (npm run
+ * build:bpf). Wrap it in `flock /tmp/bench.lock` on a shared machine. Everything it starts is in
+ * its namespaces and is killed with them.
  */
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
-import { createNamespaces, ip, nsSysctl, type Topology } from '../test/interop/netns.ts';
+import { readFileSync, writeFileSync } from 'node:fs';
+import {
+  benchNamespaces,
+  buildBenchNamespaces,
+  POD,
+  PORT,
+  PRX_C,
+  pinned,
+  type Role,
+  root,
+  startEcho,
+  waitingSpawner,
+} from './bench-ns.ts';
 
-const root = fileURLToPath(new URL('..', import.meta.url));
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 3);
 const SESSIONS = Number(process.env.BENCH_SESSIONS ?? 100);
 const WINDOW = Number(process.env.BENCH_WINDOW ?? 4);
@@ -43,83 +57,8 @@ const SIZES = (process.env.BENCH_SIZES ?? '1200,100').split(',').map(Number);
 const ONEWAY_ONLY = process.env.BENCH_ONEWAY_ONLY === '1';
 const NODE = process.execPath;
 
-const CLI = '10.78.1.2';
-const PRX_C = '10.78.1.1';
-const PRX_P = '10.78.2.1';
-const POD = '10.78.2.2';
-const PORT = 10000;
-
-if (process.getuid?.() !== 0) {
-  console.error(
-    'bench:fastpath needs root (network namespaces, nftables); see sh test/fastpath-ns/prereqs.sh --bench',
-  );
-  process.exit(1);
-}
-
-const binary = `${root}.bench/udpbench`;
-mkdirSync(`${root}.bench`, { recursive: true });
-execFileSync('cc', ['-O2', '-Wall', '-o', binary, `${root}bench/udpbench.c`], { stdio: 'inherit' });
-
-type Role = 'cli' | 'prx' | 'pod';
-const topo: Topology<Role> = await createNamespaces<Role>(['cli', 'prx', 'pod']);
-const n = (r: Role): string => topo.ns(r);
-
-async function sh(role: Role, script: string): Promise<string> {
-  return topo.exec(role, 'sh', ['-c', script]);
-}
-
-async function build(): Promise<void> {
-  await ip([
-    'link',
-    'add',
-    'eth0',
-    'netns',
-    n('cli'),
-    'type',
-    'veth',
-    'peer',
-    'name',
-    'vc',
-    'netns',
-    n('prx'),
-  ]);
-  await ip([
-    'link',
-    'add',
-    'eth0',
-    'netns',
-    n('pod'),
-    'type',
-    'veth',
-    'peer',
-    'name',
-    'vp',
-    'netns',
-    n('prx'),
-  ]);
-  const links: Array<[Role, string, string]> = [
-    ['cli', 'eth0', `${CLI}/24`],
-    ['prx', 'vc', `${PRX_C}/24`],
-    ['prx', 'vp', `${PRX_P}/24`],
-    ['pod', 'eth0', `${POD}/24`],
-  ];
-  for (const [r, dev, addr] of links) {
-    await ip(['-n', n(r), 'addr', 'add', addr, 'dev', dev]);
-    await ip(['-n', n(r), 'link', 'set', dev, 'up']);
-  }
-  await ip(['-n', n('cli'), 'route', 'add', 'default', 'via', PRX_C]);
-  await ip(['-n', n('pod'), 'route', 'add', 'default', 'via', PRX_P]);
-  // Plain routing and nginx's replies need forwarding; the kernel path does not (it hands media to
-  // the next hop from the ingress hook) and works the same with it on.
-  await nsSysctl(n('prx'), 'net.ipv4.ip_forward', '1');
-  // RPS: the proxy namespace's receive work on core 0, the client's and the pod's on core 1.
-  await sh(
-    'prx',
-    'echo 1 > /sys/class/net/vc/queues/rx-0/rps_cpus; echo 1 > /sys/class/net/vp/queues/rx-0/rps_cpus',
-  );
-  await sh('cli', 'echo 2 > /sys/class/net/eth0/queues/rx-0/rps_cpus');
-  await sh('pod', 'echo 2 > /sys/class/net/eth0/queues/rx-0/rps_cpus');
-}
+const { topo, n, sh, binary } = await benchNamespaces('bench:fastpath');
+const build = (): Promise<void> => buildBenchNamespaces(topo);
 
 /** Core 0's busy and total jiffies (/proc/stat is not per namespace). */
 function core0(): { busy: number; total: number } {
@@ -143,31 +82,7 @@ async function proxyRx(): Promise<number> {
   return (await rxPackets('prx', 'vc')) + (await rxPackets('prx', 'vp'));
 }
 
-function spawnWaiting(role: Role, cmd: string, args: string[], label: string, marker: string) {
-  const child = topo.spawn(role, cmd, args, { label, stdoutToLog: false });
-  return new Promise<typeof child>((resolve, reject) => {
-    let out = '';
-    const timer = setTimeout(() => reject(new Error(`${label} did not start: ${out.slice(-500)}`)), 15_000);
-    child.stdout!.on('data', (d: Buffer) => {
-      out += d.toString();
-      if (out.includes(marker)) {
-        clearTimeout(timer);
-        resolve(child);
-      }
-    });
-    child.once('exit', (code) => reject(new Error(`${label} exited ${code}: ${out.slice(-500)}`)));
-  });
-}
-
-/** `nice` arguments that run `cmd` at the highest priority, pinned to `core`. */
-const pinned = (core: 0 | 1, ...cmd: string[]): string[] => [
-  '-n',
-  '-20',
-  'taskset',
-  '-c',
-  String(core),
-  ...cmd,
-];
+const spawnWaiting = waitingSpawner(topo);
 
 /** Runs the C load side in the client namespace on core 1; its last stdout line is its JSON result. */
 async function udpbench<T extends { error?: string }>(args: string[]): Promise<T> {
@@ -177,15 +92,19 @@ async function udpbench<T extends { error?: string }>(args: string[]): Promise<T
   return r;
 }
 
-type Variant = 'routing' | 'kernel' | 'userspace' | 'nginx';
-const ALL_VARIANTS: Variant[] = ['routing', 'kernel', 'userspace', 'nginx'];
-/** BENCH_VARIANTS=routing,kernel: a subset, in this order (the ratios need routing; the round-trip table nginx). */
+type Variant = 'routing' | 'nftables' | 'ebpf' | 'userspace' | 'nginx';
+const ALL_VARIANTS: Variant[] = ['routing', 'nftables', 'ebpf', 'userspace', 'nginx'];
+
+/** BENCH_VARIANTS=routing,ebpf: a subset, in this order (the ratios need routing; the round-trip table nginx). */
 const VARIANTS: Variant[] = process.env.BENCH_VARIANTS
   ? process.env.BENCH_VARIANTS.split(',').map((v) => {
       if (!ALL_VARIANTS.includes(v as Variant)) throw new Error(`BENCH_VARIANTS: unknown variant ${v}`);
       return v as Variant;
     })
   : ALL_VARIANTS;
+
+/** The variants that are the proxy with a kernel path (hand-over and rebinding runs). */
+const KERNEL_PATHS = (['nftables', 'ebpf'] as const).filter((v) => VARIANTS.includes(v));
 
 const NGINX_CONF = `${topo.logDir}/nginx.conf`;
 writeFileSync(
@@ -247,7 +166,7 @@ async function startRelay(
     log,
     '--drain-timeout',
     '0s',
-    ...(v === 'kernel' ? ['--fast-path', 'nftables'] : []),
+    ...(v === 'nftables' || v === 'ebpf' ? ['--fast-path', v] : []),
   );
   const child = await spawnWaiting('prx', 'nice', args, `ice-ingress-${v}`, 'ice-ingress started');
   child.stdout!.on('data', (d: Buffer) => lines.push(...d.toString().split('\n')));
@@ -350,22 +269,16 @@ async function oneWay(
 }
 
 /** Hand-over: 100 sessions within 1 s, media every 5 ms each through the switch. */
-async function handOver(): Promise<{
+async function handOver(path: 'nftables' | 'ebpf'): Promise<{
   sessions: number;
   established: number;
   sent: number;
   lost: number;
   handovers: number[];
 }> {
-  const pod = await spawnWaiting(
-    'pod',
-    'nice',
-    pinned(1, binary, 'echo', POD, String(PORT)),
-    'echo',
-    'ready',
-  );
+  const pod = await startEcho(topo, binary);
 
-  const relay = await startRelay('kernel', 'debug');
+  const relay = await startRelay(path, 'debug');
   const out = await topo.exec(
     'cli',
     NODE,
@@ -388,6 +301,31 @@ async function handOver(): Promise<{
   return { ...r, handovers };
 }
 
+/**
+ * Rebinding: 10 sessions, each rebinding once while in the kernel, then 50 datagrams 2 ms apart
+ * from the new 5-tuple (bench/rebind-client.ts); the echoes that did not come back to it.
+ */
+async function rebinding(path: 'nftables' | 'ebpf'): Promise<{ rounds: number; sent: number; lost: number }> {
+  const pod = await startEcho(topo, binary);
+  const relay = await startRelay(path);
+  const out = await topo.exec(
+    'cli',
+    NODE,
+    [`${root}bench/rebind-client.ts`, PRX_C, String(PORT), '10', '50', '2'],
+    60_000,
+  );
+  await relay.stop();
+  topo.kill(pod);
+  return JSON.parse(out.trim().split('\n').at(-1)!) as { rounds: number; sent: number; lost: number };
+}
+
+/** Runs `f` for each item in turn (the runs must not overlap: one relay at a time). */
+async function sequence<T, R>(items: readonly T[], f: (x: T) => Promise<R>): Promise<R[]> {
+  const out: R[] = [];
+  for (const x of items) out.push(await f(x));
+  return out;
+}
+
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 const fmt = (x: number): string => Math.round(x).toLocaleString('en-US');
 
@@ -395,7 +333,7 @@ try {
   await build();
   // The pod: echo for round trips; for one-way, a sink that answers the handshake and a raw-prerouting
   // drop of media (cheap, no socket), counted on its interface.
-  let pod = await spawnWaiting('pod', 'nice', pinned(1, binary, 'echo', POD, String(PORT)), 'echo', 'ready');
+  let pod = await startEcho(topo, binary);
 
   // Variants interleaved within each repetition, so a neighbour's burst on a shared machine hits
   // them alike; each run starts its relay afresh.
@@ -446,7 +384,8 @@ try {
   execFileSync('ip', ['netns', 'exec', n('pod'), 'nft', 'delete', 'table', 'ip', 'bench_sink']);
   await sh('pod', 'echo 2 > /sys/class/net/eth0/queues/rx-0/rps_cpus');
   topo.kill(pod);
-  const ho = ONEWAY_ONLY ? undefined : await handOver();
+  const ho = ONEWAY_ONLY ? [] : await sequence(KERNEL_PATHS, async (v) => ({ v, ...(await handOver(v)) }));
+  const rb = ONEWAY_ONLY ? [] : await sequence(KERNEL_PATHS, async (v) => ({ v, ...(await rebinding(v)) }));
   console.log(
     `\nice-ingress fast-path bench — ${SESSIONS} sessions × window ${WINDOW}, ${SECONDS}s per run, ${REPS} runs each, interleaved; proxy namespace on core 0 (RPS + pinned relay), generator/echo on core 1; Node ${process.version}, ${execFileSync('nft', ['--version']).toString().trim()}, kernel ${execFileSync('uname', ['-r']).toString().trim()}\n`,
   );
@@ -497,13 +436,17 @@ try {
       ].join(' '),
     );
   }
-  if (ho !== undefined) {
-    const h = ho.handovers;
+  for (const x of ho) {
+    const h = x.handovers;
     const p = (q: number): number => h[Math.min(h.length - 1, Math.floor(q * h.length))] ?? Number.NaN;
     console.log(
-      `\nhand-over: ${ho.established}/${ho.sessions} sessions within 1 s, ${h.length} handed to the kernel; established → in the kernel p50 ${p(0.5).toFixed(1)} ms, p90 ${p(0.9).toFixed(1)} ms, p99 ${p(0.99).toFixed(1)} ms, max ${(h.at(-1) ?? Number.NaN).toFixed(1)} ms; media datagrams sent ${ho.sent}, lost ${ho.lost}`,
+      `\nhand-over (${x.v}): ${x.established}/${x.sessions} sessions within 1 s, ${h.length} handed to the kernel; established → in the kernel p50 ${p(0.5).toFixed(2)} ms, p90 ${p(0.9).toFixed(2)} ms, p99 ${p(0.99).toFixed(2)} ms, max ${(h.at(-1) ?? Number.NaN).toFixed(2)} ms; media datagrams sent ${x.sent}, lost ${x.lost}`,
     );
   }
+  for (const x of rb)
+    console.log(
+      `rebinding (${x.v}): ${x.rounds} sessions rebound while in the kernel, then 50 datagrams 2 ms apart each from the new 5-tuple: ${x.sent} sent, ${x.lost} echoes lost`,
+    );
 } finally {
   topo.destroySync();
 }

@@ -1,6 +1,7 @@
 /**
- * The client side of the hand-over run of `npm run bench:fastpath` (bench/fastpath.ts), inside the
- * client namespace: SESSIONS sessions arrive evenly over SPREAD_MS; each sends a Binding Request
+ * The client side of the hand-over runs of `npm run bench:fastpath` (bench/fastpath.ts) and
+ * `npm run bench:scale` (bench/scale-client.ts imports {@link handOver}), inside the client
+ * namespace: SESSIONS sessions arrive evenly over SPREAD_MS; each sends a Binding Request
  * (USERNAME "hNNNNNNN:cli", a zero MESSAGE-INTEGRITY: the bench echo answers any request with a
  * success, like bench/udpbench.c's `load`), and once answered sends one RTP-looking datagram every
  * INTERVAL_MS for MEDIA_MS, through the moment the proxy hands the session to the kernel. Prints
@@ -11,15 +12,8 @@
 import { randomBytes } from 'node:crypto';
 import dgram from 'node:dgram';
 
-const [ip = '', portText = '', n = '100', spread = '1000', interval = '5', media = '1500'] =
-  process.argv.slice(2);
-const port = Number(portText);
-const SESSIONS = Number(n);
-const SPREAD = Number(spread);
-const INTERVAL = Number(interval);
-const MEDIA = Number(media);
-
-function bindingRequest(i: number): Buffer {
+/** A Binding Request with USERNAME `hNNNNNNN:cli` (the bench echo answers any request). */
+export function bindingRequest(i: number): Buffer {
   const user = Buffer.from(`h${String(i).padStart(7, '0')}:cli`);
   const upad = (user.length + 3) & ~3;
   const b = Buffer.alloc(20 + 4 + upad + 4 + 20);
@@ -41,7 +35,29 @@ interface Result {
   established: boolean;
 }
 
-function session(i: number): Promise<Result> {
+export interface HandOverOptions {
+  readonly ip: string;
+  readonly port: number;
+  readonly sessions: number;
+  readonly spreadMs: number;
+  readonly intervalMs: number;
+  readonly mediaMs: number;
+  /** The first session's number in its USERNAME (distinct ufrags across runs in one proxy). */
+  readonly first?: number;
+}
+
+export interface HandOverResult {
+  sessions: number;
+  established: number;
+  sent: number;
+  echoed: number;
+  lost: number;
+}
+
+function session(o: HandOverOptions, i: number): Promise<Result> {
+  const { ip, port } = o;
+  const INTERVAL = o.intervalMs;
+  const MEDIA = o.mediaMs;
   return new Promise((resolve) => {
     const sock = dgram.createSocket('udp4');
     const seen = new Set<number>();
@@ -91,19 +107,35 @@ function session(i: number): Promise<Result> {
   });
 }
 
-const all: Promise<Result>[] = [];
-for (let i = 0; i < SESSIONS; i++) {
-  all.push(new Promise((r) => setTimeout(() => r(session(i)), (i * SPREAD) / SESSIONS)));
-}
-const results = await Promise.all(all);
-const sent = results.reduce((a, r) => a + r.sent, 0);
-const echoed = results.reduce((a, r) => a + r.echoed, 0);
-console.log(
-  JSON.stringify({
-    sessions: SESSIONS,
+/** Runs the sessions; resolves once every one has finished its media. */
+export async function handOver(o: HandOverOptions): Promise<HandOverResult> {
+  const all: Promise<Result>[] = [];
+  const first = o.first ?? 0;
+  for (let i = 0; i < o.sessions; i++) {
+    all.push(new Promise((r) => setTimeout(() => r(session(o, first + i)), (i * o.spreadMs) / o.sessions)));
+  }
+  const results = await Promise.all(all);
+  const sent = results.reduce((a, r) => a + r.sent, 0);
+  const echoed = results.reduce((a, r) => a + r.echoed, 0);
+  return {
+    sessions: o.sessions,
     established: results.filter((r) => r.established).length,
     sent,
     echoed,
     lost: sent - echoed,
-  }),
-);
+  };
+}
+
+if (import.meta.main) {
+  const [ip = '', port = '', n = '100', spread = '1000', interval = '5', media = '1500'] =
+    process.argv.slice(2);
+  const r = await handOver({
+    ip,
+    port: Number(port),
+    sessions: Number(n),
+    spreadMs: Number(spread),
+    intervalMs: Number(interval),
+    mediaMs: Number(media),
+  });
+  console.log(JSON.stringify(r));
+}
