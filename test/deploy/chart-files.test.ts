@@ -66,7 +66,7 @@ const NOT_EXPOSED: Record<string, string> = {
 function asFlag(flag: string, v: unknown): string {
   if (flag === 'listen' || flag === 'admin') return `0.0.0.0:${v}`;
   if (flag === 'backends') return (v as string[]).join(',');
-  if (flag === 'fast-path') return v ? 'nftables' : 'off';
+  if (flag === 'fast-path') return String(v); // fastPath.kind, passed when fastPath.enabled
   return String(v);
 }
 
@@ -175,6 +175,7 @@ const CHART_DEFAULTS: Record<string, string> = {
   service: 'jvb',
   'port-name': 'media',
   workers: 'auto', // one data-path thread per CPU of the limit (values.yaml resources)
+  'fast-path': 'nftables', // fastPath.kind: which path when fastPath.enabled (off without it)
 };
 
 describe('deploy/helm/ice-ingress files', () => {
@@ -224,13 +225,15 @@ describe('values.schema.json and the proxy’s option table (src/config.ts OPTIO
 
   it('enumerations are the proxy’s: every member accepted, the proxy’s own alternatives all listed', () => {
     const enums = BOUND.filter((b) => b.schema.enum);
-    expect(enums.map((b) => b.flag).sort()).toEqual(['discovery', 'log-level']);
+    expect(enums.map((b) => b.flag).sort()).toEqual(['discovery', 'fast-path', 'log-level']);
     for (const { path, flag, schema: s } of enums) {
       for (const v of s.enum!) expect(cli(flag, String(v)).ok, `${path}=${v}`).toBe(true);
       expect(cli(flag, 'bogus').ok).toBe(false);
       const opt = OPTIONS.find((o) => o.flag === flag)!;
       const alternatives = (/\|/.test(opt.arg) ? opt.arg : opt.help).split('|');
-      expect([...s.enum!].sort(), path).toEqual(alternatives.sort());
+      // fastPath.kind names the kernel path; `off` is fastPath.enabled: false.
+      const expected = flag === 'fast-path' ? alternatives.filter((a) => a !== 'off') : alternatives;
+      expect([...s.enum!].sort(), path).toEqual(expected.sort());
     }
     // workers: auto or a count in the proxy's range.
     const workers = BOUND.find((b) => b.flag === 'workers')!.schema;
@@ -238,7 +241,7 @@ describe('values.schema.json and the proxy’s option table (src/config.ts OPTIO
       expect(accepts(workers, v) && cli('workers', String(v)).ok, `${v}`).toBe(true);
     for (const v of [0, 33, 'all'])
       expect(accepts(workers, v) || cli('workers', String(v)).ok, `${v}`).toBe(false);
-    // Booleans: true|false, as the proxy spells them (fast path: nftables or off).
+    // Booleans: true|false, as the proxy spells them.
     for (const b of BOUND.filter((x) => x.schema.type === 'boolean')) {
       for (const v of [true, false]) expect(cli(b.flag, asFlag(b.flag, v)).ok, `${b.path}=${v}`).toBe(true);
     }

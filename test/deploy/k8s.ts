@@ -239,7 +239,8 @@ export function checkProxy(objs: Obj[], name: string): Map<string, string> {
   const pod = dep.spec.template.spec;
   const [c] = pod.containers;
   const flags = checkProxyArgs(c.args);
-  const fastPath = flags.get('fast-path') === 'nftables';
+  const kind = flags.get('fast-path');
+  const fastPath = kind === 'nftables' || kind === 'ebpf';
   expect(pod.securityContext).toMatchObject({ seccompProfile: { type: 'RuntimeDefault' } });
   expect(pod.securityContext).toMatchObject(
     fastPath ? { runAsNonRoot: false, runAsUser: 0 } : { runAsNonRoot: true, runAsUser: 10001 },
@@ -250,7 +251,9 @@ export function checkProxy(objs: Obj[], name: string): Map<string, string> {
     allowPrivilegeEscalation: false,
     readOnlyRootFilesystem: true,
     privileged: false,
-    capabilities: fastPath ? { drop: ['ALL'], add: ['NET_ADMIN'] } : { drop: ['ALL'] },
+    capabilities: fastPath
+      ? { drop: ['ALL'], add: kind === 'ebpf' ? ['BPF', 'NET_ADMIN'] : ['NET_ADMIN'] }
+      : { drop: ['ALL'] },
   });
   expect(pod.topologySpreadConstraints.map((t: { topologyKey: string }) => t.topologyKey)).toContain(
     'kubernetes.io/hostname',

@@ -44,6 +44,12 @@ const VALUE_SETS: Record<string, RenderOptions & { mode: string; peers: string }
     peers: 'k8s',
     values: [JITSI_VALUES, ciValues('fast-path')],
   },
+  'eBPF kernel fast path': { mode: 'k8s', peers: 'k8s', values: [ciValues('fast-path-ebpf')] },
+  'Jitsi with the eBPF kernel fast path': {
+    mode: 'k8s',
+    peers: 'k8s',
+    values: [JITSI_VALUES, ciValues('fast-path-ebpf')],
+  },
   'monitoring off': { mode: 'k8s', peers: 'k8s', values: [ciValues('monitoring-off')] },
   'DNS discovery': { mode: 'dns', peers: 'dns', values: [ciValues('dns')] },
   'static discovery': { mode: 'static', peers: 'off', values: [ciValues('static')] },
@@ -441,33 +447,39 @@ describe(`deploy/helm/ice-ingress with ${helmVersion() || 'helm (not found)'}`, 
     expect(render().filter((o) => o.apiVersion.startsWith('monitoring.coreos.com/'))).toEqual([]);
   });
 
-  it('kernel fast path: NET_ADMIN and uid 0, $(POD_IP) as the listen address, no sysctl; nothing else changes', () => {
-    const objs = render({ values: [JITSI_VALUES, ciValues('fast-path')] });
-    const pod = one(objs, 'Deployment', 'ice-ingress').spec.template.spec;
-    const [c] = pod.containers;
-    const flags = checkProxy(objs, 'ice-ingress');
-    expect(flags.get('fast-path')).toBe('nftables');
-    // The fast path runs with the default workers (the main thread owns the table: docs/workers.md).
-    expect(flags.get('workers')).toBe('auto');
-    // The address clients send to (the kubelet expands $(POD_IP) from the downward API).
-    expect(flags.get('listen')).toBe('$(POD_IP):10000');
-    expect(c.env).toEqual([{ name: 'POD_IP', valueFrom: { fieldRef: { fieldPath: 'status.podIP' } } }]);
-    expect(pod.securityContext).toEqual({
-      runAsUser: 0,
-      runAsNonRoot: false,
-      seccompProfile: { type: 'RuntimeDefault' },
+  for (const { kind, file, caps } of [
+    { kind: 'nftables', file: 'fast-path', caps: ['NET_ADMIN'] },
+    { kind: 'ebpf', file: 'fast-path-ebpf', caps: ['BPF', 'NET_ADMIN'] },
+  ])
+    it(`kernel fast path (${kind}): ${caps.join(' and ')} and uid 0, $(POD_IP) as the listen address, no sysctl, no hostPath; nothing else changes`, () => {
+      const objs = render({ values: [JITSI_VALUES, ciValues(file)] });
+      const pod = one(objs, 'Deployment', 'ice-ingress').spec.template.spec;
+      const [c] = pod.containers;
+      const flags = checkProxy(objs, 'ice-ingress');
+      expect(flags.get('fast-path')).toBe(kind);
+      // The fast path runs with the default workers (the main thread owns the table or the program).
+      expect(flags.get('workers')).toBe('auto');
+      // The address clients send to (the kubelet expands $(POD_IP) from the downward API).
+      expect(flags.get('listen')).toBe('$(POD_IP):10000');
+      expect(c.env).toEqual([{ name: 'POD_IP', valueFrom: { fieldRef: { fieldPath: 'status.podIP' } } }]);
+      expect(pod.securityContext).toEqual({
+        runAsUser: 0,
+        runAsNonRoot: false,
+        seccompProfile: { type: 'RuntimeDefault' },
+      });
+      expect(c.securityContext.capabilities).toEqual({ drop: ['ALL'], add: caps });
+      // Nothing of the node's is mounted (the eBPF path pins nothing in /sys/fs/bpf).
+      expect(JSON.stringify(pod.volumes ?? [])).not.toContain('hostPath');
+      // Everything else is the Jitsi render's, untouched.
+      const plain = render({ values: [JITSI_VALUES] });
+      const plainPod = one(plain, 'Deployment', 'ice-ingress').spec.template.spec;
+      expect(c.ports).toEqual(plainPod.containers[0].ports);
+      expect(c.args.filter((a: string) => !/^--(listen|fast-path)=/.test(a))).toEqual(
+        plainPod.containers[0].args.filter((a: string) => !a.startsWith('--listen=')),
+      );
+      const strip = (o: Manifest[]) => o.filter((x) => x.kind !== 'Deployment');
+      expect(strip(objs)).toEqual(strip(plain));
     });
-    expect(c.securityContext.capabilities).toEqual({ drop: ['ALL'], add: ['NET_ADMIN'] });
-    // Everything else is the Jitsi render's, untouched.
-    const plain = render({ values: [JITSI_VALUES] });
-    const plainPod = one(plain, 'Deployment', 'ice-ingress').spec.template.spec;
-    expect(c.ports).toEqual(plainPod.containers[0].ports);
-    expect(c.args.filter((a: string) => !/^--(listen|fast-path)=/.test(a))).toEqual(
-      plainPod.containers[0].args.filter((a: string) => !a.startsWith('--listen=')),
-    );
-    const strip = (o: Manifest[]) => o.filter((x) => x.kind !== 'Deployment');
-    expect(strip(objs)).toEqual(strip(plain));
-  });
 
   it('workers: a fixed count with as many CPUs requested', () => {
     const c = proxyContainer(render({ values: [ciValues('workers')] }));

@@ -149,7 +149,7 @@ chosen discovery mode's flags are given.
 - --log-level={{ $v.logLevel }}
 - --workers={{ $v.workers }}
 {{- if $v.fastPath.enabled }}
-- --fast-path=nftables
+- --fast-path={{ $v.fastPath.kind }}
 {{- end }}
 {{- if ne $v.peers.mode "off" }}
 - --peers={{ include "ice-ingress.peersFlag" . }}
