@@ -43,4 +43,4 @@ USER 10001:10001
 # 10000/udp: clients (ICE/DTLS/SRTP). 9090/tcp: /metrics, /healthz, /readyz.
 EXPOSE 10000/udp 9090/tcp
 # V8 flags: src/runtime.ts NODE_FLAGS (a test keeps the two in step).
-ENTRYPOINT ["node", "--max-semi-space-size=8", "--optimize-for-size", "dist/src/bin.js"]
+ENTRYPOINT ["node", "--max-semi-space-size=8", "--optimize-for-size", "--single-threaded-gc", "dist/src/bin.js"]

@@ -39,6 +39,19 @@ function parse(v: string): [number, number, number] | undefined {
  * ~95 MB with V8's defaults, ~57 MB with `--max-semi-space-size=8` alone, ~3 MB with both flags.
  * - `--max-semi-space-size=8` (MiB): caps the young generation.
  * - `--optimize-for-size`: V8's memory-over-speed mode (smaller heap growth steps, earlier GCs).
+ * - `--single-threaded-gc`: V8 does its collection work on the isolate's own thread, in steps
+ *   between events, instead of on its helper threads (concurrent marking, parallel scavenge and
+ *   sweeping). `--workers auto` gives the data path every CPU the pod may use, so a helper thread
+ *   finds no idle core: it takes the CPU from a data-path thread, in the middle of whatever that
+ *   thread is doing. Measured in `bench:scale` (docs/fast-path.md, "Hand-over and the collector's
+ *   threads"): with 10,000–19,000 sessions a marking cycle keeps V8's four helpers runnable for
+ *   100–200 ms, and a scheduler trace of the proxy's core showed them holding 65–70 % of it in
+ *   the windows where a hand-over took 8–123 ms instead of 0.2 ms; with this flag the hand-over
+ *   p99 was 0.8–2.1 ms and the routing p99 5–7 ms (27–260 ms without).
  * The hot path allocates nothing of its own, so relaying is not slowed (bench/README.md).
  */
-export const NODE_FLAGS: readonly string[] = ['--max-semi-space-size=8', '--optimize-for-size'];
+export const NODE_FLAGS: readonly string[] = [
+  '--max-semi-space-size=8',
+  '--optimize-for-size',
+  '--single-threaded-gc',
+];
