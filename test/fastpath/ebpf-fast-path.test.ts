@@ -83,7 +83,7 @@ const BACKEND: [string, number] = ['10.77.2.11', 10000];
 const UPSTREAM = (port: number): [string, number] => [SOURCE, port];
 const flush = () => new Promise((r) => setTimeout(r, 0));
 
-async function setup(slots = 64) {
+async function setup(slots = 64, ifindex: (dev: string) => number = (d) => ({ eth0: 2, eth1: 3 })[d] ?? 0) {
   const maps = new FakeMaps(slots);
   const host = new Host();
   const sources = new Sources();
@@ -107,7 +107,7 @@ async function setup(slots = 64) {
       host,
       sources,
       nextHops: routes,
-      ifindex: (d) => ({ eth0: 2, eth1: 3 })[d] ?? 0,
+      ifindex,
       clock: () => now,
       monotonicNs: () => mono,
       log: createLogger('silent'),
@@ -301,6 +301,39 @@ describe('EbpfFastPath', () => {
     fp.established(session(40000, 16384));
     expect(maps.flows.size).toBe(0);
     expect(fp.kernelSessions).toBe(0);
+  });
+
+  it('interface indexes: looked up once per routing-table read, not per hand-over; a missing one is asked again', async () => {
+    const indexes: Record<string, number> = { eth0: 2, eth1: 3 };
+    const asked: string[] = [];
+    const { maps, fp, sources } = await setup(64, (d) => {
+      asked.push(d);
+      return indexes[d] ?? 0;
+    });
+    fp.established(session(40000, 16384));
+    fp.established(session(40001, 16385));
+    fp.established(session(40002, 16386));
+    expect(maps.flows.size).toBe(6);
+    expect(asked.sort()).toEqual(['eth0', 'eth1']);
+    // The routing table is read again (here: a session that waits for its backend's source
+    // address): the indexes are asked afresh, and an interface that came back with a new index is
+    // what the next session gets.
+    indexes.eth1 = 7;
+    sources.known.delete('10.77.2.12');
+    fp.established(session(40003, 16387, '198.18.0.2', '10.77.2.12'));
+    await flush();
+    await flush();
+    expect(asked.sort()).toEqual(['eth0', 'eth0', 'eth1', 'eth1']);
+    expect(maps.value(CLIENT(40003), PUBLIC)!.getUint32(VALUE.ifindex, true)).toBe(7);
+    // A missing interface is not remembered.
+    indexes.eth1 = 0;
+    sources.known.delete('10.77.2.11');
+    fp.established(session(40004, 16388));
+    await flush();
+    await flush();
+    fp.established(session(40005, 16389));
+    expect(fp.kernelSessions).toBe(4);
+    expect(asked.filter((d) => d === 'eth1')).toHaveLength(4);
   });
 
   it('a failed map update leaves nothing of the session in the kernel; it stays in Node', async () => {

@@ -172,6 +172,23 @@ export class EbpfFastPath implements FlowListener {
   /** Established sessions waiting for a source address or a fresh routing table. */
   readonly #waiting = new Set<FlowSession>();
   readonly #slots: Slots;
+  /**
+   * Interface indexes by name, as looked up since the last read of the routing table (cleared
+   * with it: an interface that comes back gets its new index within a poll interval, as a changed
+   * route does). Not a lookup per hand-over: if_nametoindex(3) opens and closes a socket, and a
+   * new file descriptor that finds the process's descriptor table full makes the kernel grow it
+   * and wait for an RCU grace period (expand_files → synchronize_rcu, 8–17 ms measured here) —
+   * inside the hand-over (docs/fast-path.md, "Hand-over and the collector's threads").
+   */
+  readonly #ifindexes = new Map<string, number>();
+  readonly #ifindexOf = (dev: string): number => {
+    const known = this.#ifindexes.get(dev);
+    if (known !== undefined) return known;
+    const i = this.#d.ifindex(dev);
+    // A missing interface is asked again next time: it may come up.
+    if (i !== 0) this.#ifindexes.set(dev, i);
+    return i;
+  };
   #installed = 0;
   #poller: NodeJS.Timeout | undefined;
   #settling: Promise<void> | undefined;
@@ -310,6 +327,7 @@ export class EbpfFastPath implements FlowListener {
   async #refreshRoutes(): Promise<void> {
     try {
       await this.#d.nextHops.refresh();
+      this.#ifindexes.clear();
     } catch (err) {
       // The last table read stays in use (none yet: every flow stays in userspace).
       this.#d.log.warn({ err: (err as Error).message }, 'fast path: cannot read the routing table');
@@ -334,7 +352,7 @@ export class EbpfFastPath implements FlowListener {
       clearCounter(this.#d.maps.counters, slot + 1);
       t.slot = slot;
     }
-    const [up, down] = rewrites(flow, this.#listen, this.#d.ifindex, { up: t.slot, down: t.slot + 1 });
+    const [up, down] = rewrites(flow, this.#listen, this.#ifindexOf, { up: t.slot, down: t.slot + 1 });
     if (up.ifindex === 0 || down.ifindex === 0) {
       this.#uninstall(s, t);
       return;
