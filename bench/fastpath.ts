@@ -19,7 +19,10 @@
  *   delivered to the pod, core 0's busy share. The generator sends its datagrams as Ethernet
  *   frames on a packet socket (udpbench.c: cheaper per datagram than a UDP socket, and paced by
  *   the receiving core instead of overrunning its backlog, so every variant is measured at the
- *   rate core 0 takes, with no datagram forwarded and then dropped);
+ *   rate core 0 takes, with no datagram forwarded and then dropped). Per core-second (each run's
+ *   rate ÷ core 0's busy share) it also compares each path with nginx: at saturation, so a fixed
+ *   background on core 0 (timer ticks, the idle proxy, other processes) weighs on every variant
+ *   alike, which it does not in the round trips, where the kernel paths leave core 0 mostly idle;
  * - hand-over (each kernel path): 100 sessions arriving within one second, each streaming media
  *   through its hand-over; the proxy's per-session hand-over times (its debug log) and datagrams
  *   lost;
@@ -35,6 +38,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
+import { NODE_FLAGS } from '../src/runtime.ts';
 import {
   benchNamespaces,
   buildBenchNamespaces,
@@ -151,6 +155,8 @@ async function startRelay(
   const args = pinned(
     0,
     NODE,
+    // The image's V8 flags, as bench:scale and `npm run bench` start the proxy.
+    ...NODE_FLAGS,
     `${root}src/cli.ts`,
     '--listen',
     `${PRX_C}:${PORT}`,
@@ -416,7 +422,7 @@ try {
   // rate ÷ core 0's busy share, median over runs) — the last corrects for a variant that leaves
   // core 0 partly idle, as plain routing does when the generator cannot keep up with it.
   console.log(
-    '\none-way, 100 B, generator on core 1     datagrams/s delivered (best / median)   core-0 busy (best run)   ÷ plain routing: best / median / per core-second',
+    '\none-way, 100 B, generator on core 1     datagrams/s delivered (best / median)   core-0 busy (best run)   ÷ plain routing: best / median / per core-second   ÷ nginx per core-second',
   );
   const best = (v: Variant) => [...ow.get(v)!].sort((a, b) => b.dps - a.dps)[0]!;
   const med = (v: Variant) => median(ow.get(v)!.map((r) => r.dps));
@@ -433,6 +439,7 @@ try {
           .map((r) => r.toFixed(2))
           .join(' / ')
           .padStart(45),
+        (VARIANTS.includes('nginx') ? (perCore(v) / perCore('nginx')).toFixed(2) : '-').padStart(26),
       ].join(' '),
     );
   }
