@@ -13,6 +13,7 @@ import { DropReason, RouteCounter } from '../defs/reasons.ts';
 import type { SessionRegistry } from '../session/registry.ts';
 import { type ClientEndpoint, type Session, SessionState } from '../session/session.ts';
 import { classifyFirstByte, PacketClass } from '../stun/demux.ts';
+import { hashBytes } from '../stun/hash.ts';
 import {
   bindingResponseKind,
   isBindingRequestHeader,
@@ -213,8 +214,16 @@ export class Forwarder {
         return true;
       }
     }
-    // Another replica may hold its session (by 5-tuple, or by ufrag pair): asked before routing.
-    if (p?.ask(buf, address, port, this.#view)) return true;
+    // Another replica may hold its session (by 5-tuple, or by ufrag pair): asked before routing —
+    // unless a live session of this ufrag pair is ours (a NAT rebinding or another candidate that
+    // stayed on this replica): then no other replica can own the flow, and a query round would
+    // only delay the join while the client's media on its new 5-tuple is dropped (docs/peers.md,
+    // "Receiver").
+    if (p !== undefined) {
+      const view = this.#view;
+      const ours = this.#registry.findLive(buf, view, hashBytes(buf, view.start, view.end));
+      if (ours === undefined && p.ask(buf, address, port, view)) return true;
+    }
     this.#d.router.route(buf, this.#view, address, port, undefined);
     return true;
   }

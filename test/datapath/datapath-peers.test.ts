@@ -125,6 +125,20 @@ describe('data path, receiving side: the peers are asked about unknown 5-tuples 
     expect(drops(r, 'unknown_flow_rtp')).toBe(0);
   });
 
+  it('a check from a new 5-tuple for a live session of ours is routed here at once, not asked about', () => {
+    const p = new RecordingPeers();
+    const r = makeDatapathRig({ peers: p });
+    const { creds, up } = established(r);
+    p.claim = true; // were it asked now, the peer layer would hold it
+    p.calls.length = 0;
+    const before = up.sent.length;
+    r.fromClient(check(creds), '192.0.2.1', 6000); // the client's NAT rebound; the flow stayed here
+    expect(p.calls).toEqual(['divert 192.0.2.1:6000']);
+    // Forwarded through the session's own upstream socket, to join on the backend's success.
+    expect(up.sent.length).toBe(before + 1);
+    expect(r.transport.open()).toHaveLength(1);
+  });
+
   it("an owner's datagram for a tunneled client leaves from the public socket and counts as client_out", () => {
     const r = makeDatapathRig({ peers: new RecordingPeers() });
     r.datapath.sendToClient(Buffer.from([0x80, 1]), 5000, '192.0.2.1');
