@@ -89,7 +89,7 @@ export class ChromiumClient {
     this.page = page;
   }
 
-  static async launch(topo: Topology, role: ClientName): Promise<ChromiumClient> {
+  static async launch<R extends string = ClientName>(topo: Topology<R>, role: R): Promise<ChromiumClient> {
     const wrapper = join(topo.logDir, `chromium-${role}.sh`);
     writeFileSync(wrapper, `#!/bin/sh\nexec ip netns exec ${topo.ns(role)} ${CHROMIUM} "$@"\n`);
     chmodSync(wrapper, 0o755);
