@@ -30,7 +30,8 @@ import {
 
 export const PROXY_CLI = resolve(ROOT, process.env['TIER_PROXY_CLI'] ?? 'src/bin.ts');
 const ADMIN_PORT = 9090;
-const BACKENDS = TIER.cluster.jvbs.map((a, i) => `jvb${i + 1}=${a}:${PORT}`).join(',');
+/** The fake JVBs, as the replicas' --backends. */
+export const JVB_BACKENDS = TIER.cluster.jvbs.map((a, i) => `jvb${i + 1}=${a}:${PORT}`).join(',');
 
 /** The issue's targets for every scenario in which sessions must survive. */
 export const TARGETS = { lossPct: 0.1, gapP99Ms: 50, gapMaxMs: 250 } as const;
@@ -246,6 +247,9 @@ export class TierHarness {
   // ---------------------------------------------------------------------------------------------
   // Replicas
 
+  /** The replicas' --backends (the fake JVBs unless a scenario brings its own servers). */
+  backends = JVB_BACKENDS;
+
   async startReplica(slot: Slot): Promise<void> {
     if (this.replicas.has(slot)) throw new Error(`${slot} is running`);
     const flags = [
@@ -254,7 +258,7 @@ export class TierHarness {
       '--admin',
       `0.0.0.0:${ADMIN_PORT}`,
       '--backends',
-      BACKENDS,
+      this.backends,
       // Longer than any scenario: a draining owner keeps relaying until the harness ends it.
       '--drain-timeout',
       '600s',
@@ -352,10 +356,8 @@ export class TierHarness {
 
   async run(kind: ScenarioKind): Promise<ScenarioResult> {
     const c = this.cfg;
-    await this.reset();
-    const first: Slot[] = ['r1', 'r2', 'r3'];
-    await Promise.all(first.map((s) => this.startReplica(s)));
-    await this.tier.setEndpoints(first);
+    this.backends = JVB_BACKENDS;
+    await this.freshTier();
     const made = (await this.jvb.request({ cmd: 'add', count: c.sessions, firstSid: 0 })) as {
       sessions: Array<{ sid: number; ufrag: string; password: string }>;
     };
@@ -387,21 +389,9 @@ export class TierHarness {
     switch (kind) {
       case 'steady':
         break;
-      case 'rolling': {
-        const live: Slot[] = [...first];
-        for (const [i, old] of first.entries()) {
-          const next = REPLICA_SLOTS[3 + i]!;
-          await this.startReplica(next);
-          live.push(next);
-          await this.tier.setEndpoints(live);
-          live.splice(live.indexOf(old), 1);
-          extra[`conntrack_${old}`] = await this.removeEndpoint(old, live);
-          this.signal(old, 'SIGTERM');
-          c.log(`rolling: ${old} -> ${next}`);
-          if (i < first.length - 1) await sleep(c.stepMs);
-        }
+      case 'rolling':
+        Object.assign(extra, await this.rollingUpdate());
         break;
-      }
       case 'scale-in': {
         extra['conntrack_r3'] = await this.removeEndpoint('r3', ['r1', 'r2']);
         this.signal('r3', 'SIGTERM');
@@ -453,9 +443,19 @@ export class TierHarness {
     const stopped = await this.load.request({ cmd: 'stop', drainMs: 500 }, 30_000);
     // After the window: building /metrics takes a replica's event loop for a while.
     const metricsAfter = await this.metrics();
+    extra['stall_ms_replicas'] = Math.round(
+      1000 *
+        Math.max(
+          0,
+          ...[...metricsAfter.values()].flatMap((rows) =>
+            rows.filter((r) => r.name === 'nodejs_eventloop_lag_max_seconds').map((r) => r.value),
+          ),
+        ),
+    );
     const rows = stopped['sessions'] as SessionRow[];
     const ranges = Object.fromEntries(rows.map((r) => [r.sid, [r.winFrom, r.winTo]]));
     const jvbAfter = await this.jvbReport(ranges);
+    extra['stall_ms_jvbs'] = Math.round(jvbAfter.stallMs);
     const after = await this.tier.replicaOfClientPorts();
     const moved = rows.filter(
       (r) => after.get(r.port) !== undefined && after.get(r.port) !== before.get(r.port),
@@ -467,8 +467,10 @@ export class TierHarness {
       .map(([r, n]) => `${r}:${n}`);
     if (socketDrops.length > 0) extra['socket_drops'] = socketDrops.join(',');
     const stall = stopped['stall'] as { maxMs: number; atMs: number };
-    extra['client_stall_ms'] = Math.round(stall.maxMs);
-    extra['client_stall_at_ms'] = Math.round(stall.atMs);
+    // Where a gap may come from: each process's longest stall in the window (clients, fake JVBs,
+    // replicas: prom-client's event-loop lag, reset by every scrape, the last one at the start).
+    extra['stall_ms_clients'] = Math.round(stall.maxMs);
+    extra['stall_at_ms_clients'] = Math.round(stall.atMs);
     const result = summarize(kind, c.handoff, rows, apart, jvbBefore, jvbAfter, moved, extra);
     result.proxyCounters = counterDeltas(metricsBefore, metricsAfter);
     result.cpuPct = cpu;
@@ -484,6 +486,37 @@ export class TierHarness {
     }
     result.failures = checkTargets(result);
     return result;
+  }
+
+  /**
+   * r1-r3 replaced by r4-r6 one at a time: the new replica ready and in the balancer, then the old
+   * one out of it, its conntrack entries deleted, SIGTERM; `stepMs` between replacements. Returns
+   * how many conntrack entries each removal deleted.
+   */
+  async rollingUpdate(): Promise<Record<string, number>> {
+    const first: Slot[] = ['r1', 'r2', 'r3'];
+    const live: Slot[] = [...first];
+    const out: Record<string, number> = {};
+    for (const [i, old] of first.entries()) {
+      const next = REPLICA_SLOTS[3 + i]!;
+      await this.startReplica(next);
+      live.push(next);
+      await this.tier.setEndpoints(live);
+      live.splice(live.indexOf(old), 1);
+      out[`conntrack_${old}`] = await this.removeEndpoint(old, live);
+      this.signal(old, 'SIGTERM');
+      this.cfg.log(`rolling: ${old} -> ${next}`);
+      if (i < first.length - 1) await sleep(this.cfg.stepMs);
+    }
+    return out;
+  }
+
+  /** A fresh tier: no replica, session or flow left (reset()), then r1-r3 ready and balanced. */
+  async freshTier(): Promise<void> {
+    await this.reset();
+    const first: Slot[] = ['r1', 'r2', 'r3'];
+    await Promise.all(first.map((s) => this.startReplica(s)));
+    await this.tier.setEndpoints(first);
   }
 
   async jvbReport(ranges: Record<string, number[]>): Promise<JvbReport> {
@@ -589,6 +622,7 @@ export class TierHarness {
 interface JvbReport {
   sessions: Record<string, { ufrag: string; jvb: string; up: number; sources: string[] }>;
   jvbs: Record<string, { errors403: number }>;
+  stallMs: number;
 }
 
 function counterDeltas(

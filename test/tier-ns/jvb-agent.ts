@@ -12,7 +12,8 @@
 //           {cmd:'clear'}  every session ends (ice4j expires them; their remote addresses are free again)
 //           {cmd:'renew', sids} -> {sessions:[...]}  (each sid's session ends, a new one on the same
 //                                                     JVB takes its place: what a client gets for an ICE restart)
-//           {cmd:'report', ranges:{sid:[from,to]}} -> {sessions:{sid:{up, sources}}, jvbs:{name: stats}}
+//           {cmd:'report', ranges:{sid:[from,to]}} -> {sessions:{sid:{up, sources}}, jvbs:{name: stats},
+//                                                       stallMs: longest event-loop stall since the last report}
 import type dgram from 'node:dgram';
 import { tokenFor } from '../../src/routing/token.ts';
 import { FakeMediaServer } from '../fixtures/media-server.ts';
@@ -100,6 +101,15 @@ function open(sid: number, jvb: FakeMediaServer, seqs: SeqSet): Json {
   return { sid, jvb: jvb.name, ...creds };
 }
 
+/** This process's own stalls (a late 5 ms tick) since the last report: the harness's share of a gap. */
+let lastTick = performance.now();
+let stallMax = 0;
+setInterval(() => {
+  const now = performance.now();
+  stallMax = Math.max(stallMax, now - lastTick);
+  lastTick = now;
+}, 5);
+
 serve((req: Json) => {
   switch (req['cmd']) {
     case 'add': {
@@ -139,7 +149,9 @@ serve((req: Json) => {
           sources: [...t.sources],
         };
       }
-      return { sessions, jvbs: Object.fromEntries(servers.map((s) => [s.name, { ...s.stats }])) };
+      const stallMs = stallMax;
+      stallMax = 0;
+      return { sessions, jvbs: Object.fromEntries(servers.map((s) => [s.name, { ...s.stats }])), stallMs };
     }
     default:
       throw new Error(`unknown cmd ${String(req['cmd'])}`);

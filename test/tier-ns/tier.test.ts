@@ -23,12 +23,14 @@ import {
   TierHarness,
 } from './harness.ts';
 import { checkPrereqs } from './prereqs.ts';
+import { type RealStackRun, realStacksAcrossRollingUpdate, stackTable } from './real-stacks.ts';
 
 const HANDOFF =
   process.env['TIER_HANDOFF'] === undefined ? cliHasPeers() : process.env['TIER_HANDOFF'] === 'on';
 
 let h: TierHarness | undefined;
 const results: ScenarioResult[] = [];
+let stacks: RealStackRun | undefined;
 
 beforeAll(async () => {
   checkPrereqs();
@@ -53,7 +55,7 @@ afterAll(async () => {
   await h?.destroy();
   if (h) writeFileSync(join(h.logDir, 'tier-results.json'), JSON.stringify(results, null, 2));
   console.log(
-    `\n=== tier summary (proxy ${PROXY_CLI}, hand-off ${HANDOFF ? 'on' : 'off'}; logs in ${h?.logDir}) ===\n${resultTable(results)}\n`,
+    `\n=== tier summary (proxy ${PROXY_CLI}, hand-off ${HANDOFF ? 'on' : 'off'}; logs in ${h?.logDir}) ===\n${resultTable(results)}\n\n${stackTable(stacks)}\n`,
   );
 });
 
@@ -127,4 +129,20 @@ describe(`proxy tier in network namespaces (hand-off ${HANDOFF ? 'on' : 'off'})`
     expect(Number(r.extra['flood_rate'])).toBeGreaterThan(0.9 * 20_000);
     if (HANDOFF) expect(r.failures).toEqual([]);
   });
+
+  it('real stacks: Chromium and node-datachannel keep their data channels echoing across the rolling update', async () => {
+    if (!h) throw new Error('harness not created');
+    const run = await realStacksAcrossRollingUpdate(h, 4000);
+    stacks = run;
+    for (const r of run.stacks) {
+      expect(r.echoed, r.stack).toBeGreaterThan(0);
+      if (!HANDOFF) continue;
+      // Still connected (no ICE restart) and still echoing at the end.
+      expect(r.state, r.stack).toBe('connected');
+      expect(r.sinceLastEchoMs, r.stack).toBeLessThan(1000);
+    }
+    // One source per session at the server, before and after.
+    expect(run.sourcesBefore).toHaveLength(run.stacks.length);
+    if (HANDOFF) expect(run.sourcesAfter).toEqual(run.sourcesBefore);
+  }, 90_000);
 });

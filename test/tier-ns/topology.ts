@@ -8,7 +8,7 @@
 //                                 DNAT: numgen random mod N map { replicas }, conntrack
 //                                                                          │ br0 10.79.0.1
 //        r1 … r6 10.79.0.11 … 16 (:10000 public, peer port between them)   │
-//        jvb 10.79.0.21, 10.79.0.22 (fake JVBs, :10000) ───────────────────┘
+//        jvb 10.79.0.21, .22 (fake JVBs), .23 (a real WebRTC server), :10000 ┘
 //
 // Replicas reach each other and the JVBs on the bridge (layer 2, no NAT); their replies to clients
 // go through lb (default route), whose conntrack turns the replica's address back into the VIP,
@@ -31,7 +31,8 @@ export const TIER = {
   home: { cli: '192.168.79.2', gw: '192.168.79.1' },
   wan: { lb: '198.18.1.1', rtr: '198.18.1.2' },
   atk: { lb: '198.18.2.1', atk: '198.18.2.2', sources: '198.19.0.0/16' },
-  cluster: { gw: '10.79.0.1', jvbs: ['10.79.0.21', '10.79.0.22'] as const },
+  /** jvbs: the fake JVBs; pod: a real WebRTC server (node-datachannel) in the same namespace. */
+  cluster: { gw: '10.79.0.1', jvbs: ['10.79.0.21', '10.79.0.22'] as const, pod: '10.79.0.23' },
 } as const;
 
 export function replicaAddress(slot: Slot): string {
@@ -114,6 +115,39 @@ export class Tier {
     return Number(lines[1]?.split(/\s+/)[names.indexOf('RcvbufErrors')] ?? Number.NaN);
   }
 
+  /**
+   * Counts, in the jvb namespace, every source address:port that sends to `server` (a set the
+   * kernel fills): what a backend whose own state cannot be read (a real WebRTC stack) saw.
+   * Starts empty.
+   */
+  async watchSources(server: string): Promise<void> {
+    await this.nft('jvb', 'table ip tier_seen\ndelete table ip tier_seen\n').catch(() => {});
+    await this.nft(
+      'jvb',
+      [
+        'table ip tier_seen {',
+        '  set seen { type ipv4_addr . inet_service; flags dynamic; size 65536; }',
+        '  chain input {',
+        '    type filter hook input priority 0; policy accept;',
+        `    ip daddr ${server} udp dport ${PORT} ip saddr != ${server} add @seen { ip saddr . udp sport }`,
+        '  }',
+        '}',
+        '',
+      ].join('\n'),
+    );
+  }
+
+  /** The sources watchSources() has seen so far, as `ip:port`. */
+  async seenSources(): Promise<string[]> {
+    const j = JSON.parse(
+      await this.topo.exec('jvb', 'nft', ['-j', 'list', 'set', 'ip', 'tier_seen', 'seen']),
+    ) as {
+      nftables: Array<{ set?: { elem?: Array<{ concat: [string, number] }> } }>;
+    };
+    const elems = j.nftables.find((x) => x.set !== undefined)?.set?.elem ?? [];
+    return elems.map((e) => `${e.concat[0]}:${e.concat[1]}`).sort();
+  }
+
   /** UDP conntrack entries of a namespace. */
   async flows(role: TierRole): Promise<Flow[]> {
     const out = await this.topo.exec(role, 'conntrack', ['-L', '-p', 'udp'], 10_000).catch(() => '');
@@ -190,6 +224,7 @@ export async function createTier(): Promise<Tier> {
       { ns: n('jvb'), port: 'jvb', addr: TIER.cluster.jvbs[0] },
     ]);
     await ip(['-n', n('jvb'), 'addr', 'add', `${TIER.cluster.jvbs[1]}/24`, 'dev', 'eth0']);
+    await ip(['-n', n('jvb'), 'addr', 'add', `${TIER.cluster.pod}/24`, 'dev', 'eth0']);
 
     // Home: cli behind rtr.
     await link('cli', 'eth0', 'rtr', 'lan0');
