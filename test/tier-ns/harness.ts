@@ -250,7 +250,8 @@ export class TierHarness {
   /** The replicas' --backends (the fake JVBs unless a scenario brings its own servers). */
   backends = JVB_BACKENDS;
 
-  async startReplica(slot: Slot): Promise<void> {
+  /** `peers: false`: this replica without the peer flags even when the hand-off is on (the cost bench). */
+  async startReplica(slot: Slot, opts: { peers?: boolean } = {}): Promise<void> {
     if (this.replicas.has(slot)) throw new Error(`${slot} is running`);
     const flags = [
       '--listen',
@@ -262,7 +263,7 @@ export class TierHarness {
       // Longer than any scenario: a draining owner keeps relaying until the harness ends it.
       '--drain-timeout',
       '600s',
-      ...peerFlags(this.cfg.handoff, slot),
+      ...peerFlags(this.cfg.handoff && opts.peers !== false, slot),
       ...this.cfg.extraFlags,
     ];
     const node = [...NODE_FLAGS, PROXY_CLI, ...flags];
@@ -358,17 +359,7 @@ export class TierHarness {
     const c = this.cfg;
     this.backends = JVB_BACKENDS;
     await this.freshTier();
-    const made = (await this.jvb.request({ cmd: 'add', count: c.sessions, firstSid: 0 })) as {
-      sessions: Array<{ sid: number; ufrag: string; password: string }>;
-    };
-    const opened = await this.load.request({ cmd: 'open', sessions: made.sessions, timeoutMs: 5000 }, 30_000);
-    const failed = opened['failed'] as Record<string, string>;
-    if (Object.keys(failed).length > 0) {
-      throw new Error(
-        `${Object.keys(failed).length} of ${c.sessions} sessions did not connect: ${JSON.stringify(failed).slice(0, 300)}`,
-      );
-    }
-    await this.load.request({ cmd: 'media', pps: c.pps, size: c.size, checkIntervalMs: c.checkIntervalMs });
+    await this.openSessions(c.sessions);
     // Every session must be past the JVB's lock before anything moves (that is when a new remote
     // address gets 403), and the media settled.
     await sleep(c.lockMs + 500);
@@ -511,10 +502,40 @@ export class TierHarness {
     return out;
   }
 
+  /**
+   * `count` sessions on the fake JVBs, each connected by its client through the public address
+   * (every one must connect), then media and consent checks on all of them.
+   */
+  async openSessions(count: number): Promise<void> {
+    const c = this.cfg;
+    const made = (await this.jvb.request({ cmd: 'add', count, firstSid: 0 })) as {
+      sessions: Array<{ sid: number; ufrag: string; password: string }>;
+    };
+    const opened = await this.load.request({ cmd: 'open', sessions: made.sessions, timeoutMs: 5000 }, 60_000);
+    const failed = opened['failed'] as Record<string, string>;
+    if (Object.keys(failed).length > 0) {
+      throw new Error(
+        `${Object.keys(failed).length} of ${count} sessions did not connect: ${JSON.stringify(failed).slice(0, 300)}`,
+      );
+    }
+    await this.load.request({ cmd: 'media', pps: c.pps, size: c.size, checkIntervalMs: c.checkIntervalMs });
+  }
+
+  /** Pins the fake JVBs and the clients (every thread) to `core`, away from the replicas' core. */
+  pinAgents(core: number): void {
+    for (const pid of [this.jvb.child.pid, this.load.child.pid]) {
+      execFileSync('taskset', ['-a', '-p', '-c', String(core), String(pid)], { stdio: 'ignore' });
+    }
+  }
+
+  /** CPU seconds a running replica has used so far. */
+  cpu(slot: Slot): number {
+    return cpuOf(this.replicas.get(slot)?.child.pid);
+  }
+
   /** A fresh tier: no replica, session or flow left (reset()), then r1-r3 ready and balanced. */
-  async freshTier(): Promise<void> {
+  async freshTier(first: readonly Slot[] = ['r1', 'r2', 'r3']): Promise<void> {
     await this.reset();
-    const first: Slot[] = ['r1', 'r2', 'r3'];
     await Promise.all(first.map((s) => this.startReplica(s)));
     await this.tier.setEndpoints(first);
   }
