@@ -463,6 +463,10 @@ export class TierHarness {
     extra['stall_ms_clients'] = Math.round(stall.maxMs);
     extra['stall_at_ms_clients'] = Math.round(stall.atMs);
     const result = summarize(kind, c.handoff, rows, apart, jvbBefore, jvbAfter, moved, extra);
+    // Consent checks that were lost or refused otherwise than with 403 (libwebrtc tolerates lost
+    // ones for 30 s, so they are shown, not counted as restarts).
+    if (result.checks.timeout > 0) extra['checks_timed_out'] = result.checks.timeout;
+    if (result.checks.otherError > 0) extra['checks_other_error'] = result.checks.otherError;
     result.proxyCounters = counterDeltas(metricsBefore, metricsAfter);
     result.cpuPct = cpu;
     if (c.handoff) {
