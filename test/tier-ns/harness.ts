@@ -9,7 +9,7 @@
 // HTTP (/readyz, /metrics) and its exit. Which CLI: TIER_PROXY_CLI (default src/bin.ts of this
 // checkout; e.g. another checkout's src/bin.ts or a build's dist/src/bin.js).
 import { execFileSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { compileFlooder, cpuSeconds } from '../../bench/proc.ts';
 import { NODE_FLAGS } from '../../src/runtime.ts';
@@ -161,16 +161,20 @@ interface Replica {
 }
 
 /**
- * Every thread of a child's process group at nice -10: the tier's processes (replicas, fake JVBs,
- * clients) get the CPU before other work of a shared machine, so what is measured is the tier,
- * not the neighbours (on a dedicated CI machine this changes nothing).
+ * A child (its own session: spawned detached) at nice -10, every thread of its process group and
+ * its scheduler autogroup (with CONFIG_SCHED_AUTOGROUP every session is a group that the
+ * scheduler weighs as a whole, so a thread's own nice alone does not count against other
+ * sessions): the tier's processes (replicas, fake JVBs, clients) get the CPU before other work of
+ * a shared machine, so what is measured is the tier, not the neighbours. On a dedicated CI
+ * machine this changes nothing.
  */
 function prioritize(pid: number | undefined): void {
   if (pid === undefined) return;
   try {
     execFileSync('renice', ['-n', '-10', '-g', String(pid)], { stdio: 'ignore' });
+    writeFileSync(`/proc/${pid}/autogroup`, '-10');
   } catch {
-    // gone already, or not allowed: measured at the default priority then
+    // gone already, no autogroups, or not allowed: measured at the default priority then
   }
 }
 
