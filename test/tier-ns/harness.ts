@@ -397,11 +397,11 @@ export class TierHarness {
       }
       case 'rebind': {
         // A NAT that forgets every mapping at once (a reboot, a CGNAT rebalancing): each flow leaves
-        // from a new random port, a new 5-tuple the balancer places anew. The clients cannot see it;
-        // their next consent check is sent right away, so the gap measured is the proxy's share,
-        // not the client's check period (which a real client adds, with or without a proxy tier).
-        extra['nat_flows'] = await this.tier.natRebind();
-        await this.load.request({ cmd: 'checkNow' });
+        // from a new random port, a new 5-tuple the balancer places anew. See load-agent.ts
+        // (rebindNat) for why each session's check is its first datagram on the new mapping.
+        const r = await this.load.request({ cmd: 'rebindNat', netns: this.tier.ns('rtr') }, 20_000);
+        extra['nat_flows'] = Number(r['deleted']);
+        extra['media_held_ms'] = Math.round(Number(r['pauseMs']));
         break;
       }
       case 'sigkill': {
@@ -452,9 +452,21 @@ export class TierHarness {
     const jvbAfter = await this.jvbReport(ranges);
     extra['stall_ms_jvbs'] = Math.round(jvbAfter.stallMs);
     const after = await this.tier.replicaOfClientPorts();
-    const moved = rows.filter(
+    const movedRows = rows.filter(
       (r) => after.get(r.port) !== undefined && after.get(r.port) !== before.get(r.port),
-    ).length;
+    );
+    const moved = movedRows.length;
+    if (moved > 0 && moved < rows.length && apart.size === 0) {
+      // Where the loss was: flows that reached another replica, or those that stayed.
+      const lost = (rs: SessionRow[]): number =>
+        pct(
+          rs.reduce((a, r) => a + r.sent - r.echoed, 0),
+          rs.reduce((a, r) => a + r.sent, 0),
+        );
+      extra['loss_pct_moved'] = lost(movedRows);
+      extra['loss_pct_stayed'] = lost(rows.filter((r) => !movedRows.includes(r)));
+      extra['lost_per_moved_session'] = movedRows.reduce((a, r) => a + r.sent - r.echoed, 0) / moved;
+    }
     const dropsAfter = await Promise.all(dropRoles.map((r) => this.tier.udpRcvbufErrors(r)));
     const socketDrops = dropRoles
       .map((r, i) => [r, dropsAfter[i]! - dropsBefore[i]!] as const)

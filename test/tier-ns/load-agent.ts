@@ -18,6 +18,8 @@
 //           {cmd:'media', pps, size, checkIntervalMs}  start media and consent checks
 //           {cmd:'mark'}                               start of the measured window
 //           {cmd:'checkNow', sids?}                    a consent check now (all sessions by default)
+//           {cmd:'rebindNat', netns} -> {deleted, pauseMs}  the NAT forgets every mapping; each
+//                                                      session's check is its first datagram after
 //           {cmd:'report'} -> {sessions}               the window so far
 //           {cmd:'stop', drainMs} -> {sessions, rttHistogram, windowMs}  stop sending, wait, report
 //           {cmd:'restart', sessions:[{sid,ufrag,password}], timeoutMs} -> {connectMs:{sid: ms|null}}
@@ -29,6 +31,7 @@ import { CheckError } from '../fixtures/stun-agent.ts';
 import type { Endpoint } from '../fixtures/stun-bytes.ts';
 import { argValue, emit, type Json, serve } from '../interop/jsonl.ts';
 import { isMedia, mediaSentAt, mediaSeq, mediaSid, SeqSet, writeMedia } from './media.ts';
+import { conntrackDelete } from './topology.ts';
 
 const host = argValue('--host') ?? '0.0.0.0';
 const [targetAddress, targetPortText] = (argValue('--target') ?? '').split(':');
@@ -83,6 +86,9 @@ let mediaStart = 0;
 let timer: NodeJS.Timeout | undefined;
 let checkTimer: NodeJS.Timeout | undefined;
 let windowOpen = false;
+/** No media while the NAT is being rebound (rebindNat); the schedule then moves by the pause. */
+let paused = false;
+let scheduleShift = 0;
 let markAt = 0;
 const rttHistogram = new Uint32Array(2001); // 1 ms bins, the last one "2 s or more"
 
@@ -148,9 +154,10 @@ function tick(): void {
     stallAt = now - markAt;
   }
   lastTick = now;
+  if (paused) return;
   for (const s of sessions) {
     if (s === undefined) continue;
-    const due = Math.floor((now - mediaStart - s.phaseMs) / intervalMs) + 1;
+    const due = Math.floor((now - mediaStart - scheduleShift - s.phaseMs) / intervalMs) + 1;
     for (let k = 0; k < 4 && s.sent < due; k++) {
       const buf = s.bufs[s.nextBuf]!;
       s.nextBuf = (s.nextBuf + 1) % RING;
@@ -241,6 +248,7 @@ serve(async (req: Json) => {
       intervalMs = 1000 / pps;
       checkIntervalMs = Number(req['checkIntervalMs'] ?? 2500);
       mediaStart = performance.now();
+      scheduleShift = 0;
       const all = live();
       all.forEach((s, i) => {
         if (s.bufs[0]!.length !== size) s.bufs = Array.from({ length: RING }, () => Buffer.alloc(size, 0x55));
@@ -280,6 +288,27 @@ serve(async (req: Json) => {
         consent(s);
       }
       return {};
+    }
+    case 'rebindNat': {
+      // A NAT rebinding happens between two datagrams; here it takes a conntrack run (a few ms).
+      // Media stops meanwhile and its schedule resumes after it (nothing sent in a burst, no
+      // sequence number skipped), so that each session's next consent check is the first
+      // datagram of its new mapping: the rebinding right before a check. The pause is in the gaps
+      // measured (pauseMs says how much); what media the tier then loses is the tier's share. A
+      // real client adds its check period (it cannot see the rebinding), with or without a tier.
+      paused = true;
+      const t0 = performance.now();
+      try {
+        const deleted = await conntrackDelete(String(req['netns']), ['-p', 'udp']);
+        for (const s of live()) {
+          s.nextCheckAt = performance.now() + checkIntervalMs;
+          consent(s);
+        }
+        return { deleted, pauseMs: performance.now() - t0 };
+      } finally {
+        scheduleShift += performance.now() - t0;
+        paused = false;
+      }
     }
     case 'report': {
       const now = performance.now();

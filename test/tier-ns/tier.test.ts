@@ -10,9 +10,10 @@
 // sees loss when there is some. TIER_HANDOFF=on|off overrides the detection.
 //
 // Run as root: `npm run test:tier` (prerequisites: test/tier-ns/prereqs.sh).
-import { writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ROOT } from '../interop/agent.ts';
 import {
   cliHasPeers,
   PROXY_CLI,
@@ -28,6 +29,7 @@ import { type RealStackRun, realStacksAcrossRollingUpdate, stackTable } from './
 const HANDOFF =
   process.env['TIER_HANDOFF'] === undefined ? cliHasPeers() : process.env['TIER_HANDOFF'] === 'on';
 
+const RESULTS_DIR = join(ROOT, '.tmp-tier');
 let h: TierHarness | undefined;
 const results: ScenarioResult[] = [];
 let stacks: RealStackRun | undefined;
@@ -53,9 +55,14 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await h?.destroy();
-  if (h) writeFileSync(join(h.logDir, 'tier-results.json'), JSON.stringify(results, null, 2));
+  // In the checkout (.tmp-*/ is ignored): the log folder may be pruned by another suite's next run.
+  mkdirSync(RESULTS_DIR, { recursive: true });
+  writeFileSync(
+    join(RESULTS_DIR, 'tier-results.json'),
+    JSON.stringify({ handoff: HANDOFF, results, stacks }, null, 2),
+  );
   console.log(
-    `\n=== tier summary (proxy ${PROXY_CLI}, hand-off ${HANDOFF ? 'on' : 'off'}; logs in ${h?.logDir}) ===\n${resultTable(results)}\n\n${stackTable(stacks)}\n`,
+    `\n=== tier summary (proxy ${PROXY_CLI}, hand-off ${HANDOFF ? 'on' : 'off'}; logs in ${h?.logDir}, figures in ${RESULTS_DIR}) ===\n${resultTable(results)}\n\n${stackTable(stacks)}\n`,
   );
 });
 

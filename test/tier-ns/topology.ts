@@ -91,7 +91,7 @@ export class Tier {
    * whose destination was the VIP and were DNAT-ed to it. Returns how many it deleted.
    */
   async deleteConntrack(slot: Slot): Promise<number> {
-    return conntrackDelete(this.topo, 'lb', [
+    return conntrackDelete(this.ns('lb'), [
       '-p',
       'udp',
       '--orig-dst',
@@ -103,7 +103,7 @@ export class Tier {
 
   /** The client-side NAT forgets every mapping: each client flow leaves from a new random port. */
   async natRebind(): Promise<number> {
-    return conntrackDelete(this.topo, 'rtr', ['-p', 'udp']);
+    return conntrackDelete(this.ns('rtr'), ['-p', 'udp']);
   }
 
   /** Datagrams the kernel dropped in a namespace for a full socket receive buffer (Udp RcvbufErrors). */
@@ -190,17 +190,21 @@ export class Tier {
   }
 }
 
-async function conntrackDelete(topo: Topology<TierRole>, role: TierRole, args: string[]): Promise<number> {
+/**
+ * `conntrack -D ARGS` inside network namespace `ns` (its full name); how many entries it deleted.
+ * Also used by the clients' agent, which rebinds the NAT itself (load-agent.ts).
+ */
+export function conntrackDelete(ns: string, args: string[]): Promise<number> {
   // conntrack exits 1 when nothing matched; its summary line goes to stderr either way.
   return new Promise((resolve, reject) => {
     execFile(
       'ip',
-      ['netns', 'exec', topo.ns(role), 'conntrack', '-D', ...args],
+      ['netns', 'exec', ns, 'conntrack', '-D', ...args],
       { timeout: 10_000 },
       (err, _out, se) => {
         const m = /(\d+) flow entries have been deleted/.exec(se);
         if (m !== null) resolve(Number(m[1]));
-        else reject(new Error(`conntrack -D in ${role}: ${se || String(err)}`));
+        else reject(new Error(`conntrack -D in ${ns}: ${se || String(err)}`));
       },
     );
   });
