@@ -18,8 +18,8 @@
  * Which CLI: TIER_PROXY_CLI (default src/bin.ts). The hand-off is on when its --help has --peers
  * (`--handoff on|off` overrides); without it the scenarios show the failure of issue 16 and the cost
  * part is skipped. Options: --sessions N (200), --pps N (50), --only a,b (scenario names, `stacks`,
- * `cost`), --cost-sessions N (100), --cost-seconds S (6), --cost-reps N (3), --json FILE.
- * Run one at a time: `flock /tmp/bench.lock flock /tmp/ns.lock npm run bench:tier` (~6 min).
+ * `cost`), --cost-sessions N (100), --cost-seconds S (8), --cost-reps N (5), --json FILE.
+ * Run one at a time: `flock /tmp/bench.lock flock /tmp/ns.lock npm run bench:tier` (~10 min).
  */
 import { writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
@@ -43,8 +43,8 @@ const { values: opt } = parseArgs({
     only: { type: 'string' },
     handoff: { type: 'string' },
     'cost-sessions': { type: 'string', default: '100' },
-    'cost-seconds': { type: 'string', default: '6' },
-    'cost-reps': { type: 'string', default: '3' },
+    'cost-seconds': { type: 'string', default: '8' },
+    'cost-reps': { type: 'string', default: '5' },
     json: { type: 'string' },
   },
 });
@@ -95,6 +95,10 @@ try {
     if (HANDOFF) cost.push(...(await costFigures()));
     else cost.push('cost: skipped (the CLI under test has no peer flags)');
   }
+} catch (err) {
+  // Print what was measured before the failure, then fail.
+  cost.push(`FAILED: ${err instanceof Error ? err.message : String(err)}`);
+  process.exitCode = 1;
 } finally {
   await h.destroy();
 }

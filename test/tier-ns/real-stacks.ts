@@ -8,7 +8,7 @@
 // namespace: one per session, the owners' upstream sockets, when nothing moved at the backend).
 import { Agent } from '../interop/agent.ts';
 import { ChromiumClient } from '../interop/chromium.ts';
-import type { TierHarness } from './harness.ts';
+import { JVB_BACKENDS, type TierHarness } from './harness.ts';
 import { PORT, TIER, type TierRole } from './topology.ts';
 
 export interface StackResult {
@@ -92,6 +92,7 @@ export async function realStacksAcrossRollingUpdate(h: TierHarness, settleMs: nu
     ];
     return { stacks, sourcesBefore, sourcesAfter: await h.tier.seenSources() };
   } finally {
+    h.backends = JVB_BACKENDS;
     await chrome?.close();
     pod.kill();
     ndc.kill();
