@@ -379,48 +379,7 @@ export class TierHarness {
     const agentsCpu = [cpuOf(this.jvb.child.pid), cpuOf(this.load.child.pid)];
     await sleep(c.steadyMs);
 
-    const extra: Record<string, number | string> = {};
-    let apart = new Set<number>(); // sigkill: the killed replica's sessions
-    switch (kind) {
-      case 'steady':
-        break;
-      case 'rolling':
-        Object.assign(extra, await this.rollingUpdate());
-        break;
-      case 'scale-in': {
-        extra['conntrack_r3'] = await this.removeEndpoint('r3', ['r1', 'r2']);
-        this.signal('r3', 'SIGTERM');
-        await sleep(c.stepMs);
-        extra['conntrack_r2'] = await this.removeEndpoint('r2', ['r1']);
-        this.signal('r2', 'SIGTERM');
-        break;
-      }
-      case 'rebind': {
-        // A NAT that forgets every mapping at once (a reboot, a CGNAT rebalancing): each flow leaves
-        // from a new random port, a new 5-tuple the balancer places anew. See load-agent.ts
-        // (rebindNat) for why each session's check is its first datagram on the new mapping.
-        const r = await this.load.request({ cmd: 'rebindNat', netns: this.tier.ns('rtr') }, 20_000);
-        extra['nat_flows'] = Number(r['deleted']);
-        extra['media_held_ms'] = Math.round(Number(r['pauseMs']));
-        break;
-      }
-      case 'sigkill': {
-        const victim: Slot = 'r2';
-        apart = new Set(
-          Object.entries(ports)
-            .filter(([, port]) => before.get(port) === replicaAddress(victim))
-            .map(([sid]) => Number(sid)),
-        );
-        this.signal(victim, 'SIGKILL');
-        // The endpoint controller notices the dead pod; kube-proxy removes it and its flows.
-        extra['conntrack_r2'] = await this.removeEndpoint(victim, ['r1', 'r3']);
-        extra['killed_sessions'] = apart.size;
-        break;
-      }
-      case 'forged':
-        Object.assign(extra, await this.flood());
-        break;
-    }
+    const { extra, apart } = await this.#change(kind, ports, before);
     await sleep(c.settleMs);
     if (kind === 'sigkill') Object.assign(extra, await this.reconnect(apart));
 
@@ -562,6 +521,61 @@ export class TierHarness {
 
   async jvbReport(ranges: Record<string, number[]>): Promise<JvbReport> {
     return (await this.jvb.request({ cmd: 'report', ranges }, 20_000)) as unknown as JvbReport;
+  }
+
+  /**
+   * The scenario's change of the tier, inside the measured window. Returns its own figures, and for
+   * SIGKILL the sessions the killed replica carried (kept apart from the others' figures).
+   */
+  async #change(
+    kind: ScenarioKind,
+    ports: Record<string, number>,
+    before: Map<number, string>,
+  ): Promise<{ extra: Record<string, number | string>; apart: Set<number> }> {
+    const c = this.cfg;
+    const extra: Record<string, number | string> = {};
+    let apart = new Set<number>();
+    switch (kind) {
+      case 'steady':
+        break;
+      case 'rolling':
+        Object.assign(extra, await this.rollingUpdate());
+        break;
+      case 'scale-in': {
+        extra['conntrack_r3'] = await this.removeEndpoint('r3', ['r1', 'r2']);
+        this.signal('r3', 'SIGTERM');
+        await sleep(c.stepMs);
+        extra['conntrack_r2'] = await this.removeEndpoint('r2', ['r1']);
+        this.signal('r2', 'SIGTERM');
+        break;
+      }
+      case 'rebind': {
+        // A NAT that forgets every mapping at once (a reboot, a CGNAT rebalancing): each flow leaves
+        // from a new random port, a new 5-tuple the balancer places anew. See load-agent.ts
+        // (rebindNat) for why each session's check is its first datagram on the new mapping.
+        const r = await this.load.request({ cmd: 'rebindNat', netns: this.tier.ns('rtr') }, 20_000);
+        extra['nat_flows'] = Number(r['deleted']);
+        extra['media_held_ms'] = Math.round(Number(r['pauseMs']));
+        break;
+      }
+      case 'sigkill': {
+        const victim: Slot = 'r2';
+        apart = new Set(
+          Object.entries(ports)
+            .filter(([, port]) => before.get(port) === replicaAddress(victim))
+            .map(([sid]) => Number(sid)),
+        );
+        this.signal(victim, 'SIGKILL');
+        // The endpoint controller notices the dead pod; kube-proxy removes it and its flows.
+        extra['conntrack_r2'] = await this.removeEndpoint(victim, ['r1', 'r3']);
+        extra['killed_sessions'] = apart.size;
+        break;
+      }
+      case 'forged':
+        Object.assign(extra, await this.flood());
+        break;
+    }
+    return { extra, apart };
   }
 
   /**
