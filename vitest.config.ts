@@ -8,10 +8,12 @@ import { defineConfig } from 'vitest/config';
  * - test/monitoring/prometheus.test.ts (prometheus, promtool): `npm run test:monitoring`
  * - test/runtime (a Node.js older than 22.19): `npm run test:runtime-guard`
  * - test/fastpath-ns (root, nftables, network namespaces): `npm run test:fastpath-ns`
+ * - test/tier-ns (root, nftables, conntrack, Chromium, network namespaces): `npm run test:tier`
  */
 const EXTERNAL = [
   'test/interop/**',
   'test/fastpath-ns/**',
+  'test/tier-ns/**',
   'test/deploy/render.test.ts',
   'test/monitoring/prometheus.test.ts',
   'test/runtime/**',

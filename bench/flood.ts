@@ -7,7 +7,7 @@
  * ufrag each) while:
  *   - 10 established sessions exchange media (loss measured against a no-flood baseline first);
  *   - new legitimate clients join, half fan-out-routed (server ufrag without prefix token), half
- *     prefix-routed (server ufrag starting with the backend's token, src/routing/token.ts), each
+ *     prefix-routed (server ufrag starting with the backend's token, src/backends/token.ts), each
  *     retransmitting its check like libwebrtc's StunRequest (RTO 250 ms, doubling, 8 s cap) for at
  *     most 5 s;
  *   - the same number of clients join right after the flood stops.

@@ -14,7 +14,7 @@
  * and a fresh random transaction id.
  *
  *   flooder --target IP:PORT --rate N --seconds S [--sources N] [--ports N]
- *           [--source-ip IP] [--token PREFIX] [--max N]
+ *           [--source-ip IP] [--source-net A.B] [--token PREFIX] [--media-share PCT] [--max N]
  *
  *   --rate      datagrams per second, paced in 1 ms steps (default 30000, at most 2,000,000)
  *   --seconds   how long (default 8, at most 3600)
@@ -23,16 +23,23 @@
  *               one socket each, port chosen by the kernel)
  *   --source-ip every socket binds this one address instead (the victims' own address: an attacker
  *               behind the same NAT as the legitimate clients); --sources is then ignored
+ *   --source-net sources are A.B.X.Y instead of 127.1.X.Y (the tier bench's attacker namespace,
+ *               which can bind any address of its /16)
  *   --token     every server ufrag starts with this prefix token (a flood that carries a valid token)
+ *   --media-share this percentage of the datagrams is not a check but RTP-looking media (first byte
+ *               0x80, 100 random bytes): datagrams of unknown 5-tuples (default 0)
  *   --max       stop after this many datagrams (default rate × seconds)
  *
- * Safety: the target and every source address must be in 127.0.0.0/8; the run is bounded by
+ * Safety: the target and every source address must be in 127.0.0.0/8, or, only when the flooder
+ * runs in a named network namespace (`ip netns exec`), in 198.18.0.0/15 (RFC 2544's benchmarking
+ * range, which the namespace benches use and nothing routes); the run is bounded by
  * --seconds, --max and an alarm(2) a few seconds later. Prints "ready" once every socket is bound,
  * then one JSON line at the end: datagrams sent, send errors, elapsed seconds, achieved rate, and
  * the flooder's own CPU time (so the bench can say what the load generator cost its core).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <stdint.h>
@@ -41,6 +48,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -132,14 +140,42 @@ static size_t forge(unsigned char *b, const char *token, size_t token_len) {
   return len;
 }
 
-static int in_loopback(const char *ip) {
+/* One RTP-looking datagram (RFC 3550 version 2, payload type 96) of 100 random bytes. */
+static size_t forge_media(unsigned char *b) {
+  put_random(b, 100);
+  b[0] = 0x80;
+  b[1] = 0x60;
+  return 100;
+}
+
+/* In a named network namespace (`ip netns add`, bound under /run/netns): the benchmarking range is ours. */
+static int own_netns(void) {
+  struct stat self, named;
+  if (stat("/proc/self/ns/net", &self) != 0) return 0;
+  DIR *d = opendir("/run/netns");
+  if (d == NULL) return 0;
+  int found = 0;
+  char path[512];
+  for (struct dirent *e; !found && (e = readdir(d)) != NULL;) {
+    if (e->d_name[0] == '.') continue;
+    snprintf(path, sizeof path, "/run/netns/%s", e->d_name);
+    found = stat(path, &named) == 0 && named.st_dev == self.st_dev && named.st_ino == self.st_ino;
+  }
+  closedir(d);
+  return found;
+}
+
+static int allowed(const char *ip) {
   struct in_addr a;
-  return inet_pton(AF_INET, ip, &a) == 1 && (ntohl(a.s_addr) >> 24) == 127;
+  if (inet_pton(AF_INET, ip, &a) != 1) return 0;
+  uint32_t h = ntohl(a.s_addr);
+  if ((h >> 24) == 127) return 1;
+  return (h >> 17) == (198u << 7 | 18u >> 1) && own_netns(); /* 198.18.0.0/15 */
 }
 
 static void usage(const char *why) {
   fprintf(stderr, "flooder: %s\nusage: flooder --target IP:PORT [--rate N] [--seconds S] [--sources N] "
-                  "[--ports N] [--source-ip IP] [--token PREFIX] [--max N]\n", why);
+                  "[--ports N] [--source-ip IP] [--source-net A.B] [--token PREFIX] [--media-share PCT] [--max N]\n", why);
   exit(2);
 }
 
@@ -154,8 +190,8 @@ static long num(const char *s, long lo, long hi, const char *flag) {
 }
 
 int main(int argc, char **argv) {
-  const char *target = NULL, *source_ip = NULL, *token = "";
-  long rate = 30000, seconds = 8, sources = 250, ports = 2000, max = -1;
+  const char *target = NULL, *source_ip = NULL, *source_net = "127.1", *token = "";
+  long rate = 30000, seconds = 8, sources = 250, ports = 2000, max = -1, media_share = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     if (i + 1 >= argc) usage("every flag needs a value");
@@ -167,6 +203,8 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--ports")) ports = num(v, 1, 20000, a);
     else if (!strcmp(a, "--source-ip")) source_ip = v;
     else if (!strcmp(a, "--token")) token = v;
+    else if (!strcmp(a, "--source-net")) source_net = v;
+    else if (!strcmp(a, "--media-share")) media_share = num(v, 0, 100, a);
     else if (!strcmp(a, "--max")) max = num(v, 1, 2000000000L, a);
     else usage("unknown flag");
   }
@@ -185,8 +223,13 @@ int main(int argc, char **argv) {
   memcpy(tip, target, colon - target);
   tip[colon - target] = 0;
   long tport = num(colon + 1, 1, 65535, "--target port");
-  if (!in_loopback(tip)) usage("--target: only 127.0.0.0/8 is allowed");
-  if (source_ip != NULL && !in_loopback(source_ip)) usage("--source-ip: only 127.0.0.0/8 is allowed");
+  if (!allowed(tip)) usage("--target: only 127.0.0.0/8 (or 198.18.0.0/15 in a namespace) is allowed");
+  if (source_ip != NULL && !allowed(source_ip)) usage("--source-ip: only 127.0.0.0/8 (or 198.18.0.0/15 in a namespace) is allowed");
+  unsigned net_a, net_b;
+  char net_probe[32];
+  if (sscanf(source_net, "%u.%u", &net_a, &net_b) != 2 || net_a > 255 || net_b > 255) usage("--source-net: expected A.B");
+  snprintf(net_probe, sizeof net_probe, "%u.%u.0.1", net_a, net_b);
+  if (!allowed(net_probe)) usage("--source-net: only 127.x (or 198.18-19 in a namespace) is allowed");
   if (source_ip == NULL && sources > ports) sources = ports;
   if (max < 0) max = rate * seconds;
 
@@ -208,9 +251,9 @@ int main(int argc, char **argv) {
     if (source_ip != NULL) {
       inet_pton(AF_INET, source_ip, &from.sin_addr);
     } else {
-      /* Source s = i % sources: 127.1.0.1 … 127.1.0.250, 127.1.1.1 …, never .0 or .255. */
+      /* Source s = i % sources: A.B.0.1 … A.B.0.250, A.B.1.1 …, never .0 or .255. */
       long s = i % sources;
-      uint32_t ip = (127u << 24) | (1u << 16) | ((uint32_t)(s / 250) << 8) | (uint32_t)(s % 250 + 1);
+      uint32_t ip = (net_a << 24) | (net_b << 16) | ((uint32_t)(s / 250) << 8) | (uint32_t)(s % 250 + 1);
       from.sin_addr.s_addr = htonl(ip);
     }
     int fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0);
@@ -239,7 +282,7 @@ int main(int argc, char **argv) {
     long cap = rate / 100 + 1;
     if (due > cap) due = cap;
     for (long k = 0; k < due && sent < max; k++) {
-      size_t len = forge(pkt, token, token_len);
+      size_t len = (long)(rnd() % 100) < media_share ? forge_media(pkt) : forge(pkt, token, token_len);
       if (send(fds[next_fd], pkt, len, 0) == (ssize_t)len) sent++;
       else errors++;
       if (++next_fd == ports) next_fd = 0;

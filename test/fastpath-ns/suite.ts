@@ -10,7 +10,7 @@
 // last block runs the proxy with two worker threads (the kernel's SO_REUSEPORT hash picks a
 // session's worker from the client's 5-tuple; the kernel tells which worker's entry it is).
 //
-// Run as root: `npm run test:fastpath` (prerequisites: test/fastpath-ns/prereqs.sh, then
+// Run as root: `npm run test:fastpath-ns` (prerequisites: test/fastpath-ns/prereqs.sh, then
 // npm run build:bpf).
 import type { ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';

@@ -11,17 +11,18 @@ export type Msg = Record<string, unknown>;
 export const ROOT = resolve(import.meta.dirname, '../..');
 export const NODE = resolve(ROOT, 'node_modules/.bin/node');
 
-export class Agent {
+/** `R`: the topology's role names (the interop layout by default). */
+export class Agent<R extends string = NsRole> {
   readonly label: string;
   readonly child: ChildProcess;
   readonly events: Msg[] = [];
-  private readonly topo: Topology;
+  private readonly topo: Topology<R>;
   private nextId = 1;
   private readonly pending = new Map<number, (m: Msg) => void>();
   private readonly waiters = new Set<() => void>();
   private exited: string | undefined;
 
-  constructor(topo: Topology, role: NsRole, label: string, script: string, args: string[] = []) {
+  constructor(topo: Topology<R>, role: R, label: string, script: string, args: string[] = []) {
     this.topo = topo;
     this.label = label;
     this.child = topo.spawn(role, NODE, [resolve(import.meta.dirname, script), ...args], {

@@ -67,10 +67,13 @@ interface Rec {
   connectedAt: number;
   echo: string;
   echoAt: number;
+  loop?: { timer: number; sent: number; echoed: number; lastEcho: number; maxGap: number };
 }
 declare const window: { pcs?: Record<string, Rec> };
 declare const document: { createElement(tag: 'canvas'): Canvas; body: { appendChild(n: unknown): void } };
 declare const RTCPeerConnection: new () => Pc;
+declare function setInterval(f: () => void, ms: number): number;
+declare function clearInterval(id: number): void;
 
 export interface PcStats {
   connectionState: string;
@@ -89,7 +92,7 @@ export class ChromiumClient {
     this.page = page;
   }
 
-  static async launch(topo: Topology, role: ClientName): Promise<ChromiumClient> {
+  static async launch<R extends string = ClientName>(topo: Topology<R>, role: R): Promise<ChromiumClient> {
     const wrapper = join(topo.logDir, `chromium-${role}.sh`);
     writeFileSync(wrapper, `#!/bin/sh\nexec ip netns exec ${topo.ns(role)} ${CHROMIUM} "$@"\n`);
     chmodSync(wrapper, 0o755);
@@ -262,6 +265,58 @@ export class ChromiumClient {
       if (rc) out.remoteCandidate = `${String(rc['address'])}:${String(rc['port'])}`;
       return out;
     }, session);
+  }
+
+  /**
+   * A message every `intervalMs` on the session's data channel; echoes (any reply that contains the
+   * message) are counted in the page, with the longest time between two: see `pingStats`.
+   */
+  async startPingLoop(session: string, intervalMs: number): Promise<void> {
+    await this.page.evaluate(
+      ({ session, intervalMs }) => {
+        const r = window.pcs![session]!;
+        const dc = r.dc;
+        if (dc?.readyState !== 'open') throw new Error(`data channel of ${session} is not open`);
+        const loop = { timer: 0, sent: 0, echoed: 0, lastEcho: performance.now(), maxGap: 0 };
+        const other = dc.onmessage;
+        dc.onmessage = (m) => {
+          if (!String(m.data).includes(':loop:')) return other?.(m);
+          const now = performance.now();
+          loop.echoed++;
+          loop.maxGap = Math.max(loop.maxGap, now - loop.lastEcho);
+          loop.lastEcho = now;
+        };
+        loop.timer = setInterval(() => {
+          if (dc.readyState === 'open') dc.send(`:loop:${loop.sent++}`);
+        }, intervalMs);
+        r.loop = loop;
+      },
+      { session, intervalMs },
+    );
+  }
+
+  /** The ping loop's figures so far (`stop`: and end it). */
+  pingStats(
+    session: string,
+    stop = false,
+  ): Promise<{ sent: number; echoed: number; maxGapMs: number; sinceLastEchoMs: number; state: string }> {
+    return this.page.evaluate(
+      ({ session, stop }) => {
+        const r = window.pcs![session]!;
+        const loop = r.loop;
+        if (loop === undefined) throw new Error(`no ping loop on ${session}`);
+        if (stop) clearInterval(loop.timer);
+        const now = performance.now();
+        return {
+          sent: loop.sent,
+          echoed: loop.echoed,
+          maxGapMs: Math.max(loop.maxGap, now - loop.lastEcho),
+          sinceLastEchoMs: now - loop.lastEcho,
+          state: r.pc.connectionState,
+        };
+      },
+      { session, stop },
+    );
   }
 
   async closeSession(session: string): Promise<void> {

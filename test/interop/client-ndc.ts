@@ -6,6 +6,8 @@
 //           {cmd:'setAnswer', session, sdp} -> {}
 //           {cmd:'send', session, msg} -> {}                 (another message; its echo is an event)
 //           {cmd:'close', session} -> {}
+//           {cmd:'pingLoop', session, intervalMs} -> {}    (a message every interval, echoes counted, no events)
+//           {cmd:'pingStats', session, stop?} -> {sent, echoed, maxGapMs, sinceLastEchoMs}
 // events:   {event:'ice'|'state', session, state, t}, {event:'dc-open', session, t},
 //           {event:'echo', session, msg, t, rttMs}, {event:'pair', session, local, remote}
 // t: ms since the remote description was applied (the client starts its checks right then).
@@ -18,6 +20,16 @@ interface Session {
   pc: PeerConnection;
   dc?: DataChannel;
   t0: number;
+  loop?: PingLoop;
+}
+
+/** A steady message stream and its echoes: does the channel keep echoing, and what was the longest silence? */
+interface PingLoop {
+  timer?: NodeJS.Timeout;
+  sent: number;
+  echoed: number;
+  lastEcho: number;
+  maxGap: number;
 }
 const sessions = new Map<string, Session>();
 
@@ -34,9 +46,17 @@ function pingOnOpen(session: string, s: Session, dc: DataChannel, alreadyOpen: b
     s.dc = dc;
     emit({ event: 'dc-open', session, t: t() });
     const sent = Date.now();
-    dc.onMessage((msg) =>
-      emit({ event: 'echo', session, msg: String(msg), t: t(), rttMs: Date.now() - sent }),
-    );
+    dc.onMessage((msg) => {
+      const loop = s.loop;
+      if (loop !== undefined && String(msg).includes(':loop:')) {
+        const now = performance.now();
+        loop.echoed++;
+        loop.maxGap = Math.max(loop.maxGap, now - loop.lastEcho);
+        loop.lastEcho = now;
+        return;
+      }
+      emit({ event: 'echo', session, msg: String(msg), t: t(), rttMs: Date.now() - sent });
+    });
     dc.sendMessage(`ping:${session}`);
   };
   if (alreadyOpen) go();
@@ -103,7 +123,35 @@ serve(
         dc.sendMessage(String(req['msg']));
         return {};
       }
+      case 'pingLoop': {
+        const s = sessionOf(session);
+        const dc = s.dc;
+        if (!dc?.isOpen()) throw new Error(`data channel of ${session} is not open`);
+        const loop: PingLoop = { sent: 0, echoed: 0, lastEcho: performance.now(), maxGap: 0 };
+        loop.timer = setInterval(
+          () => {
+            if (dc.isOpen()) dc.sendMessage(`:loop:${loop.sent++}`);
+          },
+          Number(req['intervalMs'] ?? 100),
+        );
+        s.loop = loop;
+        return {};
+      }
+      case 'pingStats': {
+        const loop = sessionOf(session).loop;
+        if (loop === undefined) throw new Error(`no ping loop on ${session}`);
+        if (req['stop'] === true) clearInterval(loop.timer);
+        const now = performance.now();
+        return {
+          sent: loop.sent,
+          echoed: loop.echoed,
+          maxGapMs: Math.max(loop.maxGap, now - loop.lastEcho),
+          sinceLastEchoMs: now - loop.lastEcho,
+        };
+      }
       case 'close': {
+        const loop = sessions.get(session)?.loop;
+        if (loop !== undefined) clearInterval(loop.timer);
         sessions.get(session)?.pc.close();
         sessions.delete(session);
         return {};

@@ -29,13 +29,25 @@ function onPath(cmd: string): boolean {
 }
 
 export function checkPrereqs(): void {
+  requirePrereqs('interop', COMMANDS, 'test/interop/prereqs.sh');
+}
+
+/**
+ * Throws one message naming every missing prerequisite of a root-only suite (root, and each
+ * command's Debian package), and the script that installs them.
+ */
+export function requirePrereqs(
+  suite: string,
+  commands: ReadonlyArray<[cmd: string, pkg: string]>,
+  script: string,
+): void {
   const problems: string[] = [];
   if (process.getuid?.() !== 0) problems.push('not root: network namespaces and nftables need root');
-  const missing = COMMANDS.filter(([cmd]) => !onPath(cmd)).map(([, pkg]) => pkg);
+  const missing = commands.filter(([cmd]) => !onPath(cmd)).map(([, pkg]) => pkg);
   if (missing.length) problems.push(`missing Debian packages: ${missing.join(' ')}`);
   if (problems.length) {
     throw new Error(
-      `interop prerequisites not met:\n  - ${problems.join('\n  - ')}\nrun: sudo sh test/interop/prereqs.sh`,
+      `${suite} prerequisites not met:\n  - ${problems.join('\n  - ')}\nrun: sudo sh ${script}`,
     );
   }
 }

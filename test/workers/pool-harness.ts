@@ -26,8 +26,15 @@ export interface PoolRig {
 
 export type Metrics = (name: string, labels?: Record<string, string>) => number;
 
-export function parseMetrics(text: string): Metrics {
-  const rows = text
+export interface MetricRow {
+  name: string;
+  labels: Record<string, string>;
+  value: number;
+}
+
+/** Every sample of a Prometheus text exposition. */
+export function parseMetricRows(text: string): MetricRow[] {
+  return text
     .split('\n')
     .filter((l) => l !== '' && !l.startsWith('#'))
     .map((l) => {
@@ -37,6 +44,10 @@ export function parseMetrics(text: string): Metrics {
       for (const [, k, v] of (m[2] ?? '').matchAll(/([a-z_]+)="([^"]*)"/g)) labels[k!] = v!;
       return { name: m[1]!, labels, value: Number(m[3]) };
     });
+}
+
+export function parseMetrics(text: string): Metrics {
+  const rows = parseMetricRows(text);
   return (name, labels = {}) => {
     const row = rows.find(
       (r) => r.name === name && Object.entries(labels).every(([k, v]) => r.labels[k] === v),
