@@ -1,5 +1,6 @@
 import dgram from 'node:dgram';
 import type { PeerSocket } from '../defs/interfaces.ts';
+import { ipLiteralLookup } from './ip-literal-lookup.ts';
 
 /**
  * The `node:dgram` adapter of the peer protocol (docs/peers.md): one UDP socket per data-path
@@ -10,14 +11,6 @@ import type { PeerSocket } from '../defs/interfaces.ts';
  * The same traps as the public socket (docs/architecture.md, "UDP traps"): the error listener is
  * attached before bind(), and the destination is always an IP literal, resolved synchronously.
  */
-
-function ipLiteralLookup(
-  address: string,
-  _options: unknown,
-  callback: (err: NodeJS.ErrnoException | null, address: string, family: number) => void,
-): void {
-  callback(null, address, address.includes(':') ? 6 : 4);
-}
 
 export interface UdpPeerSocketOptions {
   readonly host: string;

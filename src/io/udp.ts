@@ -1,5 +1,6 @@
 import dgram from 'node:dgram';
 import type { Transport, Upstream, UpstreamHandler } from '../defs/interfaces.ts';
+import { ipLiteralLookup } from './ip-literal-lookup.ts';
 
 /**
  * The `node:dgram` adapter: the public listening socket and one upstream socket per session.
@@ -10,20 +11,6 @@ import type { Transport, Upstream, UpstreamHandler } from '../defs/interfaces.ts
  * EADDRINUSE is swallowed), and connected sockets report ICMP port-unreachable as ECONNREFUSED
  * errors, which go to the data path instead of killing the process.
  */
-
-/**
- * dgram resolves the destination of every unconnected send through `dns.lookup`, which for an IP
- * literal still costs a closure and a `process.nextTick` per datagram. Every address the data path
- * sends to is already an IP literal (a client's `rinfo.address`, a backend from discovery), so the
- * answer is the input, given synchronously.
- */
-function ipLiteralLookup(
-  address: string,
-  _options: unknown,
-  callback: (err: NodeJS.ErrnoException | null, address: string, family: number) => void,
-): void {
-  callback(null, address, address.includes(':') ? 6 : 4);
-}
 
 export interface ListenAddress {
   readonly host: string;
