@@ -175,7 +175,7 @@ export const OPTIONS: readonly OptionSpec[] = [
     flag: 'socket-buffer',
     arg: 'BYTES',
     def: '4194304',
-    help: 'SO_RCVBUF/SO_SNDBUF of the listening socket; 0 = OS default',
+    help: 'SO_RCVBUF/SO_SNDBUF of the listening and peer sockets; 0 = OS default',
   },
   {
     flag: 'drain-timeout',

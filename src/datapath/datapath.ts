@@ -156,6 +156,7 @@ export class Datapath implements FastPathHost, OwnerHost<FlowSession>, ReceiverH
     const now = this.#clock();
     const idle = this.#opt.idleTimeoutMs;
     this.#admission.sweep(now);
+    this.#registry.sweepJoinWaits(now);
     for (const s of this.#registry.sessions) {
       if (s.state === SessionState.Probing) {
         if (now - s.createdAt >= this.#opt.probeTimeoutMs) this.#router.fail(s);
@@ -306,6 +307,11 @@ export class Datapath implements FastPathHost, OwnerHost<FlowSession>, ReceiverH
   /** Client 5-tuples mapped to sessions. */
   get endpointCount(): number {
     return this.#registry.endpointCount;
+  }
+
+  /** Datagrams of new 5-tuples held until their check is answered (src/session/join-waits.ts). */
+  get joinHeld(): number {
+    return this.#registry.joinHeld;
   }
 
   lookup(address: string, port: number): ClientEndpoint | undefined {

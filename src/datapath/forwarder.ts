@@ -10,6 +10,7 @@ import type {
   UpstreamHandler,
 } from '../defs/interfaces.ts';
 import { DropReason, RouteCounter } from '../defs/reasons.ts';
+import { Hold } from '../session/join-waits.ts';
 import type { SessionRegistry } from '../session/registry.ts';
 import { type ClientEndpoint, type Session, SessionState } from '../session/session.ts';
 import { classifyFirstByte, PacketClass } from '../stun/demux.ts';
@@ -182,6 +183,9 @@ export class Forwarder {
   }
 
   #newFlow(buf: Buffer, address: string, port: number, via: PeerRoute | undefined): boolean {
+    // Media of a new 5-tuple whose check is on its way to the backend (a NAT rebinding, directly
+    // or through a peer): held until the answer (src/session/join-waits.ts).
+    if (buf.length > 0 && buf[0]! > 3 && this.#heldForJoin(buf, address, port)) return true;
     if (via !== undefined) return this.#tunneledNewFlow(buf, address, port, via);
     const h = this.#d.handoff;
     // Before the not-STUN drop: media on a 5-tuple whose first check went to another worker
@@ -244,6 +248,12 @@ export class Forwarder {
     return this.#d.router.routeTunneled(buf, this.#view, address, port, via);
   }
 
+  #heldForJoin(buf: Buffer, address: string, port: number): boolean {
+    const h = this.#registry.holdForJoin(address, port, buf, this.#d.clock());
+    if (h === Hold.Full) this.#drop(DropReason.JoinUnconfirmed);
+    return h !== Hold.NotWaiting;
+  }
+
   /** Parses a check a flow may start or continue with into the view; drops it by reason if unfit. */
   #parsed(buf: Buffer): boolean {
     const r = parseBindingRequest(buf, this.#view);
@@ -297,7 +307,12 @@ export class Forwarder {
               if (kind === 1) {
                 this.#registry.join(s, ep);
                 c.routes[RouteCounter.Rebind]!++;
-              } else c.routes[RouteCounter.RebindRefused]!++;
+                const held = this.#registry.endJoinWait(ep.address, ep.port, true);
+                if (held !== undefined) this.#sendHeld(s, ep, held);
+              } else {
+                c.routes[RouteCounter.RebindRefused]!++;
+                this.#registry.endJoinWait(ep.address, ep.port, false);
+              }
             }
             to = ep;
           }
@@ -312,6 +327,18 @@ export class Forwarder {
       return;
     }
     this.#d.router.probeAnswer(s, buf, address, port);
+  }
+
+  /** The media a joined 5-tuple sent while its check was answered, in order, upstream. */
+  #sendHeld(s: Session, ep: ClientEndpoint, held: readonly Buffer[]): void {
+    const c = this.#c;
+    const now = this.#d.clock();
+    for (const buf of held) {
+      this.#registry.noteUp(s, ep, buf.length, now);
+      c.packetsToBackends++;
+      c.bytesToBackends += buf.length;
+      s.upstream.send(buf);
+    }
   }
 
   #isBackend(address: string, port: number): boolean {

@@ -135,7 +135,10 @@ export class Router {
     }
     // Joins only when the owner answers this transaction with a success (forwarder.ts); a check
     // that came through a peer joins with its route.
-    d.registry.remember(live, buf, new ClientEndpoint(live, address, port, now, via));
+    const ep = new ClientEndpoint(live, address, port, now, via);
+    d.registry.remember(live, buf, ep);
+    // Its media that follows at once is held until the answer, not dropped (join-waits.ts).
+    d.registry.awaitJoin(live, ep, now);
     d.counters.packetsToBackends++;
     d.counters.bytesToBackends += buf.length;
     live.upstream.send(buf);

@@ -66,6 +66,12 @@ const DROPS = indexed({
    * "Owner"): a tunneled datagram never opens a session, nor is it asked about or handed on.
    */
   TunnelNoSession: 'tunnel_no_session',
+  /**
+   * Media of a new 5-tuple held while its check was on its way to the backend (a NAT rebinding:
+   * src/session/join-waits.ts), and the backend refused the check or did not answer in time, or
+   * the hold was full.
+   */
+  JoinUnconfirmed: 'join_unconfirmed',
 });
 export const DropReason = DROPS.index;
 export type DropReason = number;

@@ -15,6 +15,8 @@ import { ipLiteralLookup } from './ip-literal-lookup.ts';
 export interface UdpPeerSocketOptions {
   readonly host: string;
   readonly port: number;
+  /** SO_RCVBUF / SO_SNDBUF, bytes (`--socket-buffer`, as the public socket); 0 = kernel default. */
+  readonly socketBufferBytes: number;
   readonly onDatagram: (buf: Buffer, address: string, port: number) => void;
   readonly onError: (err: Error) => void;
 }
@@ -46,6 +48,17 @@ export class UdpPeerSocket implements PeerSocket {
       sock.bind(port, host, () => {
         sock.off('error', onStartError);
         sock.on('error', this.#o.onError);
+        // A rolling update moves many flows at once: their query rounds, answers and first tunneled
+        // datagrams arrive here in one burst, which the kernel's default buffer (212 KB, a few
+        // hundred datagrams) overflows while the event loop is busy with the same burst.
+        if (this.#o.socketBufferBytes > 0) {
+          try {
+            sock.setRecvBufferSize(this.#o.socketBufferBytes);
+            sock.setSendBufferSize(this.#o.socketBufferBytes);
+          } catch (err) {
+            this.#o.onError(err as Error);
+          }
+        }
         this.#sock = sock;
         resolve(sock.address().port);
       });
@@ -64,6 +77,14 @@ export class UdpPeerSocket implements PeerSocket {
     pair[0] = head;
     pair[1] = body;
     sock.send(pair, port, address);
+  }
+
+  /** SO_RCVBUF and SO_SNDBUF as the kernel holds them (twice what was asked), once bound. */
+  bufferSizes(): { recv: number; send: number } | undefined {
+    const sock = this.#sock;
+    return sock === undefined
+      ? undefined
+      : { recv: sock.getRecvBufferSize(), send: sock.getSendBufferSize() };
   }
 
   close(): void {

@@ -56,6 +56,7 @@ export function createThreadPeers(
   const socket = new UdpPeerSocket({
     host,
     port,
+    socketBufferBytes: config.socketBufferBytes,
     onDatagram: (buf, address, p) => node.onDatagram(buf, address, p),
     onError: (err) => log.warn({ err: err.message }, 'peer socket error'),
   });

@@ -13,6 +13,7 @@ import { CLOSE_REASONS, type CloseReason, DropReason, type RouteOutcome } from '
 import type { UsernameView } from '../stun/parse.ts';
 import { usernameEquals } from '../stun/parse.ts';
 import { FlowEvents } from './events.ts';
+import { type Hold, type JoinWait, JoinWaits } from './join-waits.ts';
 import type { PortPool } from './port-pool.ts';
 import { type ClientEndpoint, type ProbeState, Session, SessionState, TX_SLOTS } from './session.ts';
 
@@ -80,6 +81,8 @@ export class SessionRegistry {
   /** Flows being routed per source address, [fan-out, directed]. */
   readonly #pending = [new Map<string, number>(), new Map<string, number>()] as const;
   readonly #events = new FlowEvents();
+  /** Datagrams of new 5-tuples waiting for their check's answer (join-waits.ts). */
+  readonly #joinWaits = new JoinWaits<Session>();
   readonly #deps: RegistryDeps;
   #endpointCount = 0;
   #nextId = 1;
@@ -367,6 +370,45 @@ export class SessionRegistry {
   }
 
   // ---------------------------------------------------------------------------------------------
+  // A new 5-tuple's datagrams while its check is answered (join-waits.ts)
+
+  /** A check of `s` from the new 5-tuple of `ep` went to the backend: hold its media until the answer. */
+  awaitJoin(s: Session, ep: ClientEndpoint, now: number): void {
+    this.#joinWaits.open(s, ep.address, ep.port, now);
+  }
+
+  /** Holds a non-STUN datagram of a 5-tuple that waits to join; see {@link JoinWaits.hold}. */
+  holdForJoin(address: string, port: number, buf: Buffer, now: number): Hold {
+    return this.#joinWaits.hold(address, port, buf, now, isEstablished);
+  }
+
+  /**
+   * The backend answered the 5-tuple's check: what it held, oldest first, for the forwarder to
+   * send on after a success; after a refusal they are counted as dropped here (undefined back).
+   */
+  endJoinWait(address: string, port: number, joined: boolean): readonly Buffer[] | undefined {
+    const w = this.#joinWaits.close(address, port);
+    if (w === undefined || w.held.length === 0) return undefined;
+    if (joined) return w.held;
+    this.#deps.counters.drops[DropReason.JoinUnconfirmed]! += w.held.length;
+    return undefined;
+  }
+
+  /** Ends the waits whose check was not answered in time, or whose session ended; counts their datagrams. */
+  sweepJoinWaits(now: number): void {
+    this.#joinWaits.sweep(now, isEstablished, this.#countUnconfirmed);
+  }
+
+  /** Datagrams held for joins now. */
+  get joinHeld(): number {
+    return this.#joinWaits.held;
+  }
+
+  readonly #countUnconfirmed = (w: JoinWait<Session>): void => {
+    this.#deps.counters.drops[DropReason.JoinUnconfirmed]! += w.held.length;
+  };
+
+  // ---------------------------------------------------------------------------------------------
 
   #adopt(s: Session, ep: ClientEndpoint): void {
     const existing = this.lookup(ep.address, ep.port);
@@ -435,3 +477,5 @@ export class SessionRegistry {
 }
 
 const EMPTY: ReadonlySet<Session> = new Set();
+
+const isEstablished = (s: Session): boolean => s.state === SessionState.Established;

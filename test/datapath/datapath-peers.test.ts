@@ -210,6 +210,23 @@ describe('data path, owning side: tunneled datagrams', () => {
     expect(p.calls.filter((c) => c.includes('198.51.100.7') || c.includes(':6000'))).toEqual([]);
   });
 
+  it("a rebinding through a peer: the media that follows its check is held until the backend's success, then sent on", () => {
+    const p = new RecordingPeers();
+    const r = makeDatapathRig({ peers: p });
+    const { creds, up, s } = established(r);
+    const viaB = new RecordingRoute('10.1.0.2:10001');
+    expect(r.datapath.tunneled(check(creds), '192.0.2.1', 6000, viaB)).toBe(true);
+    expect(r.datapath.tunneled(media('m1'), '192.0.2.1', 6000, viaB)).toBe(true);
+    expect(r.datapath.tunneled(media('m2'), '192.0.2.1', 6000, viaB)).toBe(true);
+    expect(drops(r, 'unknown_flow_rtp')).toBe(0);
+    const n = up.sent.length;
+    r.answerAll(up);
+    expect(r.datapath.lookup('192.0.2.1', 6000)?.via).toBe(viaB);
+    expect(up.sent.slice(n).map((x) => x.buf.subarray(4).toString())).toEqual(['m1', 'm2']);
+    expect(s.current.port).toBe(6000);
+    expect(p.calls.filter((c) => c.includes(':6000'))).toEqual([]); // never asked about
+  });
+
   it('a tunneled datagram never opens a session, nor is it asked about or handed on', () => {
     const p = new RecordingPeers();
     p.claim = true;

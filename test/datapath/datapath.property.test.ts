@@ -69,6 +69,8 @@ interface World {
   readonly succeeded: Set<string>;
   /** 5-tuples that sent the proxy anything. */
   readonly clients: Set<string>;
+  /** Client datagrams held for a join now, oldest first (src/session/join-waits.ts). */
+  readonly held: { buf: Buffer; tuple: { address: string; port: number } }[];
   /** Client datagrams so far (for replays). */
   readonly history: { buf: Buffer; tuple: { address: string; port: number } }[];
   /** Upstream sends already answered by a backend. */
@@ -138,6 +140,7 @@ function world(cfg: Config): World {
     clients: new Set(),
     history: [],
     answered: new WeakSet(),
+    held: [],
     mirror: new Map(),
     closedIds: new Set(),
     eventsSeen: 0,
@@ -163,6 +166,9 @@ function sessionOfUpstream(w: World, u: FakeUpstream): Session | undefined {
 
 interface Before {
   readonly drops: number;
+  /** Datagrams held for joins (src/session/join-waits.ts), and those dropped unconfirmed so far. */
+  readonly held: number;
+  readonly unconfirmed: number;
   readonly upstreamSends: number;
   readonly clientSends: number;
   /** For a client datagram: the session that held its 5-tuple, and whether it was established. */
@@ -177,6 +183,8 @@ function snapshot(w: World, from?: { address: string; port: number }, into?: Fak
   const down = into === undefined ? undefined : sessionOfUpstream(w, into);
   return {
     drops: w.rig.datapath.counters.drops.reduce((a, b) => a + b, 0),
+    held: w.rig.datapath.joinHeld,
+    unconfirmed: w.rig.datapath.counters.drops[DROP_REASON_LABELS.indexOf('join_unconfirmed')]!,
     upstreamSends: w.rig.transport.upstreamSends.length,
     clientSends: w.rig.transport.toClients.length,
     holder: ep?.session,
@@ -206,9 +214,25 @@ function verify(
   // Upstream: the proxy forwards client bytes untouched; probes are only well-formed checks;
   // anything else goes upstream only from a joined endpoint of an established session (or as a
   // rebinding check of that session's own ufrag pair).
+  const heldNow = reg.joinHeld;
+  const unconfirmed =
+    reg.counters.drops[DROP_REASON_LABELS.indexOf('join_unconfirmed')]! - before.unconfirmed;
+  let released = 0;
   for (const s of t.upstreamSends.slice(before.upstreamSends)) {
     if (s.via === 'sendTo') {
       eq(isCheck(s.buf), true, 'a probe is a well-formed check');
+      continue;
+    }
+    if (step.backend !== undefined) {
+      // A backend's success joined a new 5-tuple: what it sent meanwhile was held, and goes on now,
+      // through the socket of the session it joined, from an endpoint that is joined now.
+      const i = w.held.findIndex((h) => h.buf.equals(s.buf));
+      ok(i >= 0, 'upstream on a backend datagram: only what a joining 5-tuple held');
+      const h = w.held[i]!;
+      w.held.splice(i, 1);
+      const ep = reg.lookup(h.tuple.address, h.tuple.port);
+      ok(ep !== undefined && ep.session.upstream === s.upstream, 'held media goes on only once joined');
+      released++;
       continue;
     }
     ok(step.client !== undefined, 'only a client datagram is forwarded upstream');
@@ -246,13 +270,23 @@ function verify(
 
   // Every datagram is either passed on or dropped and counted by exactly one reason.
   const dropped = rig.datapath.counters.drops.reduce((a, b) => a + b, 0) - before.drops;
+  // A held datagram is neither yet: it goes on when its 5-tuple joins, or is dropped
+  // (join_unconfirmed) when the backend refuses the check or its time is up.
   if (step.client !== undefined) {
     const passed = t.upstreamSends.length > before.upstreamSends ? 1 : 0;
-    eq(dropped + passed, 1, 'a client datagram is forwarded or counted once');
+    const held = heldNow - before.held;
+    if (held === 1) w.held.push({ buf: step.client.buf, tuple: step.client });
+    eq(dropped + passed + held, 1, 'a client datagram is forwarded, held or counted once');
   } else if (step.backend !== undefined) {
     const passed = t.toClients.length > before.clientSends ? 1 : 0;
-    eq(dropped + passed, 1, 'a backend datagram is forwarded or counted once');
-  } else eq(dropped, 0, 'dropped');
+    eq(dropped - unconfirmed + passed, 1, 'a backend datagram is forwarded or counted once');
+    eq(before.held - heldNow, released + unconfirmed, 'held datagrams end sent on or counted');
+  } else {
+    eq(dropped, unconfirmed, 'dropped: only held datagrams whose time is up');
+    eq(before.held - heldNow, unconfirmed, 'held datagrams end counted');
+  }
+  // (The model keeps its copies of what ended unsent: such a buffer is never sent, so a copy left
+  // over cannot make a wrong send pass.)
 
   // Flow events: a listener that only follows them knows each established session's endpoints
   // and current endpoint exactly; each event happens once (a join of a joined 5-tuple, a change

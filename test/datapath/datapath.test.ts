@@ -4,6 +4,7 @@ import { describe, expect, it } from 'vitest';
 import { ACTIVATION_ROUNDS } from '../../src/admission/source-shares.ts';
 import { probeOf } from '../../src/datapath/probe.ts';
 import { CLOSE_REASONS, DROP_REASON_LABELS, ROUTE_LABELS } from '../../src/defs/reasons.ts';
+import { JOIN_HOLD, JOIN_WAIT_MS } from '../../src/session/join-waits.ts';
 import { SessionState } from '../../src/session/session.ts';
 import {
   check,
@@ -832,6 +833,61 @@ describe('sessions over time', () => {
     expect(isStunResponse(r.transport.sentToClient(B.address, B.port)[0]!, 'error')).toBe(true);
     e.up.inject(media('down'), b0);
     expect(r.transport.sentToClient(A.address, A.port).at(-1)!.toString()).toContain('down');
+  });
+
+  it("a rebinding's media that follows its check is held until the backend's success, then sent on in order", () => {
+    const r = rig();
+    const b0 = r.backends[0]!;
+    const e = established(r, b0, A);
+    const s = r.sessionOf(e.creds.serverUfrag);
+    const before = s.packetsUp;
+    send(r, check(e.creds), B);
+    send(r, media('m1'), B);
+    send(r, media('m2'), B);
+    // Nothing of the new 5-tuple but its check reached the backend before it confirmed it.
+    expect(e.up.sent.at(-1)!.buf.toString()).not.toContain('m1');
+    expect(drops(r, 'unknown_flow_rtp')).toBe(0);
+    const n = e.up.sent.length;
+    r.answerAll(e.up);
+    expect(r.datapath.lookup(B.address, B.port)?.session).toBe(s);
+    expect(e.up.sent.slice(n).map((x) => x.buf.subarray(4).toString())).toEqual(['m1', 'm2']);
+    expect(s.packetsUp - before).toBe(2); // both held datagrams count for the session once sent
+    expect(drops(r, 'join_unconfirmed')).toBe(0);
+    // Later media goes straight through, as for any joined 5-tuple.
+    send(r, media('m3'), B);
+    expect(e.up.sent.at(-1)!.buf.subarray(4).toString()).toBe('m3');
+  });
+
+  it('a refused rebinding drops what it held (join_unconfirmed); an unanswered one, after its time', () => {
+    const r = rig();
+    const b0 = r.backends[0]!;
+    const e = established(r, b0, A);
+    const n0 = e.up.sent.length;
+    // Forged: the right pair with a wrong key, then media from the same spoofed 5-tuple.
+    send(r, check({ ...e.creds, password: 'wrong'.repeat(5) }), B);
+    send(r, media('x1'), B);
+    send(r, media('x2'), B);
+    r.answerAll(e.up);
+    expect(drops(r, 'join_unconfirmed')).toBe(2);
+    expect(e.up.sent.slice(n0).filter((x) => x.buf[0] === 0x80)).toEqual([]); // no media, only the check
+    expect(r.datapath.lookup(B.address, B.port)).toBeUndefined();
+    // No wait left: the next media of that 5-tuple is an unknown flow again.
+    send(r, media('x3'), B);
+    expect(drops(r, 'unknown_flow_rtp')).toBe(1);
+    // A check the backend never answers: at most JOIN_HOLD held, the rest dropped at once, all of
+    // them counted once its time is up; then the 5-tuple is unknown again.
+    const C = { address: '203.0.113.9', port: 7000 };
+    const lost = e.up.sent.length;
+    send(r, check(e.creds), C);
+    expect(e.up.sent.length).toBe(lost + 1);
+    e.up.sent.pop(); // the backend never sees it
+    for (let i = 0; i < JOIN_HOLD + 2; i++) send(r, media(`c${i}`), C);
+    expect(drops(r, 'join_unconfirmed')).toBe(2 + 2);
+    r.tick(JOIN_WAIT_MS + 1);
+    expect(drops(r, 'join_unconfirmed')).toBe(2 + 2 + JOIN_HOLD);
+    send(r, media('late'), C);
+    expect(drops(r, 'unknown_flow_rtp')).toBe(2);
+    expect(e.up.sent.slice(lost).filter((x) => x.buf[0] === 0x80)).toEqual([]);
   });
 
   it('backend gone, upstream error, shutdown: each closes with its reason; ECONNREFUSED does not', () => {

@@ -14,6 +14,7 @@ describe('UdpPeerSocket', () => {
     const a = new UdpPeerSocket({
       host: '127.0.0.1',
       port: 0,
+      socketBufferBytes: 0,
       onDatagram: (buf, address, port) => got.push({ buf, address, port }),
       onError: () => {},
     });
@@ -37,12 +38,51 @@ describe('UdpPeerSocket', () => {
   });
 
   it('a port in use rejects start-up and leaves no socket behind', async () => {
-    const a = new UdpPeerSocket({ host: '127.0.0.1', port: 0, onDatagram: () => {}, onError: () => {} });
+    const a = new UdpPeerSocket({
+      host: '127.0.0.1',
+      port: 0,
+      socketBufferBytes: 0,
+      onDatagram: () => {},
+      onError: () => {},
+    });
     open.push(a);
     const port = await a.start();
-    const b = new UdpPeerSocket({ host: '127.0.0.1', port, onDatagram: () => {}, onError: () => {} });
+    const b = new UdpPeerSocket({
+      host: '127.0.0.1',
+      port,
+      socketBufferBytes: 0,
+      onDatagram: () => {},
+      onError: () => {},
+    });
     await expect(b.start()).rejects.toMatchObject({ code: 'EADDRINUSE' });
     // Sends on a socket that never bound do nothing.
     b.send(Buffer.from([1]), undefined, port, '127.0.0.1');
+  });
+
+  it('takes --socket-buffer for its receive and send buffers', async () => {
+    // Smaller than any kernel default, so the test does not depend on net.core.rmem_max: the kernel
+    // keeps twice the size asked (socket(7)), at least its minimum.
+    const small = new UdpPeerSocket({
+      host: '127.0.0.1',
+      port: 0,
+      socketBufferBytes: 4096,
+      onDatagram: () => {},
+      onError: () => {},
+    });
+    const dflt = new UdpPeerSocket({
+      host: '127.0.0.1',
+      port: 0,
+      socketBufferBytes: 0,
+      onDatagram: () => {},
+      onError: () => {},
+    });
+    open.push(small, dflt);
+    await small.start();
+    await dflt.start();
+    const s = small.bufferSizes()!;
+    const d = dflt.bufferSizes()!;
+    expect(s.recv).toBe(8192);
+    expect(s.send).toBe(8192);
+    expect(d.recv).toBeGreaterThan(s.recv);
   });
 });
