@@ -15,6 +15,7 @@ import { PeerReceiver, type ReceiverPolicy } from './receiver.ts';
 import {
   type Answer,
   BadVersion,
+  controlLength,
   dataGen,
   dataSlot,
   decodeAnswer,
@@ -196,6 +197,26 @@ export class PeerNode<S extends object> implements PeerRouting {
       this.receiver.onDown(buf, dataSlot(buf), dataGen(buf), peer, port);
       return;
     }
+    // Control: one message, or several back to back (wire.ts, controlLength).
+    const len = controlLength(buf, 0);
+    if (len === buf.length) {
+      this.#control(buf, type, peer, port);
+      return;
+    }
+    for (let off = 0; off < buf.length; ) {
+      const n = controlLength(buf, off);
+      if (n < 0) {
+        c.drops[n === BadVersion ? PeerDrop.Version : PeerDrop.Malformed]!++;
+        return;
+      }
+      this.#control(buf.subarray(off, off + n), buf[off + 3]!, peer, port);
+      off += n;
+    }
+  }
+
+  /** One control message from a known peer. */
+  #control(buf: Buffer, type: number, peer: Peer, port: number): void {
+    const c = this.counters;
     const hi = instanceHi(buf);
     const lo = instanceLo(buf);
     if (this.set.isSelf(hi, lo)) {

@@ -7,7 +7,8 @@ import { isIP } from 'node:net';
  * a datagram that does not fit is a numeric result the caller counts by reason.
  *
  * Every message starts with a 4-byte header: 'I' 'P' (0x49 0x50), the version, the type. Two
- * families follow:
+ * families follow (a datagram holds one data message, or one or more control messages back to
+ * back: {@link controlLength}):
  * - control (ping, pong, query, answer, release): the sender's 64-bit instance id next, so a
  *   replica recognises its own datagrams (itself in the peer list) and a peer that restarted;
  * - data (up, down): a 64-bit tunnel token minted by the receiving side, then the client's datagram
@@ -74,6 +75,28 @@ export function peekType(buf: Uint8Array): number {
   if (t < MsgType.Ping || t > MsgType.Down) return Malformed;
   const min = t === MsgType.Up || t === MsgType.Down ? DATA_HEADER : MIN_LENGTH[t]!;
   return buf.length < min ? Malformed : t;
+}
+
+/**
+ * The length of the control message at `off` (ping, pong, query, answer, release), or
+ * {@link Malformed} / {@link BadVersion}. A control datagram may carry several messages back to
+ * back (the peer socket coalesces what one event-loop turn sends to one peer port: a burst of
+ * moved flows is a burst of queries and answers); each message is self-delimiting. O(1).
+ */
+export function controlLength(buf: Uint8Array, off: number): number {
+  const left = buf.length - off;
+  if (left < HEADER || buf[off] !== MAGIC0 || buf[off + 1] !== MAGIC1) return Malformed;
+  if (buf[off + 2] !== VERSION) return BadVersion;
+  const t = buf[off + 3]!;
+  if (t < MsgType.Ping || t > MsgType.Release) return Malformed;
+  const min = MIN_LENGTH[t]!;
+  if (left < min) return Malformed;
+  if (t !== MsgType.Query) return min;
+  const alen = buf[off + CONTROL + 8]!;
+  const u = off + CONTROL + 8 + 1 + alen + 2;
+  if (u + 2 > buf.length) return Malformed;
+  const n = CONTROL + 8 + 1 + alen + 2 + 2 + ((buf[u]! << 8) | buf[u + 1]!);
+  return n > left ? Malformed : n;
 }
 
 const MIN_LENGTH: number[] = [];

@@ -1,7 +1,7 @@
 import dgram from 'node:dgram';
 import { once } from 'node:events';
 import { afterEach, describe, expect, it } from 'vitest';
-import { UdpPeerSocket } from '../../src/io/peer-socket.ts';
+import { BATCH_BYTES, UdpPeerSocket } from '../../src/io/peer-socket.ts';
 
 const open: Array<{ close(): void }> = [];
 afterEach(() => {
@@ -84,5 +84,61 @@ describe('UdpPeerSocket', () => {
     expect(s.recv).toBe(8192);
     expect(s.send).toBe(8192);
     expect(d.recv).toBeGreaterThan(s.recv);
+  });
+
+  it('sends the control messages of one event-loop turn to one peer port as one datagram; a tunnel datagram goes at once, after them', async () => {
+    const a = new UdpPeerSocket({
+      host: '127.0.0.1',
+      port: 0,
+      socketBufferBytes: 0,
+      onDatagram: () => {},
+      onError: () => {},
+    });
+    open.push(a);
+    await a.start();
+    const got: Buffer[] = [];
+    const peer = dgram.createSocket('udp4');
+    open.push(peer);
+    peer.on('message', (m) => got.push(m));
+    peer.bind(0, '127.0.0.1');
+    await once(peer, 'listening');
+    const port = peer.address().port;
+    // Three control messages in one turn, then a tunnel datagram: the control ones first, together.
+    a.send(Buffer.from([1, 1]), undefined, port, '127.0.0.1');
+    a.send(Buffer.from([2, 2]), undefined, port, '127.0.0.1');
+    a.send(Buffer.from([3]), Buffer.from([4]), port, '127.0.0.1');
+    a.send(Buffer.from([5]), undefined, port, '127.0.0.1');
+    // More than BATCH_BYTES in one turn: split, each part whole.
+    const big = Buffer.alloc(500, 9);
+    for (let i = 0; i < 3; i++) a.send(big, undefined, port, '127.0.0.1');
+    const deadline = Date.now() + 2000;
+    while (got.length < 4 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    expect(BATCH_BYTES).toBe(1200);
+    expect(got.map((m) => [...m.subarray(0, 6)])).toEqual([
+      [1, 1, 2, 2],
+      [3, 4],
+      [5, 9, 9, 9, 9, 9],
+      [9, 9, 9, 9, 9, 9],
+    ]);
+    expect(got.map((m) => m.length)).toEqual([4, 2, 1001, 500]);
+  });
+
+  it('close sends what is queued first', async () => {
+    const a = new UdpPeerSocket({
+      host: '127.0.0.1',
+      port: 0,
+      socketBufferBytes: 0,
+      onDatagram: () => {},
+      onError: () => {},
+    });
+    await a.start();
+    const peer = dgram.createSocket('udp4');
+    open.push(peer);
+    peer.bind(0, '127.0.0.1');
+    await once(peer, 'listening');
+    const received = once(peer, 'message');
+    a.send(Buffer.from([7, 7]), undefined, peer.address().port, '127.0.0.1');
+    a.close();
+    expect([...((await received) as [Buffer])[0]]).toEqual([7, 7]);
   });
 });

@@ -11,7 +11,7 @@ import { NegativeUfrags } from '../../src/admission/ufrag-caches.ts';
 import type { PeerRoute } from '../../src/defs/interfaces.ts';
 import { PeerNode, type PeerNodeOptions } from '../../src/peers/node.ts';
 import type { PeerSpec } from '../../src/peers/peer-set.ts';
-import type { Instance } from '../../src/peers/wire.ts';
+import { type Instance, MsgType } from '../../src/peers/wire.ts';
 
 export interface Datagram {
   readonly buf: Buffer;
@@ -169,10 +169,37 @@ export class SimNet {
     for (const n of this.nodes) n.node.updatePeers(specs);
   }
 
+  /**
+   * Control messages queued from one node to one peer port go as one datagram, as the peer socket
+   * sends what one event-loop turn queued (src/io/peer-socket.ts): applied to the queue as it is
+   * now, and by {@link flush} after every delivery while on.
+   */
+  coalesce = false;
+
+  #coalesceQueue(): void {
+    const out: Datagram[] = [];
+    const open = new Map<string, number>();
+    for (const d of this.queue) {
+      const control = d.buf[3]! <= MsgType.Release;
+      const k = `${d.from.address}:${d.from.port}>${d.to.address}:${d.to.port}`;
+      const at = control ? open.get(k) : undefined;
+      if (at !== undefined) {
+        out[at] = { ...out[at]!, buf: Buffer.concat([out[at]!.buf, d.buf]) };
+        continue;
+      }
+      if (control) open.set(k, out.length);
+      else open.delete(k); // a data datagram keeps its place after the control messages before it
+      out.push(d);
+    }
+    this.queue.splice(0, this.queue.length, ...out);
+  }
+
   /** Delivers queued datagrams (and those they cause) until the network is quiet. */
   flush(max = 100_000): number {
     let n = 0;
+    if (this.coalesce) this.#coalesceQueue();
     while (this.queue.length > 0 && n < max) {
+      if (this.coalesce && n > 0) this.#coalesceQueue();
       const d = this.queue.shift()!;
       n++;
       this.log.push(d);

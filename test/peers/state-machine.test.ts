@@ -281,6 +281,32 @@ describe('peers: a flow that moves twice, and loops', () => {
 });
 
 describe('peers: what a peer trusts', () => {
+  it('many flows moved at once: queries and answers share one datagram per peer, and every flow is tunneled', () => {
+    const { net, a, b } = tier();
+    net.coalesce = true;
+    const before = net.log.length;
+    const dropsOf = (n: SimNode): number => n.node.counters.drops.reduce((x, y) => x + y, 0);
+    const dropsBefore = [dropsOf(a), dropsOf(b)];
+    for (let i = 0; i < 20; i++) a.own(`${CLIENT}:${6000 + i}`);
+    for (let i = 0; i < 20; i++) expect(b.client(rtp(i), CLIENT, 6000 + i)).toBe('asked');
+    net.flush();
+    // One query datagram to each peer (20 queries each), one answer datagram back from each.
+    const sent = net.log.slice(before);
+    const from = (n: SimNode, type: number) =>
+      sent.filter((d) => d.from.address === n.address && d.buf[3] === type);
+    expect(from(b, MsgType.Query)).toHaveLength(2);
+    expect(from(a, MsgType.Answer)).toHaveLength(1);
+    expect(b.node.counters.queries[QueryOutcome.Owned]).toBe(20);
+    expect(new Set(a.tunneled.map((t) => t.port)).size).toBe(20);
+    expect([dropsOf(a), dropsOf(b)]).toEqual(dropsBefore);
+    // A batch whose tail is cut off: the whole messages before it count, the rest is malformed.
+    const q = (port: number) => encodeQuery(b.instance, 1, 1, CLIENT, port, undefined);
+    const answered = a.node.counters.answers.reduce((x, y) => x + y, 0);
+    a.node.onDatagram(Buffer.concat([q(7000), q(7001).subarray(0, 20)]), b.address, b.port);
+    expect(a.node.counters.answers.reduce((x, y) => x + y, 0)).toBe(answered + 1);
+    expect(a.node.counters.drops[PeerDrop.Malformed]).toBe(1);
+  });
+
   it('forged tunnel datagrams, answers and releases are dropped and counted; nothing reaches a client', () => {
     const { net, a, b, c } = tier();
     a.own(`${CLIENT}:5000`);

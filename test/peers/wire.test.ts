@@ -4,6 +4,7 @@ import { TokenTable } from '../../src/peers/tokens.ts';
 import {
   type Answer,
   BadVersion,
+  controlLength,
   DATA_HEADER,
   dataGen,
   dataHeader,
@@ -112,6 +113,30 @@ describe('peer wire format', () => {
     expect(peekType(up)).toBe(MsgType.Up);
   });
 
+  it('finds where each control message of a batch ends; data and cut-off messages are not part of one', () => {
+    const msgs = [
+      encodeQuery(self, 1, 2, '2001:db8::1', 5000, Buffer.from('srv:cli')),
+      encodeAnswer(self, 3, 4, Owned.Flow, 5, 6),
+      encodeHeartbeat(MsgType.Ping, self, 7, 1, 0),
+      encodeRelease(self, ReleaseOf.Receiving, 8, 9),
+      encodeQuery(self, 10, 11, '192.0.2.1', 6000, undefined),
+    ];
+    const batch = Buffer.concat(msgs);
+    const lengths: number[] = [];
+    for (let off = 0; off < batch.length; off += lengths.at(-1)!) lengths.push(controlLength(batch, off));
+    expect(lengths).toEqual(msgs.map((m) => m.length));
+    const q = newQuery();
+    const at = msgs[0]!.length + msgs[1]!.length + msgs[2]!.length + msgs[3]!.length;
+    expect(decodeQuery(batch.subarray(at), q)).toBe(true);
+    expect([q.slot, q.gen, q.address, q.port, q.username]).toEqual([10, 11, '192.0.2.1', 6000, undefined]);
+    // A query cut short, a tunnel datagram, another version: no length.
+    expect(controlLength(batch.subarray(0, msgs[0]!.length - 1), 0)).toBe(Malformed);
+    expect(controlLength(dataHeader(MsgType.Up, 1, 1), 0)).toBe(Malformed);
+    const v2 = Buffer.from(msgs[1]!);
+    v2[2] = 2;
+    expect(controlLength(v2, 0)).toBe(BadVersion);
+  });
+
   it('tells foreign bytes, other versions and unknown types apart', () => {
     expect(peekType(Buffer.from([0x00, 0x01, 0x00, 0x00]))).toBe(Malformed); // STUN
     expect(peekType(Buffer.from([0x49, 0x50, 1]))).toBe(Malformed); // short
@@ -143,6 +168,14 @@ describe('peer wire format', () => {
         if (t === MsgType.Ping || t === MsgType.Pong) decodeHeartbeat(b, hb);
         if (t === MsgType.Release) releaseOf(b);
         if (t === MsgType.Up || t === MsgType.Down) dataSlot(b) + dataGen(b);
+        // Within a batch: a message's length never runs past the datagram.
+        for (let off = 0; off < b.length; ) {
+          const n = controlLength(b, off);
+          if (n < 0) break;
+          expect(n).toBeGreaterThan(0);
+          expect(off + n).toBeLessThanOrEqual(b.length);
+          off += n;
+        }
       }),
       { numRuns: 3000 },
     );

@@ -415,6 +415,16 @@ export class TierHarness {
       (r) => after.get(r.port) !== undefined && after.get(r.port) !== before.get(r.port),
     );
     const moved = movedRows.length;
+    // The three longest gaps: which replica the flow was on before and after, when, how long
+    // (replica addresses by their last octet), to tell a tier change from a stall of the machine.
+    extra['worst_gaps'] = [...rows]
+      .sort((a, b) => b.maxGapMs - a.maxGapMs)
+      .slice(0, 3)
+      .map((r) => {
+        const tail = (a: string | undefined): string => a?.split('.').at(-1) ?? '-';
+        return `${tail(before.get(r.port))}>${tail(after.get(r.port))}@${Math.round(r.maxGapAtMs)}:${Math.round(r.maxGapMs)}ms,rtt${Math.round(r.maxRttMs)}`;
+      })
+      .join(' ');
     if (moved > 0 && moved < rows.length && apart.size === 0) {
       // Where the loss was: flows that reached another replica, or those that stayed.
       const lost = (rs: SessionRow[]): number =>
