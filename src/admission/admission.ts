@@ -153,9 +153,19 @@ export class Admission {
     return this.#spend(source, budget, n, now);
   }
 
-  /** A rebinding check through a live session: one datagram to its owner, from the directed share. */
-  admitRebind(source: string, now: number): number {
-    return this.#spend(source, BudgetClass.Directed, 1, now);
+  /**
+   * A rebinding check through a live session: one datagram to its owner, from the directed share.
+   * `sameAddress`: the check comes from an address the session already has (only the port
+   * changed — a NAT that dropped its mappings and made new ones, RFC 4787 §4.3): then from the
+   * global directed budget only. A NAT's users share its address, so when it rebinds all their
+   * flows at once — hundreds, within one media interval — the source's share (an activation
+   * credit of a few rounds, then its rate) would refuse most of them and end their calls. Such a
+   * check cannot come from anyone who cannot send from that address; it names a live session's
+   * ufrag pair; and it moves nothing until the backend accepts its MESSAGE-INTEGRITY.
+   */
+  admitRebind(source: string, sameAddress: boolean, now: number): number {
+    if (!sameAddress) return this.#spend(source, BudgetClass.Directed, 1, now);
+    return this.#d.budgets[BudgetClass.Directed]!.take(now, 1) ? ADMIT : DropReason.DirectedBudget;
   }
 
   /** The owner of `serverUfragHash` answered: later flows of that ufrag go to it directly. */

@@ -128,7 +128,7 @@ export class Router {
   /** The same ufrag pair as a live session from a new 5-tuple: ask its owner, move nothing yet. */
   #rebind(live: Session, buf: Buffer, address: string, port: number, now: number, via?: PeerRoute): void {
     const d = this.#d;
-    const r = d.admission.admitRebind(address, now);
+    const r = d.admission.admitRebind(address, hasAddress(live, address), now);
     if (r !== ADMIT) {
       this.#drop(r);
       return;
@@ -312,4 +312,10 @@ export class Router {
     this.#d.counters.drops[reason]!++;
     return undefined;
   }
+}
+
+/** Whether one of the session's endpoints has this address (a rebinding that changed only the port). */
+function hasAddress(s: Session, address: string): boolean {
+  for (const ep of s.endpoints) if (ep.address === address) return true;
+  return false;
 }

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { pino } from 'pino';
 import { describe, expect, it } from 'vitest';
-import { ACTIVATION_ROUNDS } from '../../src/admission/source-shares.ts';
+import { ACTIVATION_ROUNDS, ACTIVE_WINDOW_MS } from '../../src/admission/source-shares.ts';
 import { probeOf } from '../../src/datapath/probe.ts';
 import { CLOSE_REASONS, DROP_REASON_LABELS, ROUTE_LABELS } from '../../src/defs/reasons.ts';
 import { JOIN_HOLD, JOIN_WAIT_MS } from '../../src/session/join-waits.ts';
@@ -833,6 +833,26 @@ describe('sessions over time', () => {
     expect(isStunResponse(r.transport.sentToClient(B.address, B.port)[0]!, 'error')).toBe(true);
     e.up.inject(media('down'), b0);
     expect(r.transport.sentToClient(A.address, A.port).at(-1)!.toString()).toContain('down');
+  });
+
+  it('a NAT that rebinds all its flows at once: every one joins (a new port of a known address spends no source share)', () => {
+    const r = rig();
+    const b0 = r.backends[0]!;
+    const calls = Array.from({ length: 30 }, (_, i) => {
+      r.tick(200); // calls that joined over a while (opening 30 at once is admission's business)
+      return established(r, b0, { address: A.address, port: 7000 + i });
+    });
+    r.tick(ACTIVE_WINDOW_MS + 1); // the NAT's address is a new active source again
+    for (const [i, e] of calls.entries()) send(r, check(e.creds), { address: A.address, port: 8000 + i });
+    for (const e of calls) r.answerAll(e.up);
+    expect(drops(r, 'source_share')).toBe(0);
+    expect(routes(r, 'rebind')).toBe(30);
+    for (const [i, e] of calls.entries())
+      expect(r.datapath.lookup(A.address, 8000 + i)?.session).toBe(r.sessionOf(e.creds.serverUfrag));
+    // From another address the source's share applies: an activation credit, then its rate.
+    r.tick(ACTIVE_WINDOW_MS + 1);
+    for (const [i, e] of calls.entries()) send(r, check(e.creds), { address: B.address, port: 9000 + i });
+    expect(drops(r, 'source_share')).toBe(30 - ACTIVATION_ROUNDS);
   });
 
   it("a rebinding's media that follows its check is held until the backend's success, then sent on in order", () => {
