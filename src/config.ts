@@ -58,6 +58,7 @@ export interface Config extends DatapathOptions {
   readonly peerTimeoutMs: number;
   /** Query rounds per second at most (each data-path thread keeps 1/N). */
   readonly peerQueryRate: number;
+  readonly peerQueryBurst: number;
   readonly peerNegativeTtlMs: number;
 }
 
@@ -223,8 +224,14 @@ export const OPTIONS: readonly OptionSpec[] = [
   {
     flag: 'peer-query-rate',
     arg: 'N',
+    def: '500',
+    help: 'query rounds to the peers per second at most, sustained (fair shares per client source)',
+  },
+  {
+    flag: 'peer-query-burst',
+    arg: 'N',
     def: '2000',
-    help: 'query rounds to the peers per second at most (fair shares per client source)',
+    help: 'query rounds a replica may start at once (the flows a removed replica moves here)',
   },
   {
     flag: 'peer-negative-ttl',
@@ -434,6 +441,7 @@ export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Pa
     podIp: podIpText === '' ? undefined : podIpText,
     peerTimeoutMs: duration('peer-timeout', 1),
     peerQueryRate: int('peer-query-rate', 1, 10_000_000),
+    peerQueryBurst: int('peer-query-burst', 1, 10_000_000),
     peerNegativeTtlMs: duration('peer-negative-ttl', 0),
   };
   if (problems.length > 0) throw new ConfigError(problems);

@@ -60,8 +60,11 @@ export function createThreadPeers(
     onDatagram: (buf, address, p) => node.onDatagram(buf, address, p),
     onError: (err) => log.warn({ err: err.message }, 'peer socket error'),
   });
-  // This thread's part of --peer-query-rate, half open and half fair.
+  // This thread's part of --peer-query-rate, half open and half fair; the open half holds the
+  // burst (--peer-query-burst): a replica removed from the balancer moves its flows here at once,
+  // and a flood, which drains it, then costs the peers only the sustained rate (docs/peers.md).
   const rate = config.peerQueryRate / o.workers;
+  const burst = Math.max(rate / 2, config.peerQueryBurst / o.workers);
   const now = clock();
   let timer: NodeJS.Timeout | undefined;
   let timerAt = Number.POSITIVE_INFINITY;
@@ -91,7 +94,7 @@ export function createThreadPeers(
       undefined,
       ACTIVATION_ROUNDS,
     ),
-    open: new TokenBucket(rate / 2, rate / 2, now),
+    open: new TokenBucket(rate / 2, burst, now),
     fair: new TokenBucket(rate / 2, rate / 2, now),
     negative: new NegativeUfrags(NEGATIVE_SLOTS, config.peerNegativeTtlMs),
     timeoutMs: config.peerTimeoutMs,

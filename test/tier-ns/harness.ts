@@ -617,7 +617,7 @@ export class TierHarness {
    * Forged traffic from many sources (bench/flooder.c in atk: half forged checks with random ufrag
    * pairs, half RTP-looking datagrams, from 4000 sockets on 1000 addresses), while every second
    * each replica's peer query rounds are read: the most one replica asked in a second, and in
-   * all, against its budget (--peer-query-rate, a bucket of one second's worth).
+   * all, against its budget (--peer-query-burst at once, then --peer-query-rate).
    */
   async flood(): Promise<Record<string, number | string>> {
     const binary = compileFlooder();
@@ -676,6 +676,7 @@ export class TierHarness {
     >;
     const last = await queries();
     const rate = Number(flagValue('peer-query-rate', c.extraFlags) ?? Number.NaN);
+    const burst = Number(flagValue('peer-query-burst', c.extraFlags) ?? Number.NaN);
     return {
       flood_sent: json['sent'] ?? 0,
       flood_rate: Math.round(json['rate'] ?? 0),
@@ -684,7 +685,8 @@ export class TierHarness {
         ? {
             peer_queries_per_s_max: perSecondMax,
             peer_queries_replica_max: Math.max(0, ...[...last].map(([s, n]) => n - (first.get(s) ?? 0))),
-            peer_query_budget: rate * ((json['seconds'] ?? c.floodSeconds) + 1),
+            // The open half's burst, then the sustained rate (both halves) for the flood's time.
+            peer_query_budget: Math.round(burst + rate * ((json['seconds'] ?? c.floodSeconds) + 1)),
           }
         : {}),
     };

@@ -157,6 +157,7 @@ chosen discovery mode's flags are given.
 - --pod-ip=$(POD_IP)
 - --peer-timeout={{ $v.peers.timeout }}
 - --peer-query-rate={{ int64 $v.peers.queryRate }}
+- --peer-query-burst={{ int64 $v.peers.queryBurst }}
 - --peer-negative-ttl={{ $v.peers.negativeTtl }}
 {{- end }}
 {{- range $v.extraArgs }}
