@@ -216,6 +216,10 @@ export class SessionRegistry {
   join(s: Session, ep: ClientEndpoint): void {
     if (s.state !== SessionState.Established) return;
     this.#adopt(s, ep);
+    this.#deps.log.debug(
+      { session: s.id, endpoint: `${ep.address}:${ep.port}`, via: ep.via?.peer },
+      'endpoint joined',
+    );
     this.#events.endpointJoined(s, ep);
     this.#events.currentChanged(s, ep);
   }
@@ -234,6 +238,10 @@ export class SessionRegistry {
   reroute(ep: ClientEndpoint, via: PeerRoute | undefined): void {
     const old = ep.via;
     ep.via = via;
+    this.#deps.log.debug(
+      { session: ep.session.id, endpoint: `${ep.address}:${ep.port}`, via: via?.peer, was: old?.peer },
+      'endpoint rerouted',
+    );
     if (ep.session.state === SessionState.Established) this.#events.routeChanged(ep.session, ep, old);
   }
 

@@ -435,6 +435,18 @@ export class TierHarness {
       extra['loss_pct_moved'] = lost(movedRows);
       extra['loss_pct_stayed'] = lost(rows.filter((r) => !movedRows.includes(r)));
       extra['lost_per_moved_session'] = movedRows.reduce((a, r) => a + r.sent - r.echoed, 0) / moved;
+      // The same for the longest gaps: what the flows that stayed on their replica saw is what the
+      // change (a NAT rebinding of every flow at once, a replica's removal) costs this machine
+      // without any hand-off; the moved flows' figure adds the hand-off's.
+      const gapP99 = (rs: SessionRow[]): number =>
+        Math.round(
+          quantile(
+            rs.map((r) => r.maxGapMs),
+            0.99,
+          ),
+        );
+      extra['gap_p99_ms_moved'] = gapP99(movedRows);
+      extra['gap_p99_ms_stayed'] = gapP99(rows.filter((r) => !movedRows.includes(r)));
     }
     const dropsAfter = await Promise.all(dropRoles.map((r) => this.tier.udpRcvbufErrors(r)));
     const socketDrops = dropRoles
