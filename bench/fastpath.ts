@@ -506,7 +506,7 @@ try {
   );
   for (const size of ONEWAY_ONLY || !VARIANTS.includes('nginx') ? [] : SIZES) {
     const ng = Math.min(...rt.get(`nginx/${size}`)!.us);
-    for (const v of VARIANTS) {
+    for (const v of RT_VARIANTS) {
       const r = rt.get(`${v}/${size}`)!;
       const us = Math.min(...r.us);
       console.log(
