@@ -8,8 +8,9 @@
  * The proxy namespace's receive work is steered to core 0 with RPS, its relay process (ice-ingress
  * or nginx) is pinned to core 0; the C generator (client namespace) and C echo/sink (pod namespace)
  * run on core 1, where the client's and pod's receive work is steered too. CPU per forwarded
- * datagram = core 0's busy time from /proc/stat (wall − idle − iowait − steal: the softirq column
- * alone misses most of it) ÷ datagrams received on the proxy namespace's two veths.
+ * datagram = core 0's busy time (wall-clock time − idle − iowait − steal from /proc/stat; not the
+ * sum of the other columns, which are tick-sampled and miss interrupt work on an idle core: see
+ * core0()) ÷ datagrams received on the proxy namespace's two veths.
  *
  * Runs, each variant in turn:
  * - round trips (bench/udpbench.c `load`: SESSIONS sessions × WINDOW in flight, 1200 B and 100 B),
@@ -81,15 +82,33 @@ const NODE = process.execPath;
 const { topo, sh, binary } = await benchNamespaces('bench:fastpath');
 const build = (): Promise<void> => buildBenchNamespaces(topo);
 
-/** Core 0's busy and total jiffies (/proc/stat is not per namespace). */
-function core0(): { busy: number; total: number } {
+/**
+ * Core 0's not-busy time so far (idle, iowait and steal from /proc/stat, in seconds; /proc/stat is
+ * not per namespace) and when it was read. Busy time is the wall-clock time between two readings
+ * minus the not-busy time between them. Not the sum of the other columns: they are sampled at the
+ * timer tick, which a NO_HZ idle core does not take while it handles interrupts between idle
+ * periods (softirq receive work woken by RPS), whereas idle time is measured at every idle entry
+ * and exit. On a mostly idle core 0 the columns missed up to 60 % of the busy time, which made the
+ * variants that leave core 0 idle most look cheapest (kernel config here: NO_HZ_IDLE, tick-based
+ * accounting, no IRQ_TIME_ACCOUNTING).
+ */
+function core0(): { idleS: number; atS: number } {
   const line = readFileSync('/proc/stat', 'utf8')
     .split('\n')
     .find((l) => l.startsWith('cpu0 '))!;
+  const atS = performance.now() / 1000;
   const f = line.trim().split(/\s+/).slice(1).map(Number);
-  const total = f.slice(0, 8).reduce((a, b) => a + b, 0);
-  const idle = f[3]! + f[4]! + f[7]!; // idle, iowait, steal
-  return { busy: total - idle, total };
+  // idle, iowait, steal; USER_HZ is 100 on Linux.
+  return { idleS: (f[3]! + f[4]! + f[7]!) / 100, atS };
+}
+
+/** Core 0's busy seconds and elapsed seconds between two core0() readings. */
+function busyBetween(
+  c0: ReturnType<typeof core0>,
+  c1: ReturnType<typeof core0>,
+): { busyS: number; wallS: number } {
+  const wallS = c1.atS - c0.atS;
+  return { busyS: Math.max(0, wallS - (c1.idleS - c0.idleS)), wallS };
 }
 
 async function rxPackets(role: Role, dev: string): Promise<number> {
@@ -302,8 +321,8 @@ interface LoadResult {
 async function background(): Promise<number> {
   const b0 = core0();
   await new Promise((r) => setTimeout(r, 1000));
-  const b1 = core0();
-  return (b1.busy - b0.busy) / Math.max(1, b1.total - b0.total);
+  const b = busyBetween(b0, core0());
+  return b.busyS / b.wallS;
 }
 const backgrounds: number[] = [];
 
@@ -321,8 +340,7 @@ async function measure<T>(
   const r = await run();
   const c1 = core0();
   const p1 = await proxyRx();
-  // USER_HZ is 100 on Linux.
-  return { r, busyS: (c1.busy - c0.busy) / 100, wallS: (c1.total - c0.total) / 100, dgrams: p1 - p0 };
+  return { r, ...busyBetween(c0, c1), dgrams: p1 - p0 };
 }
 
 async function roundTrips(
