@@ -214,7 +214,7 @@ function startEbpf(
       nextHops: new NextHops(),
       ifindex: (dev) => libbpf.ifindex(dev),
       clock: o.clock,
-      // CLOCK_MONOTONIC (libuv's hrtime), the clock of bpf_ktime_get_ns().
+      // CLOCK_MONOTONIC (libuv's hrtime), the clock of bpf_ktime_get_coarse_ns() (as of its last tick).
       monotonicNs: () => Number(process.hrtime.bigint()),
       log: o.log,
       onHandover: o.onHandover,

@@ -1,7 +1,7 @@
 // The eBPF program's rewrite (src/fastpath/ebpf/ice_ingress.bpf.c) leaves valid checksums. The
 // program's steps are applied here to real IPv4/UDP bytes exactly as the kernel executes them on
 // a little-endian machine (x86-64, arm64): the new fields stored, the TTL decremented, then
-//   bpf_l3_csum_replace(IP check, 0, l3_diff, 0)            → csum_replace_by_diff
+//   csum_replace_by_diff(IP check, l3_diff)   (in the program, as bpf_l3_csum_replace(…, 0) runs it)
 //   bpf_l4_csum_replace(UDP check, 0, addr_diff, PSEUDO_HDR | MARK_MANGLED_0)
 //   bpf_l4_csum_replace(UDP check, 0, port_diff, MARK_MANGLED_0)   (when port_diff ≠ 0)
 // with the differences taken from the map value's bytes as the program reads them (host-order
@@ -68,7 +68,7 @@ interface Skb {
   csum: number;
 }
 
-/** bpf_l3_csum_replace(skb, off, 0, diff, 0): csum_replace_by_diff. */
+/** csum_replace_by_diff, as the program's own copy of it and bpf_l3_csum_replace(skb, off, 0, diff, 0) run it. */
 function l3Replace(skb: Skb, off: number, diff: number): void {
   put16le(skb.d, off, csumFold(csumAdd(diff, ~u16le(skb.d, off) >>> 0)));
 }

@@ -78,7 +78,11 @@ export interface EbpfFastPathDeps
   readonly maps: FlowMaps;
   /** if_nametoindex(3): 0 when there is no such interface. */
   readonly ifindex: (dev: string) => number;
-  /** CLOCK_MONOTONIC in ns, the clock of bpf_ktime_get_ns() (process.hrtime.bigint() on Linux). */
+  /**
+   * CLOCK_MONOTONIC in ns (process.hrtime.bigint() on Linux). The program stamps with
+   * bpf_ktime_get_coarse_ns(), the same clock as of the last tick: a stamp is behind by under a
+   * tick, so a session looks idle that much longer (and is never dated in the future: pollNow).
+   */
   readonly monotonicNs: () => number;
 }
 

@@ -71,7 +71,12 @@ struct flow_value {
 struct counter {
 	__u64 packets;
 	__u64 bytes; /* UDP payload bytes, as Node counts them. */
-	__u64 last_ns; /* bpf_ktime_get_ns() of the last datagram (CLOCK_MONOTONIC). */
+	/*
+	 * bpf_ktime_get_coarse_ns() of the last datagram: CLOCK_MONOTONIC_COARSE, CLOCK_MONOTONIC
+	 * as of the last timer tick (behind it by less than one tick), which is all idle expiry
+	 * needs and costs less per datagram than bpf_ktime_get_ns() (docs/fast-path.md).
+	 */
+	__u64 last_ns;
 	__u64 pad[5];
 };
 
@@ -92,10 +97,24 @@ struct {
 
 #define IP_OFF sizeof(struct ethhdr)
 #define UDP_OFF (IP_OFF + sizeof(struct iphdr))
-#define IP_CSUM_OFF (IP_OFF + offsetof(struct iphdr, check))
 #define UDP_CSUM_OFF (UDP_OFF + offsetof(struct udphdr, check))
 /* Ethernet + IPv4 without options + UDP + the first payload byte. */
 #define NEED (UDP_OFF + sizeof(struct udphdr) + 1)
+
+/*
+ * csum_replace_by_diff() of include/net/checksum.h (what bpf_l3_csum_replace(skb, off, 0, diff, 0)
+ * runs), here without the helper call: csum_fold(csum_add(diff, ~csum_unfold(check))). The IPv4
+ * header checksum has no skb->csum to keep in step (a header change and its checksum's change
+ * cancel in a ones'-complement sum over the packet), so nothing else is due.
+ */
+static __always_inline __u16 csum_replace_by_diff(__u16 check, __u32 diff)
+{
+	__u64 s = (__u64)diff + (__u32)~(__u32)check;
+	s = (s & 0xffffffff) + (s >> 32); /* csum_add: the end-around carry */
+	s = (s & 0xffff) + (s >> 16);     /* csum_fold */
+	s = (s & 0xffff) + (s >> 16);
+	return (__u16)~s;
+}
 
 SEC("tc")
 int ice_ingress(struct __sk_buff *skb)
@@ -156,18 +175,18 @@ int ice_ingress(struct __sk_buff *skb)
 	ip->saddr = v->saddr;
 	ip->daddr = v->daddr;
 	ip->ttl--;
+	ip->check = csum_replace_by_diff(ip->check, v->l3_diff);
 	udp->source = v->sport;
 	udp->dest = v->dport;
 	/*
-	 * Checksums, by difference (RFC 1624): the IPv4 header's by l3_diff; the UDP checksum by the
-	 * pseudo-header's difference (BPF_F_PSEUDO_HDR: for a datagram whose checksum is still to be
+	 * Checksums, by difference (RFC 1624): the IPv4 header's by l3_diff (above, in the program);
+	 * the UDP checksum by the pseudo-header's difference (BPF_F_PSEUDO_HDR: for a datagram whose checksum is still to be
 	 * completed, CHECKSUM_PARTIAL, only that seed moves, and for CHECKSUM_COMPLETE skb->csum
 	 * follows) and by the ports' (not in the pseudo-header: nothing for a seed). A result of 0 is
 	 * written as 0xffff (BPF_F_MARK_MANGLED_0; RFC 768). A helper fails only on a packet it cannot
 	 * write, and this one is half rewritten by then: drop it rather than deliver it corrupt.
 	 */
-	if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, 0, v->l3_diff, 0) < 0 ||
-	    bpf_l4_csum_replace(skb, UDP_CSUM_OFF, 0, v->addr_diff,
+	if (bpf_l4_csum_replace(skb, UDP_CSUM_OFF, 0, v->addr_diff,
 				BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0) < 0)
 		return TC_ACT_SHOT;
 	if (v->port_diff != 0 &&
@@ -178,7 +197,7 @@ int ice_ingress(struct __sk_buff *skb)
 	__sync_fetch_and_add(&c->packets, 1);
 	__sync_fetch_and_add(&c->bytes, payload);
 	if (v->flags & FLOW_UP)
-		c->last_ns = bpf_ktime_get_ns();
+		c->last_ns = bpf_ktime_get_coarse_ns();
 
 	/* To the next hop: its L2 address from the neighbour table, as a routed packet's would be. */
 	struct bpf_redir_neigh nh = { .nh_family = AF_INET, .ipv4_nh = v->nexthop };
