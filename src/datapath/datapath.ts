@@ -292,6 +292,12 @@ export class Datapath implements FastPathHost, OwnerHost<FlowSession>, ReceiverH
     this.#forwarder.replay(buf, address, port);
   }
 
+  /** A peer owns this 5-tuple's flow: an endpoint of it here is stale ({@link ReceiverHost}). */
+  claimed(address: string, port: number): void {
+    const ep = this.#registry.lookup(address, port);
+    if (ep !== undefined) this.#registry.disown(ep);
+  }
+
   // ---------------------------------------------------------------------------------------------
   // Read-only views (metrics, tests)
 

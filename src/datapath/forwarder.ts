@@ -172,6 +172,22 @@ export class Forwarder {
       this.#registry.remember(s, buf, ep);
       return Check.Forward;
     }
+    const p = this.#d.peers;
+    // A retransmit while that round is in flight is held in it.
+    if (p !== undefined && ep.via === undefined && p.divert(buf, ep.address, ep.port)) return Check.Consumed;
+    if (
+      p !== undefined &&
+      ep.via === undefined &&
+      this.#registry.findLive(buf, view, hashBytes(buf, view.start, view.end)) === undefined &&
+      p.ask(buf, ep.address, ep.port, view)
+    ) {
+      // Another server ufrag on a known 5-tuple, naming no session here: an ICE restart — or a
+      // rebinding of another replica's session onto a port a NAT took from one of ours (a NAT that
+      // lost its mappings hands the ports out again). The peers are asked by ufrag pair first; if
+      // one owns it, the 5-tuple leaves its session here (ReceiverHost.claimed) and follows the
+      // tunnel; if none does, the check comes back (negative now) and is this session's restart.
+      return Check.Consumed;
+    }
     if (ep.via !== undefined && !this.#d.router.accepting) {
       // A draining owner opens no session, and its peers no longer name it the owner of a restart
       // (datapath.ts, sessionOfFlow): the replica that receives the flow routes it.

@@ -280,6 +280,13 @@ export interface ReceiverHost {
    * The flow is in the negative cache by then, so it is not asked about again.
    */
   local(buf: Buffer, address: string, port: number): void;
+  /**
+   * A peer owns the flow of this 5-tuple (its round ended "mine"). If the 5-tuple is still an
+   * endpoint of a session here — a NAT that lost its mappings gave this client the port another
+   * client had (docs/peers.md, "Receiver") — it leaves that session, so that its datagrams follow
+   * the tunnel from now on.
+   */
+  claimed(address: string, port: number): void;
 }
 
 /** The owner side's view of the data path; `S` is its session type, opaque here. */

@@ -369,6 +369,7 @@ export class PeerReceiver {
     f.lastSeen = now;
     f.query = undefined;
     this.#clearRound(f);
+    o.host.claimed(f.address, f.port);
     const c = o.counters;
     c.queries[QueryOutcome.Owned]!++;
     c.handoffsOut++;

@@ -79,6 +79,7 @@ export function createThreadPeers(
     receiverHost: {
       sendToClient: (buf, p, address) => datapath().sendToClient(buf, p, address),
       local: (buf, address, p) => datapath().local(buf, address, p),
+      claimed: (address, p) => datapath().claimed(address, p),
     },
     ownerHost: {
       sessionOfFlow: (address, p, username) => datapath().sessionOfFlow(address, p, username),

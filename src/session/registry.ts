@@ -324,6 +324,20 @@ export class SessionRegistry {
   }
 
   /** An extra endpoint went idle: it leaves its session (never the last one: the session idles). */
+  /**
+   * The 5-tuple of `ep` now belongs to another replica's session (a NAT gave it to another
+   * client): it leaves its session here even if it was the last one — the session's own client
+   * comes back from a new 5-tuple (its rebinding) or the session idles out.
+   */
+  disown(ep: ClientEndpoint): void {
+    this.#unindex(ep);
+    this.#leave(ep);
+    this.#deps.log.debug(
+      { session: ep.session.id, endpoint: `${ep.address}:${ep.port}` },
+      'endpoint disowned',
+    );
+  }
+
   dropEndpoint(ep: ClientEndpoint): void {
     const s = ep.session;
     if (s.endpoints.length <= 1 || !s.endpoints.includes(ep)) return;

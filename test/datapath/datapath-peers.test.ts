@@ -59,15 +59,23 @@ function established(r: DatapathRig) {
 }
 
 describe('data path, receiving side: the peers are asked about unknown 5-tuples only', () => {
-  it('a known flow pays nothing: the peer layer is never called for it', () => {
+  it('a known flow pays nothing: the peer layer is never called for its media and checks', () => {
     const p = new RecordingPeers();
     const r = makeDatapathRig({ peers: p });
-    const { up } = established(r);
+    const { creds, up } = established(r);
     p.calls.length = 0;
     r.fromClient(media('m1'), '192.0.2.1', 5000);
-    r.fromClient(check(r.backends[0]!.addSession()), '192.0.2.1', 5000); // an ICE restart: the router's
+    r.fromClient(check(creds), '192.0.2.1', 5000); // a consent check
     expect(p.calls).toEqual([]);
-    expect(up.sent.at(-1)?.buf.subarray(4).toString()).toBe('m1');
+    expect(up.sent.at(-2)?.buf.subarray(4).toString()).toBe('m1');
+    // Only a check with a ufrag pair no session here has (an ICE restart, or another replica's
+    // session on a port a NAT handed out again: below) is asked about, once, before the restart.
+    const restart = r.backends[0]!.addSession();
+    r.fromClient(check(restart), '192.0.2.1', 5000);
+    expect(p.calls).toEqual([
+      'divert 192.0.2.1:5000',
+      `ask 192.0.2.1:5000 ${restart.serverUfrag}:${restart.clientUfrag}`,
+    ]);
   });
 
   it('media, DTLS and a STUN response of an unknown 5-tuple are asked about; other bytes are not', () => {
@@ -137,6 +145,41 @@ describe('data path, receiving side: the peers are asked about unknown 5-tuples 
     // Forwarded through the session's own upstream socket, to join on the backend's success.
     expect(up.sent.length).toBe(before + 1);
     expect(r.transport.open()).toHaveLength(1);
+  });
+
+  it("a check of another replica's session on a 5-tuple a session here holds (a NAT gave its port to another client): asked first", () => {
+    const p = new RecordingPeers();
+    const r = makeDatapathRig({ peers: p, backends: 2 });
+    const { creds, up, s } = established(r);
+    // Another client's session, owned by another replica, whose NAT mapping now has this port.
+    const other = r.backends[1]!.addSession();
+    p.claim = true;
+    r.fromClient(check(other), '192.0.2.1', 5000);
+    expect(p.calls.at(-1)).toBe(`ask 192.0.2.1:5000 ${other.serverUfrag}:${other.clientUfrag}`);
+    expect(r.datapath.size).toBe(1); // no restart routed meanwhile
+    // The owner answers "mine": the 5-tuple leaves the session here and follows the tunnel.
+    r.datapath.claimed('192.0.2.1', 5000);
+    expect(r.datapath.lookup('192.0.2.1', 5000)).toBeUndefined();
+    expect(s.endpoints).toHaveLength(0);
+    const n = p.calls.length;
+    r.fromClient(media('m'), '192.0.2.1', 5000);
+    expect(p.calls[n]).toBe('divert 192.0.2.1:5000'); // an unknown 5-tuple here now: its tunnel's
+    // The session's own client comes back from its new 5-tuple (its rebinding) and joins.
+    r.fromClient(check(creds), '192.0.2.1', 6000);
+    r.answerAll(up);
+    expect(r.datapath.lookup('192.0.2.1', 6000)?.session).toBe(s);
+  });
+
+  it('with no owner among the peers, such a check is the ICE restart of the session here, as without peers', () => {
+    const p = new RecordingPeers();
+    const r = makeDatapathRig({ peers: p, backends: 2 });
+    const { s } = established(r);
+    const other = r.backends[1]!.addSession();
+    p.claim = false; // the peers declined (or the round ended "none" and the check came back)
+    r.fromClient(check(other), '192.0.2.1', 5000);
+    expect(r.datapath.size).toBe(2);
+    expect(s.restartOf).toBeDefined();
+    expect(r.datapath.lookup('192.0.2.1', 5000)?.session).toBe(s);
   });
 
   it("an owner's datagram for a tunneled client leaves from the public socket and counts as client_out", () => {

@@ -39,6 +39,8 @@ export class SimNode {
   readonly routes = new Map<string, PeerRoute | undefined>();
   readonly toClients: Array<{ buf: Buffer; address: string; port: number }> = [];
   readonly local: Array<{ buf: Buffer; address: string; port: number }> = [];
+  /** 5-tuples a peer claimed (ReceiverHost.claimed). */
+  readonly claimed: string[] = [];
   readonly tunneled: Array<{ buf: Buffer; address: string; port: number; route: PeerRoute }> = [];
   wakeAt = Number.POSITIVE_INFINITY;
 
@@ -68,6 +70,7 @@ export class SimNode {
       receiverHost: {
         sendToClient: (buf, p, a) => this.toClients.push({ buf: Buffer.from(buf), address: a, port: p }),
         local: (buf, a, p) => this.local.push({ buf, address: a, port: p }),
+        claimed: (a, p) => this.claimed.push(`${a}:${p}`),
       },
       ownerHost: {
         sessionOfFlow: (a, p) => this.byFlow.get(`${a}:${p}`),
