@@ -128,11 +128,15 @@ export class PeerOwner<S extends object> {
 
   onQuery(q: Query, peer: Peer, fromPort: number): void {
     const o = this.#o;
-    let owned: Owned = Owned.Flow;
-    let s = o.host.sessionOfFlow(q.address, q.port, q.username);
-    if (s === undefined && q.username !== undefined) {
-      s = o.host.sessionOfUsername(q.username);
-      owned = Owned.Ufrag;
+    // A check's ufrag pair first: a session it names is the flow's, whatever the 5-tuple was here
+    // before — a NAT that lost its mappings hands one client's old port to another client, so a
+    // 5-tuple known here may now carry another session's check. Only a pair no session here has
+    // (an ICE restart) falls back to the 5-tuple's session.
+    let owned: Owned = Owned.Ufrag;
+    let s = q.username === undefined ? undefined : o.host.sessionOfUsername(q.username);
+    if (s === undefined) {
+      s = o.host.sessionOfFlow(q.address, q.port, q.username);
+      owned = Owned.Flow;
     }
     let t: OwnerTunnel<S> | undefined;
     if (s !== undefined) {

@@ -80,6 +80,23 @@ describe('peers: a moved flow', () => {
     expect(a.routes.has(`${CLIENT}:6000`)).toBe(false);
   });
 
+  it('a check on a 5-tuple the owner knows from another session (a NAT reused the port) goes to the session its ufrag pair names', () => {
+    const { net, a, b } = tier();
+    const stale = a.own(`${CLIENT}:5000`, 'srvX:cliX'); // the port's previous client
+    const named = a.own(`${CLIENT}:7000`, 'srvA:cli1'); // the check's session, rebinding
+    const check = Buffer.from('....srvA:cli1....', 'latin1');
+    expect(b.node.ask(check, CLIENT, 5000, { start: 4, end: 13, colon: 8 })).toBe(true);
+    net.flush();
+    expect(a.node.counters.answers[Owned.Ufrag]).toBe(1);
+    expect(a.node.counters.answers[Owned.Flow]).toBe(0);
+    expect(named).not.toBe(stale);
+    // A pair no session has (an ICE restart on that 5-tuple): the 5-tuple's session, as before.
+    const restart = Buffer.from('....srvR:cliX....', 'latin1');
+    expect(b.node.ask(restart, CLIENT, 5000, { start: 4, end: 13, colon: 8 })).toBe(true);
+    net.flush();
+    expect(a.node.counters.answers[Owned.Flow]).toBe(1);
+  });
+
   it('no owner: one round, then the held datagrams go to the local data path, and the 5-tuple is not asked again until the TTL ends', () => {
     const { net, b } = tier();
     expect(b.client(rtp(1), CLIENT, 5000)).toBe('asked');
