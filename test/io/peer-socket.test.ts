@@ -1,29 +1,42 @@
 import dgram from 'node:dgram';
 import { once } from 'node:events';
 import { afterEach, describe, expect, it } from 'vitest';
-import { BATCH_BYTES, UdpPeerSocket } from '../../src/io/peer-socket.ts';
+import { BATCH_BYTES, UdpPeerSocket, type UdpPeerSocketOptions } from '../../src/io/peer-socket.ts';
 
 const open: Array<{ close(): void }> = [];
 afterEach(() => {
   for (const s of open.splice(0)) s.close();
 });
 
+/** A peer socket on loopback (the kernel picks the port unless given), closed after the test. */
+function peerSocket(o: Partial<UdpPeerSocketOptions> = {}): UdpPeerSocket {
+  const s = new UdpPeerSocket({
+    host: '127.0.0.1',
+    port: 0,
+    socketBufferBytes: 0,
+    onDatagram: () => {},
+    onError: () => {},
+    ...o,
+  });
+  open.push(s);
+  return s;
+}
+
+/** A plain UDP socket on loopback standing in for the other replica, bound, closed after the test. */
+async function otherReplica(): Promise<dgram.Socket> {
+  const peer = dgram.createSocket('udp4');
+  open.push(peer);
+  peer.bind(0, '127.0.0.1');
+  await once(peer, 'listening');
+  return peer;
+}
+
 describe('UdpPeerSocket', () => {
   it('sends a header and a body as one datagram, and hands received datagrams on with their source', async () => {
     const got: Array<{ buf: Buffer; address: string; port: number }> = [];
-    const a = new UdpPeerSocket({
-      host: '127.0.0.1',
-      port: 0,
-      socketBufferBytes: 0,
-      onDatagram: (buf, address, port) => got.push({ buf, address, port }),
-      onError: () => {},
-    });
-    open.push(a);
+    const a = peerSocket({ onDatagram: (buf, address, port) => got.push({ buf, address, port }) });
     const portA = await a.start();
-    const peer = dgram.createSocket('udp4');
-    open.push(peer);
-    peer.bind(0, '127.0.0.1');
-    await once(peer, 'listening');
+    const peer = await otherReplica();
     const portB = peer.address().port;
     const received = once(peer, 'message');
     a.send(Buffer.from([1, 2, 3]), Buffer.from([4, 5]), portB, '127.0.0.1');
@@ -38,22 +51,8 @@ describe('UdpPeerSocket', () => {
   });
 
   it('a port in use rejects start-up and leaves no socket behind', async () => {
-    const a = new UdpPeerSocket({
-      host: '127.0.0.1',
-      port: 0,
-      socketBufferBytes: 0,
-      onDatagram: () => {},
-      onError: () => {},
-    });
-    open.push(a);
-    const port = await a.start();
-    const b = new UdpPeerSocket({
-      host: '127.0.0.1',
-      port,
-      socketBufferBytes: 0,
-      onDatagram: () => {},
-      onError: () => {},
-    });
+    const port = await peerSocket().start();
+    const b = peerSocket({ port });
     await expect(b.start()).rejects.toMatchObject({ code: 'EADDRINUSE' });
     // Sends on a socket that never bound do nothing.
     b.send(Buffer.from([1]), undefined, port, '127.0.0.1');
@@ -62,21 +61,8 @@ describe('UdpPeerSocket', () => {
   it('takes --socket-buffer for its receive and send buffers', async () => {
     // Smaller than any kernel default, so the test does not depend on net.core.rmem_max: the kernel
     // keeps twice the size asked (socket(7)), at least its minimum.
-    const small = new UdpPeerSocket({
-      host: '127.0.0.1',
-      port: 0,
-      socketBufferBytes: 4096,
-      onDatagram: () => {},
-      onError: () => {},
-    });
-    const dflt = new UdpPeerSocket({
-      host: '127.0.0.1',
-      port: 0,
-      socketBufferBytes: 0,
-      onDatagram: () => {},
-      onError: () => {},
-    });
-    open.push(small, dflt);
+    const small = peerSocket({ socketBufferBytes: 4096 });
+    const dflt = peerSocket();
     await small.start();
     await dflt.start();
     const s = small.bufferSizes()!;
@@ -87,21 +73,11 @@ describe('UdpPeerSocket', () => {
   });
 
   it('sends the control messages of one event-loop turn to one peer port as one datagram; a tunnel datagram goes at once, after them', async () => {
-    const a = new UdpPeerSocket({
-      host: '127.0.0.1',
-      port: 0,
-      socketBufferBytes: 0,
-      onDatagram: () => {},
-      onError: () => {},
-    });
-    open.push(a);
+    const a = peerSocket();
     await a.start();
     const got: Buffer[] = [];
-    const peer = dgram.createSocket('udp4');
-    open.push(peer);
+    const peer = await otherReplica();
     peer.on('message', (m) => got.push(m));
-    peer.bind(0, '127.0.0.1');
-    await once(peer, 'listening');
     const port = peer.address().port;
     // Three control messages in one turn, then a tunnel datagram: the control ones first, together.
     a.send(Buffer.from([1, 1]), undefined, port, '127.0.0.1');
@@ -124,18 +100,9 @@ describe('UdpPeerSocket', () => {
   });
 
   it('close sends what is queued first', async () => {
-    const a = new UdpPeerSocket({
-      host: '127.0.0.1',
-      port: 0,
-      socketBufferBytes: 0,
-      onDatagram: () => {},
-      onError: () => {},
-    });
+    const a = peerSocket();
     await a.start();
-    const peer = dgram.createSocket('udp4');
-    open.push(peer);
-    peer.bind(0, '127.0.0.1');
-    await once(peer, 'listening');
+    const peer = await otherReplica();
     const received = once(peer, 'message');
     a.send(Buffer.from([7, 7]), undefined, peer.address().port, '127.0.0.1');
     a.close();
