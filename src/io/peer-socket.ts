@@ -154,7 +154,8 @@ export class UdpPeerSocket implements PeerSocket {
     if (b.parts.length === 0) return;
     const sock = this.#sock;
     if (sock !== undefined)
-      sock.send(b.parts.length === 1 ? b.parts[0]! : b.parts.slice(), b.port, b.address);
+      // dgram copies a buffer list before it returns (as for the pair in send()): emptied below.
+      sock.send(b.parts.length === 1 ? b.parts[0]! : b.parts, b.port, b.address);
     b.parts.length = 0;
     b.bytes = 0;
   }
