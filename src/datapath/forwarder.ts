@@ -114,6 +114,12 @@ export class Forwarder {
     const c = this.#c;
     const ep = this.#registry.lookup(address, port);
     if (ep === undefined) return this.#newFlow(buf, address, port, via);
+    if (ep.asking) {
+      // The peers are asked whose a check on this 5-tuple is (#checkOnKnownFlow): what follows
+      // waits in that round, and goes into this session only if no peer owns the 5-tuple.
+      if (this.#d.peers?.divert(buf, address, port)) return true;
+      this.#registry.setAsking(ep, false);
+    }
     // The balancer sent the flow another way (another replica, or back here): downstream follows.
     if (ep.via !== via) this.#registry.reroute(ep, via);
     const s = ep.session;
@@ -173,14 +179,13 @@ export class Forwarder {
       return Check.Forward;
     }
     const p = this.#d.peers;
-    // A retransmit while that round is in flight is held in it.
-    if (p !== undefined && ep.via === undefined && p.divert(buf, ep.address, ep.port)) return Check.Consumed;
     if (
       p !== undefined &&
       ep.via === undefined &&
       this.#registry.findLive(buf, view, hashBytes(buf, view.start, view.end)) === undefined &&
       p.ask(buf, ep.address, ep.port, view)
     ) {
+      this.#registry.setAsking(ep, true);
       // Another server ufrag on a known 5-tuple, naming no session here: an ICE restart — or a
       // rebinding of another replica's session onto a port a NAT took from one of ours (a NAT that
       // lost its mappings hands the ports out again). The peers are asked by ufrag pair first; if

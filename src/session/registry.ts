@@ -235,6 +235,11 @@ export class SessionRegistry {
    * (undefined). Downstream for the endpoint follows (docs/peers.md, "Owner"). Called only on a
    * change; announced for established sessions (the kernel fast path and the peer layer follow).
    */
+  /** The peers are asked about a check on `ep`'s 5-tuple (true), or no longer (false). */
+  setAsking(ep: ClientEndpoint, asking: boolean): void {
+    ep.asking = asking;
+  }
+
   reroute(ep: ClientEndpoint, via: PeerRoute | undefined): void {
     const old = ep.via;
     ep.via = via;
@@ -330,6 +335,7 @@ export class SessionRegistry {
    * comes back from a new 5-tuple (its rebinding) or the session idles out.
    */
   disown(ep: ClientEndpoint): void {
+    ep.asking = false;
     this.#unindex(ep);
     this.#leave(ep);
     this.#deps.log.debug(

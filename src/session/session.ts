@@ -45,6 +45,12 @@ export class ClientEndpoint implements FlowEndpoint {
   /** True once it is in the 5-tuple index (a check from it was answered with a success). */
   joined = false;
   /**
+   * Set while the peers are asked whether a check on this 5-tuple with another ufrag pair belongs
+   * to one of their sessions (forwarder.ts, a NAT that handed this port to another client): its
+   * datagrams wait in that round instead of going into this session. Written by the registry.
+   */
+  asking = false;
+  /**
    * Set while the client's datagrams on this 5-tuple reach this replica through a peer: downstream
    * goes back through it (docs/peers.md, "Owner"). Written by the registry (`reroute`).
    */

@@ -72,10 +72,7 @@ describe('data path, receiving side: the peers are asked about unknown 5-tuples 
     // session on a port a NAT handed out again: below) is asked about, once, before the restart.
     const restart = r.backends[0]!.addSession();
     r.fromClient(check(restart), '192.0.2.1', 5000);
-    expect(p.calls).toEqual([
-      'divert 192.0.2.1:5000',
-      `ask 192.0.2.1:5000 ${restart.serverUfrag}:${restart.clientUfrag}`,
-    ]);
+    expect(p.calls).toEqual([`ask 192.0.2.1:5000 ${restart.serverUfrag}:${restart.clientUfrag}`]);
   });
 
   it('media, DTLS and a STUN response of an unknown 5-tuple are asked about; other bytes are not', () => {
@@ -157,6 +154,13 @@ describe('data path, receiving side: the peers are asked about unknown 5-tuples 
     r.fromClient(check(other), '192.0.2.1', 5000);
     expect(p.calls.at(-1)).toBe(`ask 192.0.2.1:5000 ${other.serverUfrag}:${other.clientUfrag}`);
     expect(r.datapath.size).toBe(1); // no restart routed meanwhile
+    // While the round is in flight, what follows on that 5-tuple waits in it: not into this session.
+    p.diverted.add('192.0.2.1:5000');
+    const sentBefore = up.sent.length;
+    r.fromClient(media('theirs'), '192.0.2.1', 5000);
+    expect(p.calls.at(-1)).toBe('divert 192.0.2.1:5000');
+    expect(up.sent.length).toBe(sentBefore);
+    p.diverted.delete('192.0.2.1:5000');
     // The owner answers "mine": the 5-tuple leaves the session here and follows the tunnel.
     r.datapath.claimed('192.0.2.1', 5000);
     expect(r.datapath.lookup('192.0.2.1', 5000)).toBeUndefined();
@@ -180,6 +184,22 @@ describe('data path, receiving side: the peers are asked about unknown 5-tuples 
     expect(r.datapath.size).toBe(2);
     expect(s.restartOf).toBeDefined();
     expect(r.datapath.lookup('192.0.2.1', 5000)?.session).toBe(s);
+  });
+
+  it('a round about such a check that ends with no owner: what waited in it goes into the session here, in order', () => {
+    const p = new RecordingPeers();
+    const r = makeDatapathRig({ peers: p, backends: 2 });
+    const { up } = established(r);
+    const other = r.backends[1]!.addSession();
+    p.claim = true;
+    r.fromClient(check(other), '192.0.2.1', 5000); // asked; the round holds it
+    // The round ends with no owner: the peer layer hands back what it held (the data path's
+    // `local`), and the 5-tuple's media flows into its session again.
+    p.claim = false;
+    const n = up.sent.length;
+    r.datapath.local(media('m1'), '192.0.2.1', 5000);
+    r.fromClient(media('m2'), '192.0.2.1', 5000);
+    expect(up.sent.slice(n).map((x) => x.buf.subarray(4).toString())).toEqual(['m1', 'm2']);
   });
 
   it("an owner's datagram for a tunneled client leaves from the public socket and counts as client_out", () => {
