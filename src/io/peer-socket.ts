@@ -1,6 +1,7 @@
 import dgram from 'node:dgram';
 import type { PeerSocket } from '../defs/interfaces.ts';
 import { ipLiteralLookup } from './ip-literal-lookup.ts';
+import { setSocketBuffers } from './socket-buffers.ts';
 
 /**
  * The `node:dgram` adapter of the peer protocol (docs/peers.md): one UDP socket per data-path
@@ -69,14 +70,7 @@ export class UdpPeerSocket implements PeerSocket {
         // A rolling update moves many flows at once: their query rounds, answers and first tunneled
         // datagrams arrive here in one burst, which the kernel's default buffer (212 KB, a few
         // hundred datagrams) overflows while the event loop is busy with the same burst.
-        if (this.#o.socketBufferBytes > 0) {
-          try {
-            sock.setRecvBufferSize(this.#o.socketBufferBytes);
-            sock.setSendBufferSize(this.#o.socketBufferBytes);
-          } catch (err) {
-            this.#o.onError(err as Error);
-          }
-        }
+        setSocketBuffers(sock, this.#o.socketBufferBytes, this.#o.onError);
         this.#sock = sock;
         resolve(sock.address().port);
       });

@@ -1,6 +1,7 @@
 import dgram from 'node:dgram';
 import type { Transport, Upstream, UpstreamHandler } from '../defs/interfaces.ts';
 import { ipLiteralLookup } from './ip-literal-lookup.ts';
+import { setSocketBuffers } from './socket-buffers.ts';
 
 /**
  * The `node:dgram` adapter: the public listening socket and one upstream socket per session.
@@ -62,14 +63,7 @@ export class UdpTransport implements Transport {
       sock.bind(port, host, () => {
         sock.off('error', onStartError);
         sock.on('error', this.#opt.onListenError);
-        if (this.#opt.socketBufferBytes > 0) {
-          try {
-            sock.setRecvBufferSize(this.#opt.socketBufferBytes);
-            sock.setSendBufferSize(this.#opt.socketBufferBytes);
-          } catch (err) {
-            this.#opt.onListenError(err as Error);
-          }
-        }
+        setSocketBuffers(sock, this.#opt.socketBufferBytes, this.#opt.onListenError);
         const a = sock.address();
         resolve({ address: a.address, port: a.port });
       });
