@@ -5,7 +5,8 @@
  *
  * - the scenarios, 200 sessions at 50 datagrams/s each (echoed by the fake JVBs): steady state
  *   (the harness's own floor), rolling update (r1-r3 replaced by r4-r6 one at a time), scale-in
- *   3 -> 1, a NAT rebinding that lands most flows on another replica, SIGKILL of a replica (its
+ *   3 -> 1, NAT rebindings that land most flows on another replica (`rebind`: each flow's at its
+ *   own moment over 4 s; `rebind-all`: every flow's at once, a NAT that lost its mappings), SIGKILL of a replica (its
  *   sessions end and reconnect, the others lose nothing), forged traffic at 20 kpps from 1000
  *   addresses (peer queries against their budget): loss, each session's longest gap p99 and max,
  *   ICE restarts needed, sources per session at the JVB, 403s, with ✓/✗ against the targets;
@@ -51,7 +52,15 @@ const { values: opt } = parseArgs({
 
 checkPrereqs();
 const HANDOFF = opt.handoff === undefined ? cliHasPeers() : opt.handoff === 'on';
-const SCENARIOS: ScenarioKind[] = ['steady', 'rolling', 'scale-in', 'rebind', 'sigkill', 'forged'];
+const SCENARIOS: ScenarioKind[] = [
+  'steady',
+  'rolling',
+  'scale-in',
+  'rebind',
+  'rebind-all',
+  'sigkill',
+  'forged',
+];
 const only = opt.only?.split(',');
 const wanted = (name: string): boolean => only === undefined || only.includes(name);
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -68,6 +77,7 @@ const h = await TierHarness.create({
   steadyMs: 2000,
   stepMs: 3000,
   settleMs: 5000,
+  rebindSpreadMs: 4000,
   handoff: HANDOFF,
   extraFlags: [],
   floodRate: 20_000,

@@ -51,6 +51,8 @@ export interface TierConfig {
   stepMs: number;
   /** Measured time after the last change. */
   settleMs: number;
+  /** `rebind`: every session's NAT mapping changes once, at its own moment over this long. */
+  rebindSpreadMs: number;
   /** Whether the replicas are told about each other (the hand-off); see peerFlags(). */
   handoff: boolean;
   /** Extra flags for every replica. */
@@ -63,7 +65,7 @@ export interface TierConfig {
   log: (line: string) => void;
 }
 
-export type ScenarioKind = 'steady' | 'rolling' | 'scale-in' | 'rebind' | 'sigkill' | 'forged';
+export type ScenarioKind = 'steady' | 'rolling' | 'scale-in' | 'rebind' | 'rebind-all' | 'sigkill' | 'forged';
 
 export interface SessionRow {
   sid: number;
@@ -75,6 +77,8 @@ export interface SessionRow {
   longestHole: number;
   maxGapMs: number;
   maxGapAtMs: number;
+  /** The longest gap's echoes: sequence number and round trip ms of the one before, the one after. */
+  maxGapEdges: [number, number, number, number];
   sinceLastEchoMs: number;
   maxRttMs: number;
   foreign: number;
@@ -197,6 +201,9 @@ export class TierHarness {
   readonly load: Agent<TierRole>;
   readonly replicas = new Map<Slot, Replica>();
   #generation = 0;
+  /** The measured window's start (performance.now()), and the tier changes made in it. */
+  #markAt = 0;
+  #timeline: string[] = [];
 
   private constructor(
     tier: Tier,
@@ -257,6 +264,7 @@ export class TierHarness {
   /** `peers: false`: this replica without the peer flags even when the hand-off is on (the cost bench). */
   async startReplica(slot: Slot, opts: { peers?: boolean } = {}): Promise<void> {
     if (this.replicas.has(slot)) throw new Error(`${slot} is running`);
+    this.#event(`start-${slot}`);
     const flags = [
       '--listen',
       `0.0.0.0:${PORT}`,
@@ -292,6 +300,7 @@ export class TierHarness {
       }
       const got = await this.adminGet(slot, '/readyz');
       if (got.status === 200) {
+        this.#event(`ready-${slot}`);
         r.cpuMark = cpuOf(child.pid);
         return;
       }
@@ -308,6 +317,7 @@ export class TierHarness {
   }
 
   signal(slot: Slot, signal: 'SIGTERM' | 'SIGKILL'): void {
+    this.#event(`${signal === 'SIGTERM' ? 'term' : 'kill'}-${slot}`);
     process.kill(this.pid(slot), signal);
   }
 
@@ -318,8 +328,16 @@ export class TierHarness {
 
   /** The kube-proxy steps of a replica that leaves the service: out of the map, conntrack deleted. */
   async removeEndpoint(slot: Slot, remaining: readonly Slot[]): Promise<number> {
+    this.#event(`-${slot}`);
     await this.tier.setEndpoints(remaining);
-    return this.tier.deleteConntrack(slot);
+    const n = await this.tier.deleteConntrack(slot);
+    this.#event(`ct-${slot}`);
+    return n;
+  }
+
+  /** A tier change at this time (ms after the window's start), for the scenario's timeline. */
+  #event(what: string): void {
+    if (this.#markAt > 0) this.#timeline.push(`${what}@${Math.round(performance.now() - this.#markAt)}`);
   }
 
   async adminGet(slot: Slot, path: string): Promise<{ status: number; body: string }> {
@@ -345,6 +363,7 @@ export class TierHarness {
 
   /** Kills every replica, forgets every flow, closes every session: a clean start for a scenario. */
   async reset(): Promise<void> {
+    this.#markAt = 0;
     await this.load.request({ cmd: 'close' }, 20_000);
     await this.jvb.request({ cmd: 'clear' });
     for (const r of this.replicas.values()) this.tier.topo.kill(r.child);
@@ -375,11 +394,14 @@ export class TierHarness {
     const dropsBefore = await Promise.all(dropRoles.map((r) => this.tier.udpRcvbufErrors(r)));
     await this.load.request({ cmd: 'mark' });
     const markAt = performance.now();
+    this.#markAt = markAt;
+    this.#timeline = [];
     for (const r of this.replicas.values()) r.cpuMark = cpuOf(r.child.pid);
     const agentsCpu = [cpuOf(this.jvb.child.pid), cpuOf(this.load.child.pid)];
     await sleep(c.steadyMs);
 
     const { extra, apart } = await this.#change(kind, ports, before);
+    if (this.#timeline.length > 0) extra['timeline'] = this.#timeline.join(' ');
     await sleep(c.settleMs);
     if (kind === 'sigkill') Object.assign(extra, await this.reconnect(apart));
 
@@ -407,13 +429,15 @@ export class TierHarness {
         ),
     );
     const rows = stopped['sessions'] as SessionRow[];
+    // Every session's row beside the logs, to follow one session's gap there.
+    writeFileSync(resolve(this.logDir, `${kind}-sessions.json`), JSON.stringify(rows));
     const ranges = Object.fromEntries(rows.map((r) => [r.sid, [r.winFrom, r.winTo]]));
     const jvbAfter = await this.jvbReport(ranges);
     extra['stall_ms_jvbs'] = Math.round(jvbAfter.stallMs);
     const after = await this.tier.replicaOfClientPorts();
-    const movedRows = rows.filter(
-      (r) => after.get(r.port) !== undefined && after.get(r.port) !== before.get(r.port),
-    );
+    // Before: by the session's port at the start (a per-flow rebinding gives it a new socket).
+    const was = (r: SessionRow): string | undefined => before.get(ports[r.sid]!);
+    const movedRows = rows.filter((r) => after.get(r.port) !== undefined && after.get(r.port) !== was(r));
     const moved = movedRows.length;
     // The three longest gaps: which replica the flow was on before and after, when, how long
     // (replica addresses by their last octet), to tell a tier change from a stall of the machine.
@@ -422,9 +446,26 @@ export class TierHarness {
       .slice(0, 3)
       .map((r) => {
         const tail = (a: string | undefined): string => a?.split('.').at(-1) ?? '-';
-        return `${tail(before.get(r.port))}>${tail(after.get(r.port))}@${Math.round(r.maxGapAtMs)}:${Math.round(r.maxGapMs)}ms,rtt${Math.round(r.maxRttMs)}`;
+        const at = Math.round(r.maxGapAtMs);
+        // Echoes: sequence numbers before and after the gap with their round trips (the numbers
+        // between were lost on the way, or came later).
+        const [s0, rtt0, s1, rtt1] = r.maxGapEdges;
+        return `${tail(was(r))}>${tail(after.get(r.port))}@${at - Math.round(r.maxGapMs)}-${at}:${Math.round(r.maxGapMs)}ms,seq${s0}(${rtt0}ms)..${s1}(${rtt1}ms)`;
       })
       .join(' ');
+    // When the gaps over the target began, by 250 ms of the window: one moment for many sessions is
+    // the machine or one tier change; its time against the timeline tells which.
+    const late = new Map<number, number>();
+    for (const r of rows) {
+      if (r.maxGapMs <= TARGETS.gapP99Ms) continue;
+      const from = 250 * Math.floor((r.maxGapAtMs - r.maxGapMs) / 250);
+      late.set(from, (late.get(from) ?? 0) + 1);
+    }
+    if (late.size > 0)
+      extra['gaps_over_target_from'] = [...late.entries()]
+        .sort((a, b) => a[0] - b[0])
+        .map(([t, n]) => `${t}:${n}`)
+        .join(',');
     if (moved > 0 && moved < rows.length && apart.size === 0) {
       // Where the loss was: flows that reached another replica, or those that stayed.
       const lost = (rs: SessionRow[]): number =>
@@ -494,6 +535,7 @@ export class TierHarness {
       await this.startReplica(next);
       live.push(next);
       await this.tier.setEndpoints(live);
+      this.#event(`+${next}`);
       live.splice(live.indexOf(old), 1);
       out[`conntrack_${old}`] = await this.removeEndpoint(old, live);
       this.signal(old, 'SIGTERM');
@@ -572,6 +614,15 @@ export class TierHarness {
         break;
       }
       case 'rebind': {
+        // Each session's NAT mapping changes once, at its own moment (load-agent.ts, rebindEach):
+        // a flow that leaves from a new public port, a new 5-tuple the balancer places anew.
+        const r = await this.load.request({ cmd: 'rebindEach', spreadMs: c.rebindSpreadMs }, 60_000);
+        extra['rebound'] = Number(r['rebound']);
+        extra['rebind_span_ms'] = Math.round(Number(r['spanMs']));
+        extra['rebind_late_ms_max'] = Math.round(Number(r['lateMsMax']));
+        break;
+      }
+      case 'rebind-all': {
         // A NAT that forgets every mapping at once (a reboot, a CGNAT rebalancing): each flow leaves
         // from a new random port, a new 5-tuple the balancer places anew. See load-agent.ts
         // (rebindNat) for why each session's check is its first datagram on the new mapping.

@@ -20,6 +20,8 @@
 //           {cmd:'checkNow', sids?}                    a consent check now (all sessions by default)
 //           {cmd:'rebindNat', netns} -> {deleted, pauseMs}  the NAT forgets every mapping; each
 //                                                      session's check is its first datagram after
+//           {cmd:'rebindEach', spreadMs} -> {rebound, spanMs, lateMsMax}  each session's NAT
+//                                                      mapping changes once, at its own moment
 //           {cmd:'report'} -> {sessions}               the window so far
 //           {cmd:'stop', drainMs} -> {sessions, rttHistogram, windowMs}  stop sending, wait, report
 //           {cmd:'restart', sessions:[{sid,ufrag,password}], timeoutMs} -> {connectMs:{sid: ms|null}}
@@ -68,6 +70,10 @@ interface Session {
   maxGap: number;
   /** When the longest gap ended, ms after the mark. */
   maxGapAt: number;
+  /** The longest gap's two echoes: sequence numbers and round trips (what was lost, what was late). */
+  maxGapEdges: [number, number, number, number];
+  lastEchoSeq: number;
+  lastEchoRtt: number;
   maxRtt: number;
   foreign: number;
   duplicates: number;
@@ -97,25 +103,46 @@ function onMedia(data: Buffer, from: dgram.RemoteInfo): void {
   const s = sessions[mediaSid(data)];
   if (s === undefined) return;
   const now = performance.now();
-  if (!s.echoed.add(mediaSeq(data))) s.duplicates++;
+  const seq = mediaSeq(data);
+  const rtt = now - mediaSentAt(data);
+  if (!s.echoed.add(seq)) s.duplicates++;
   if (from.port !== target.port || from.address !== target.address) s.foreign++;
   if (!windowOpen) {
     s.lastEcho = now;
+    s.lastEchoSeq = seq;
+    s.lastEchoRtt = rtt;
     return;
   }
   const gap = now - s.lastEcho;
   if (gap > s.maxGap) {
     s.maxGap = gap;
     s.maxGapAt = now - markAt;
+    s.maxGapEdges = [s.lastEchoSeq, s.lastEchoRtt, seq, rtt];
   }
   s.lastEcho = now;
-  const rtt = now - mediaSentAt(data);
+  s.lastEchoSeq = seq;
+  s.lastEchoRtt = rtt;
   if (rtt > s.maxRtt) s.maxRtt = rtt;
   rttHistogram[Math.min(2000, Math.max(0, Math.floor(rtt)))]!++;
 }
 
+/**
+ * A socket for session `sid`: what it receives counts only while it is the session's current one
+ * (after a rebinding the old mapping is gone, and so is what still arrives on it).
+ */
+async function openClient(sid: number, ufrag?: string): Promise<FakeIceClient> {
+  const client: FakeIceClient = await FakeIceClient.open({
+    host,
+    ufrag,
+    onMedia: (data, from) => {
+      if (sessions[sid]?.client === client) onMedia(data, from);
+    },
+  });
+  return client;
+}
+
 async function openSession(sid: number, creds: Creds, timeoutMs: number): Promise<number> {
-  const client = await FakeIceClient.open({ host, onMedia });
+  const client = await openClient(sid);
   const s: Session = {
     sid,
     client,
@@ -130,6 +157,9 @@ async function openSession(sid: number, creds: Creds, timeoutMs: number): Promis
     lastEcho: 0,
     maxGap: 0,
     maxGapAt: 0,
+    maxGapEdges: [0, 0, 0, 0],
+    lastEchoSeq: -1,
+    lastEchoRtt: 0,
     maxRtt: 0,
     foreign: 0,
     duplicates: 0,
@@ -209,6 +239,7 @@ function sessionReport(s: Session, end: number): Json {
     longestHole: s.echoed.longestHole(s.winFrom, to),
     maxGapMs: Math.max(s.maxGap, end - s.lastEcho),
     maxGapAtMs: s.maxGap >= end - s.lastEcho ? s.maxGapAt : end - markAt,
+    maxGapEdges: s.maxGapEdges.map((x) => Math.round(x)),
     sinceLastEchoMs: end - s.lastEcho,
     maxRttMs: s.maxRtt,
     foreign: s.foreign,
@@ -269,6 +300,7 @@ serve(async (req: Json) => {
         s.lastEcho = markAt;
         s.maxGap = 0;
         s.maxGapAt = 0;
+        s.maxGapEdges = [0, 0, 0, 0];
         s.maxRtt = 0;
         s.foreign = 0;
         s.duplicates = 0;
@@ -309,6 +341,47 @@ serve(async (req: Json) => {
         scheduleShift += performance.now() - t0;
         paused = false;
       }
+    }
+    case 'rebindEach': {
+      // One NAT rebinding per session, each at its own moment over `spreadMs` (random order), as a
+      // NAT's mappings change one by one: the session's flow leaves from a new public port, a new
+      // 5-tuple the balancer places anew. The client's new socket makes the NAT give it one (a
+      // per-flow conntrack deletion would cost a process per flow); from the NAT on it is the
+      // same, and what arrives on the old socket after the switch no longer counts, as what
+      // arrives on a forgotten mapping is dropped. As in rebindNat, the session's consent check
+      // is the first datagram of its new mapping; its media follows on the usual schedule.
+      const spreadMs = Number(req['spreadMs'] ?? 4000);
+      const all = live();
+      // The new sockets first: binding one is not part of a rebinding.
+      // Same ICE agent (its ufrag), new socket.
+      const next = await Promise.all(all.map((s) => openClient(s.sid, s.client.ufrag)));
+      const order = all.map((_, i) => i);
+      for (let i = order.length - 1; i > 0; i--) {
+        const j = Math.floor(Math.random() * (i + 1));
+        [order[i], order[j]] = [order[j]!, order[i]!];
+      }
+      const t0 = performance.now();
+      const late: number[] = [];
+      await new Promise<void>((done) => {
+        let left = order.length;
+        if (left === 0) done();
+        order.forEach((idx, k) => {
+          const due = (k * spreadMs) / order.length;
+          setTimeout(() => {
+            late.push(performance.now() - t0 - due);
+            const s = all[idx]!;
+            const old = s.client;
+            s.client = next[idx]!;
+            s.nextCheckAt = performance.now() + checkIntervalMs;
+            consent(s);
+            // A check of the old socket may still be on its way: it settles before the close.
+            setTimeout(() => void old.close().catch(() => {}), 3000);
+            if (--left === 0) done();
+          }, due);
+        });
+      });
+      late.sort((a, b) => a - b);
+      return { rebound: all.length, spanMs: performance.now() - t0, lateMsMax: late.at(-1) ?? 0 };
     }
     case 'report': {
       const now = performance.now();

@@ -45,6 +45,7 @@ beforeAll(async () => {
     steadyMs: 1000,
     stepMs: 1500,
     settleMs: 3000,
+    rebindSpreadMs: 1500,
     handoff: HANDOFF,
     extraFlags: [],
     floodRate: 20_000,
@@ -125,8 +126,15 @@ describe(`proxy tier in network namespaces (hand-off ${HANDOFF ? 'on' : 'off'})`
     expectMovedFlows(r);
   });
 
-  it('NAT rebinding: every flow gets a new public port, most land on another replica', async () => {
+  it('NAT rebinding, flow by flow: each flow gets a new public port at its own moment, most land on another replica', async () => {
     const r = await scenario('rebind');
+    expect(r.extra['rebound']).toBe(r.sessions);
+    expect(r.moved).toBeGreaterThan(0);
+    expectMovedFlows(r);
+  });
+
+  it('NAT rebinding of every flow at once: every flow gets a new public port, most land on another replica', async () => {
+    const r = await scenario('rebind-all');
     expect(r.extra['nat_flows']).toBe(r.sessions);
     // numgen random keeps a third on the same replica; 30 sessions all staying is (1/3)^30.
     // Without the hand-off, those that stayed rebind on their replica as today; the others are lost.
