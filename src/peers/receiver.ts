@@ -221,6 +221,10 @@ export class PeerReceiver {
       view?.end,
     );
     for (const p of o.peers.peers) {
+      // Not a silent one: it sent nothing, not even a pong, for SILENT_MS, so an answer would not
+      // come back either; and a datagram to an address with no host behind it costs this node a
+      // failed neighbour resolution each time — per round, under a flood (docs/peers.md, "Peers").
+      if (!p.waited) continue;
       for (let w = 0; w < p.workers; w++) {
         f.asked.push(p);
         f.askedWorker.push(w);
@@ -304,7 +308,7 @@ export class PeerReceiver {
       // Half time: once more to the peers that have not answered (a lost query or answer).
       for (let i = 0; i < f.asked.length; i++) {
         const p = f.asked[i]!;
-        if (!f.answered[i] && p.listed)
+        if (!f.answered[i] && p.listed && p.waited)
           o.socket.send(f.query, undefined, p.port + f.askedWorker[i]!, p.address);
       }
     });
