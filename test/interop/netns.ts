@@ -10,7 +10,15 @@
 // for the "public" segment. Namespace names carry the owning pid: a later run deletes those whose
 // owner is gone (crashed run); `destroy()` and an exit hook remove this run's.
 import { type ChildProcess, execFile, execFileSync, spawn } from 'node:child_process';
-import { createWriteStream, mkdirSync, readdirSync, rmSync, type WriteStream } from 'node:fs';
+import {
+  closeSync,
+  createWriteStream,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  rmSync,
+  type WriteStream,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -91,21 +99,26 @@ export class Topology<R extends string = NsRole> {
 
   /**
    * Starts a long-running child inside a namespace, in its own process group (killed as a group
-   * by `killAll`/`destroy`). stdout stays a pipe for the caller; stderr goes to a log file.
+   * by `killAll`/`destroy`). stdout stays a pipe for the caller (or, with `stdoutToLog`, goes to
+   * the log file too); stderr goes to the log file.
    */
   spawn(role: R, cmd: string, args: string[], opts: SpawnOptions): ChildProcess {
     if (this.destroyed) throw new Error('topology destroyed');
     const logPath = join(this.logDir, `${opts.label}.log`);
     const log = createWriteStream(logPath, { flags: 'a' });
     this.logs.add(log);
+    // stdoutToLog: the child writes its log file itself. Through a pipe to this process, a child
+    // whose writes are synchronous (Node's stdout on a pipe) would wait on this runner whenever it
+    // is slow to read — a stall measured as the child's.
+    const fd = opts.stdoutToLog ? openSync(logPath, 'a') : undefined;
     const child = spawn('ip', ['netns', 'exec', this.ns(role), cmd, ...args], {
       detached: true,
-      stdio: ['pipe', 'pipe', 'pipe'],
+      stdio: fd === undefined ? ['pipe', 'pipe', 'pipe'] : ['pipe', fd, fd],
       env: opts.env ?? process.env,
       cwd: opts.cwd,
     });
+    if (fd !== undefined) closeSync(fd);
     child.stderr?.pipe(log);
-    if (opts.stdoutToLog) child.stdout?.pipe(log);
     // A child that dies closes its stdin; writing to it then must not crash the runner.
     child.stdin?.on('error', () => {});
     child.on('error', (err) => log.write(`spawn error: ${String(err)}\n`));
