@@ -16,7 +16,8 @@
  *   (received by one replica, owned by another) against the same flows direct, alternating; and
  *   the established path of a replica with peers configured against one without, alternating.
  *
- * Which CLI: TIER_PROXY_CLI (default src/bin.ts). The hand-off is on when its --help has --peers
+ * Which CLI: TIER_PROXY_CLI (default src/bin.ts); TIER_EXTRA_FLAGS adds CLI flags to every replica
+ * (e.g. "--peer-query-burst 500"), TIER_NODE_FLAGS Node flags (e.g. "--prof" to profile them). The hand-off is on when its --help has --peers
  * (`--handoff on|off` overrides); without it the scenarios show the failure of issue 16 and the cost
  * part is skipped. Options: --sessions N (200), --pps N (50), --only a,b (scenario names, `stacks`,
  * `cost`), --cost-sessions N (100), --cost-seconds S (8), --cost-reps N (5), --json FILE.
@@ -79,7 +80,7 @@ const h = await TierHarness.create({
   settleMs: 5000,
   rebindSpreadMs: 4000,
   handoff: HANDOFF,
-  extraFlags: [],
+  extraFlags: (process.env['TIER_EXTRA_FLAGS'] ?? '').split(' ').filter(Boolean),
   floodRate: 20_000,
   floodSeconds: 5,
   log,

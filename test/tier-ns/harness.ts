@@ -7,9 +7,10 @@
 //
 // The proxy is a black box: `node <cli> --flags` in each replica namespace, read through its admin
 // HTTP (/readyz, /metrics) and its exit. Which CLI: TIER_PROXY_CLI (default src/bin.ts of this
-// checkout; e.g. another checkout's src/bin.ts or a build's dist/src/bin.js).
+// checkout; e.g. another checkout's src/bin.ts or a build's dist/src/bin.js); TIER_NODE_FLAGS adds Node
+// flags to every replica (e.g. "--prof").
 import { execFileSync } from 'node:child_process';
-import { existsSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { compileFlooder, cpuSeconds } from '../../bench/proc.ts';
 import { NODE_FLAGS } from '../../src/runtime.ts';
@@ -182,6 +183,44 @@ function prioritize(pid: number | undefined): void {
   }
 }
 
+/**
+ * The kernel's softirq threads (ksoftirqd/N) at the tier's priority while the harness runs; returns
+ * what undoes it. Under load the kernel moves packet processing (NET_RX: the veths, the NAT, the
+ * balancer's conntrack) to these threads, which run at nice 0 in the root group: next to the
+ * tier's processes at -10 (prioritize) they got a tenth of a busy core, and every datagram of
+ * every session waited for them at once — a stall of the whole machine that no process's event
+ * loop showed. On a node of a real cluster the pods and ksoftirqd run at the same priority; so do
+ * they here.
+ */
+function prioritizeSoftirq(): () => void {
+  const old: Array<[string, string]> = [];
+  try {
+    for (const pid of readdirSync('/proc')) {
+      if (!/^\d+$/.test(pid)) continue;
+      try {
+        if (!readFileSync(`/proc/${pid}/comm`, 'utf8').startsWith('ksoftirqd/')) continue;
+        // Field 19 of stat is the nice value (after the parenthesised command name).
+        const nice = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ')[16]!;
+        execFileSync('renice', ['-n', '-10', '-p', pid], { stdio: 'ignore' });
+        old.push([pid, nice]);
+      } catch {
+        // gone, or not allowed: left as it is
+      }
+    }
+  } catch {
+    // no /proc: nothing to do
+  }
+  return () => {
+    for (const [pid, nice] of old) {
+      try {
+        execFileSync('renice', ['-n', nice, '-p', pid], { stdio: 'ignore' });
+      } catch {
+        // gone
+      }
+    }
+  };
+}
+
 /** utime + stime of a process, NaN once it is gone. */
 function cpuOf(pid: number | undefined): number {
   try {
@@ -201,6 +240,7 @@ export class TierHarness {
   readonly load: Agent<TierRole>;
   readonly replicas = new Map<Slot, Replica>();
   #generation = 0;
+  #restoreSoftirq: () => void = () => {};
   /** The measured window's start (performance.now()), and the tier changes made in it. */
   #markAt = 0;
   #timeline: string[] = [];
@@ -240,7 +280,9 @@ export class TierHarness {
       await Promise.all([admin.ready(15_000), jvb.ready(15_000), load.ready(15_000)]);
       prioritize(jvb.child.pid);
       prioritize(load.child.pid);
-      return new TierHarness(tier, cfg, admin, jvb, load);
+      const h = new TierHarness(tier, cfg, admin, jvb, load);
+      h.#restoreSoftirq = prioritizeSoftirq();
+      return h;
     } catch (err) {
       tier.topo.destroySync();
       throw err;
@@ -253,6 +295,7 @@ export class TierHarness {
 
   async destroy(): Promise<void> {
     this.tier.topo.destroySync();
+    this.#restoreSoftirq();
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -278,7 +321,12 @@ export class TierHarness {
       ...peerFlags(this.cfg.handoff && opts.peers !== false, slot),
       ...this.cfg.extraFlags,
     ];
-    const node = [...NODE_FLAGS, PROXY_CLI, ...flags];
+    const node = [
+      ...NODE_FLAGS,
+      ...(process.env['TIER_NODE_FLAGS'] ?? '').split(' ').filter(Boolean),
+      PROXY_CLI,
+      ...flags,
+    ];
     const pinned = this.cfg.replicaCore !== undefined;
     const label = `${slot}-${++this.#generation}`;
     const child = this.tier.topo.spawn(
