@@ -564,6 +564,13 @@ export class TierHarness {
       extra['peer_owned'] = pc('ice_ingress_peer_queries_total', 'outcome=owned');
       extra['handoffs'] = pc('ice_ingress_peer_handoffs_total', 'direction=out');
       extra['tunneled'] = pc('ice_ingress_peer_tunnel_packets_total', 'direction=to_owner');
+      // The hand-off's own share of a moved flow's gap: how long its query rounds took, at the
+      // replicas' histogram resolution (the bucket that holds the median and the 99th percentile).
+      const rounds = roundBuckets(metricsBefore, metricsAfter);
+      if (rounds.count > 0) {
+        extra['query_round_ms_p50_le'] = 1000 * rounds.quantileLe(0.5);
+        extra['query_round_ms_p99_le'] = 1000 * rounds.quantileLe(0.99);
+      }
     }
     result.failures = checkTargets(result);
     return result;
@@ -824,6 +831,31 @@ function counterDeltas(
     }
   }
   return out;
+}
+
+/**
+ * `ice_ingress_peer_query_seconds` over the window, all replicas summed: how many rounds ended, and
+ * the upper bound of the bucket that holds a quantile.
+ */
+function roundBuckets(
+  before: Map<Slot, MetricRow[]>,
+  after: Map<Slot, MetricRow[]>,
+): { count: number; quantileLe: (q: number) => number } {
+  const byLe = new Map<number, number>();
+  for (const [slot, rows] of after) {
+    const prev = new Map((before.get(slot) ?? []).map((r) => [key(r), r.value]));
+    for (const r of rows) {
+      if (r.name !== 'ice_ingress_peer_query_seconds_bucket') continue;
+      const le = r.labels['le'] === '+Inf' ? Number.POSITIVE_INFINITY : Number(r.labels['le']);
+      byLe.set(le, (byLe.get(le) ?? 0) + r.value - (prev.get(key(r)) ?? 0));
+    }
+  }
+  const cumulative = [...byLe.entries()].sort((a, b) => a[0] - b[0]);
+  const count = cumulative.at(-1)?.[1] ?? 0;
+  return {
+    count,
+    quantileLe: (q) => cumulative.find(([, n]) => n >= q * count)?.[0] ?? Number.NaN,
+  };
 }
 
 function key(r: MetricRow): string {
