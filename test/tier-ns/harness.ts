@@ -281,7 +281,7 @@ export class TierHarness {
       prioritize(jvb.child.pid);
       prioritize(load.child.pid);
       const h = new TierHarness(tier, cfg, admin, jvb, load);
-      h.#restoreSoftirq = prioritizeSoftirq();
+      if (process.env['TIER_SOFTIRQ'] !== 'default') h.#restoreSoftirq = prioritizeSoftirq();
       return h;
     } catch (err) {
       tier.topo.destroySync();

@@ -239,7 +239,10 @@ function sessionReport(s: Session, end: number): Json {
     longestHole: s.echoed.longestHole(s.winFrom, to),
     maxGapMs: Math.max(s.maxGap, end - s.lastEcho),
     maxGapAtMs: s.maxGap >= end - s.lastEcho ? s.maxGapAt : end - markAt,
-    maxGapEdges: s.maxGapEdges.map((x) => Math.round(x)),
+    // A gap still open at the end: the last echo, and no echo after it (-1).
+    maxGapEdges: (s.maxGap >= end - s.lastEcho ? s.maxGapEdges : [s.lastEchoSeq, s.lastEchoRtt, -1, -1]).map(
+      (x) => Math.round(x),
+    ),
     sinceLastEchoMs: end - s.lastEcho,
     maxRttMs: s.maxRtt,
     foreign: s.foreign,
