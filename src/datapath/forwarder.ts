@@ -339,6 +339,11 @@ export class Forwarder {
           }
         }
       }
+      if (!to.joined && to === s.current) {
+        // The session's last 5-tuple left it (registry.ts, #adopt and disown): nowhere to send.
+        this.#drop(DropReason.NoClientEndpoint);
+        return;
+      }
       this.#registry.noteDown(s, buf.length);
       sendToEndpoint(to, buf, this.#d.transport, c);
       return;

@@ -72,6 +72,12 @@ const DROPS = indexed({
    * the hold was full.
    */
   JoinUnconfirmed: 'join_unconfirmed',
+  /**
+   * A backend datagram for a session that has no client 5-tuple of its own now: its last one went
+   * to another session's client (a NAT handed the port on) or to a peer's tunnel. Sent there, it
+   * would reach another client; the session's client joins a new 5-tuple with its next check.
+   */
+  NoClientEndpoint: 'no_client_endpoint',
 });
 export const DropReason = DROPS.index;
 export type DropReason = number;

@@ -441,16 +441,33 @@ export class SessionRegistry {
   #adopt(s: Session, ep: ClientEndpoint): void {
     const existing = this.lookup(ep.address, ep.port);
     if (existing !== undefined && existing !== ep) {
-      // The 5-tuple belonged to another endpoint object (a stale entry): it leaves there.
+      // The 5-tuple belonged to another endpoint object: it leaves there.
       this.#unindex(existing);
       const other = existing.session;
       this.#leave(existing);
-      if (other.endpoints.length === 0) this.close(other, 'restart');
+      if (other.restartOf === s || s.replacedId === other.id) {
+        // `s` is `other`'s ICE restart and won (now, or with another of the endpoints the client
+        // checked the new credentials from): `other` ends with its last endpoint, as below.
+        if (other.restartOf === s) other.restartOf = undefined;
+        s.replacedId = other.id;
+        if (other.endpoints.length === 0) this.close(other, 'restart');
+      } else if (other !== s) {
+        // Another session's client sends from this 5-tuple now: a NAT that lost its mappings gave
+        // the port to another of its clients. `other`'s client lives on behind a new 5-tuple and
+        // joins it with its next check (a rebinding), so `other` stays, with no endpoint until
+        // then: its downstream is dropped (no_client_endpoint), its idle timeout ends it if the
+        // client never comes back. Ending it here broke that client's call (docs/architecture.md).
+        this.#deps.log.debug(
+          { session: other.id, by: s.id, endpoint: `${ep.address}:${ep.port}` },
+          'endpoint taken by another session',
+        );
+      }
     }
     if (ep.session !== s) {
       // An ICE restart won: the endpoint leaves its old session, which ends if it was the last one.
       const old = ep.session;
       if (old.restartOf === s) old.restartOf = undefined;
+      s.replacedId = old.id;
       this.#leave(ep);
       ep.session = s;
       if (old.endpoints.length === 0) this.close(old, 'restart');

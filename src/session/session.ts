@@ -123,6 +123,8 @@ export class Session implements FlowSession {
 
   /** An ICE restart in progress for this session's endpoint: the session that probes the new ufrag. */
   restartOf: Session | undefined;
+  /** The id of the session this one replaced by winning its ICE restart (-1: none). */
+  replacedId = -1;
 
   constructor(
     id: number,

@@ -794,6 +794,38 @@ describe('sessions over time', () => {
     expect(r.datapath.endpointCount).toBe(2);
   });
 
+  it("a NAT hands one client's old port to another client: the session that lost it stays, sends nothing there, and joins its client's new 5-tuple", () => {
+    // A NAT that lost its mappings gives every client a new port; one client's new port may be
+    // another client's old one. Here Y's client now sends from A, which was X's 5-tuple.
+    const r = rig();
+    const [b0, b1] = [r.backends[0]!, r.backends[1]!];
+    const x = established(r, b0, A);
+    const y = established(r, b1, B);
+    send(r, check(y.creds), A);
+    r.answerAll(y.up); // Y's backend confirms: A joins Y
+    expect(r.datapath.lookup(A.address, A.port)?.session.id).toBe(y.id);
+    // X is not ended: its client lives on behind a new port and rebinds with its next check.
+    expect(closedBy(r, 'restart')).toBe(0);
+    expect(r.datapath.size).toBe(2);
+    // X's backend's media has nowhere to go until then; A is Y's client's now.
+    const toA = r.transport.sentToClient(A.address, A.port).length;
+    x.up.inject(media('x-down'), b0);
+    expect(r.transport.sentToClient(A.address, A.port)).toHaveLength(toA);
+    expect(drops(r, 'no_client_endpoint')).toBe(1);
+    // X's client checks from its new port: a rebinding of X, which joins and gets X's media.
+    send(r, check(x.creds), A2);
+    r.answerAll(x.up);
+    expect(r.datapath.lookup(A2.address, A2.port)?.session.id).toBe(x.id);
+    expect(routes(r, 'rebind')).toBe(2);
+    x.up.inject(media('x-down2'), b0);
+    expect(r.transport.sentToClient(A2.address, A2.port).at(-1)!.toString()).toContain('x-down2');
+    y.up.inject(media('y-down'), b1);
+    expect(r.transport.sentToClient(A.address, A.port).at(-1)!.toString()).toContain('y-down');
+    expect(r.transport.sentToClient(A.address, A.port).some((b) => b.toString().includes('x-down'))).toBe(
+      false,
+    );
+  });
+
   it('a late answer to a rebinding check of a 5-tuple that already joined does not end the session', () => {
     const r = rig();
     const b0 = r.backends[0]!;
