@@ -155,6 +155,12 @@ export interface FlowEndpoint {
   readonly port: number;
   /** Set while the client's datagrams reach this replica through a peer (docs/peers.md). */
   readonly via: PeerRoute | undefined;
+  /**
+   * False once the 5-tuple left its session — another session's client took it (a NAT handed the
+   * port on) or a peer's tunnel did: the session's `current` may still name it, but nothing goes
+   * there (docs/architecture.md, "A NAT that hands a port on").
+   */
+  readonly joined: boolean;
 }
 
 /**

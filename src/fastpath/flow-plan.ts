@@ -44,6 +44,8 @@ export function desiredFlow(s: FlowSession, look: FlowLookup): KernelFlow | 'use
   // datagrams straight to the client from here, which the balancer no longer maps to it; Node
   // sends them back through the peer (docs/peers.md, "Workers and the kernel fast path").
   if (c.via !== undefined) return 'userspace';
+  // Its last 5-tuple went to another session's client: that one's flow, not this session's.
+  if (!c.joined) return 'userspace';
   const toBackend = look.nextHop(b.address);
   const toClient = look.nextHop(c.address);
   if (toBackend === undefined || toClient === undefined) return 'userspace';

@@ -157,7 +157,7 @@ describe('EbpfFastPath', () => {
     fp.established(s);
     maps.forward(CLIENT(40000), PUBLIC, 10, 100, 1);
     maps.log.length = 0;
-    const ep = { address: '198.18.0.2', port: 40500 } as Session['current'];
+    const ep = { address: '198.18.0.2', port: 40500, joined: true } as Session['current'];
     s.endpoints.push(ep);
     s.current = ep;
     fp.endpointJoined(s, ep);

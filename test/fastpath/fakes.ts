@@ -80,5 +80,6 @@ export function session(
   s.state = SessionState.Established;
   s.backend = { name: 'b', address: backend, port: 10000 } as Session['backend'];
   s.endpoints.push(s.current);
+  s.current.joined = true; // as the registry indexes it
   return s;
 }

@@ -391,6 +391,7 @@ describe('NftFastPath', () => {
     nft.forward('up', '198.18.0.2|40000', 7, 100);
     nft.forward('down', '10.77.2.11|10000|16384', 5, 100);
     const ep = new ClientEndpoint(s, '198.18.0.2', 40999, 0);
+    ep.joined = true; // as the registry indexes it
     s.endpoints.push(ep);
     s.current = ep;
     fp.currentChanged(s, ep);
@@ -551,6 +552,7 @@ describe('NftFastPath', () => {
     routes.next = (a) =>
       a.startsWith('10.77.') ? { via: '10.88.0.1', dev: 'eth2' } : { via: '198.18.0.254', dev: 'eth0' };
     const ep = new ClientEndpoint(s, '198.18.0.2', 40001, 0);
+    ep.joined = true; // as the registry indexes it
     s.endpoints.push(ep);
     fp.endpointJoined(s, ep); // current unchanged: only the route differs
     await fp.flushNow();
@@ -803,6 +805,7 @@ describe("NftFastPath in worker threads (attached to the main thread's table)", 
     // Someone deleted worker 0's upstream element: its next change (deleting it) fails.
     nft.state.flows.delete('198.18.0.2|40000|198.18.0.1|10000');
     const ep = new ClientEndpoint(a, '198.18.0.2', 40999, 0);
+    ep.joined = true; // as the registry indexes it
     a.endpoints.push(ep);
     a.current = ep;
     w0.fp.currentChanged(a, ep);

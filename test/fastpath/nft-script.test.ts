@@ -43,12 +43,14 @@ function session(client: [string, number], backend: [string, number], upstreamPo
   s.state = SessionState.Established;
   s.backend = { name: 'b', address: backend[0], port: backend[1] } as Session['backend'];
   s.endpoints.push(s.current);
+  s.current.joined = true; // as the registry indexes it
   return s;
 }
 
 /** Moves the session's downstream target to a new client port (latching, a NAT rebinding). */
 function latch(s: Session, port: number): void {
   const ep = new ClientEndpoint(s, s.current.address, port, 2);
+  ep.joined = true; // as the registry indexes it
   s.endpoints.push(ep);
   s.current = ep;
 }
@@ -250,6 +252,15 @@ describe('desiredFlow', () => {
     expect(desiredFlow(session(['198.18.0.2', 40000], ['10.99.0.1', 10000], 16384), look)).toBe('userspace');
     // Routed, but the upstream source address toward this backend is not known yet.
     expect(desiredFlow(session(['198.18.0.2', 40000], ['10.77.2.13', 10000], 16384), look)).toBe('pending');
+  });
+
+  it("stays in userspace once its client's 5-tuple left it (another session's client took the port)", () => {
+    const look = new Lookup();
+    look.hops.set('198.18.0.2', { via: '198.18.0.2', dev: 'eth0' });
+    const s = session(['198.18.0.2', 40000], ['10.77.2.11', 10000], 16384);
+    expect(desiredFlow(s, look)).not.toBe('userspace');
+    s.current.joined = false;
+    expect(desiredFlow(s, look)).toBe('userspace');
   });
 
   it('a source that could not be resolved (null) keeps the session in userspace, not waiting', () => {

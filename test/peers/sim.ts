@@ -130,7 +130,11 @@ export class SimNode {
     if (old !== route) {
       this.routes.set(key, route);
       const [address, port] = key.split(':') as [string, string];
-      this.node.routeChanged(this.byFlow.get(key)!, { address, port: Number(port), via: route }, old);
+      this.node.routeChanged(
+        this.byFlow.get(key)!,
+        { address, port: Number(port), via: route, joined: true },
+        old,
+      );
     }
   }
 
