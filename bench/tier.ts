@@ -17,7 +17,8 @@
  *   the established path of a replica with peers configured against one without, alternating.
  *
  * Which CLI: TIER_PROXY_CLI (default src/bin.ts); TIER_EXTRA_FLAGS adds CLI flags to every replica
- * (e.g. "--peer-query-burst 500"), TIER_NODE_FLAGS Node flags (e.g. "--prof" to profile them). The hand-off is on when its --help has --peers
+ * (e.g. "--peer-query-burst 500"), TIER_NODE_FLAGS Node flags (e.g. "--prof" to profile them),
+ * TIER_SOFTIRQ=default leaves the kernel's softirq threads at their priority (harness.ts). The hand-off is on when its --help has --peers
  * (`--handoff on|off` overrides); without it the scenarios show the failure of issue 16 and the cost
  * part is skipped. Options: --sessions N (200), --pps N (50), --only a,b (scenario names, `stacks`,
  * `cost`), --cost-sessions N (100), --cost-seconds S (8), --cost-reps N (5), --json FILE.
