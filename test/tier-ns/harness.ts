@@ -817,19 +817,27 @@ interface JvbReport {
   stallMs: number;
 }
 
+/** Every metric row `pick` selects, of each replica scraped after the window, with its change since before. */
+function rowDeltas(
+  before: Map<Slot, MetricRow[]>,
+  after: Map<Slot, MetricRow[]>,
+  pick: (r: MetricRow) => boolean,
+): Array<[MetricRow, number]> {
+  const out: Array<[MetricRow, number]> = [];
+  for (const [slot, rows] of after) {
+    const prev = new Map((before.get(slot) ?? []).map((r) => [key(r), r.value]));
+    for (const r of rows) if (pick(r)) out.push([r, r.value - (prev.get(key(r)) ?? 0)]);
+  }
+  return out;
+}
+
 function counterDeltas(
   before: Map<Slot, MetricRow[]>,
   after: Map<Slot, MetricRow[]>,
 ): Record<string, number> {
   const out: Record<string, number> = {};
-  for (const [slot, rows] of after) {
-    const prev = new Map((before.get(slot) ?? []).map((r) => [key(r), r.value]));
-    for (const r of rows) {
-      if (!r.name.startsWith('ice_ingress_') || !r.name.endsWith('_total')) continue;
-      const d = r.value - (prev.get(key(r)) ?? 0);
-      if (d !== 0) out[key(r)] = (out[key(r)] ?? 0) + d;
-    }
-  }
+  const counters = (r: MetricRow): boolean => r.name.startsWith('ice_ingress_') && r.name.endsWith('_total');
+  for (const [r, d] of rowDeltas(before, after, counters)) if (d !== 0) out[key(r)] = (out[key(r)] ?? 0) + d;
   return out;
 }
 
@@ -842,13 +850,9 @@ function roundBuckets(
   after: Map<Slot, MetricRow[]>,
 ): { count: number; quantileLe: (q: number) => number } {
   const byLe = new Map<number, number>();
-  for (const [slot, rows] of after) {
-    const prev = new Map((before.get(slot) ?? []).map((r) => [key(r), r.value]));
-    for (const r of rows) {
-      if (r.name !== 'ice_ingress_peer_query_seconds_bucket') continue;
-      const le = r.labels['le'] === '+Inf' ? Number.POSITIVE_INFINITY : Number(r.labels['le']);
-      byLe.set(le, (byLe.get(le) ?? 0) + r.value - (prev.get(key(r)) ?? 0));
-    }
+  for (const [r, d] of rowDeltas(before, after, (x) => x.name === 'ice_ingress_peer_query_seconds_bucket')) {
+    const le = r.labels['le'] === '+Inf' ? Number.POSITIVE_INFINITY : Number(r.labels['le']);
+    byLe.set(le, (byLe.get(le) ?? 0) + d);
   }
   const cumulative = [...byLe.entries()].sort((a, b) => a[0] - b[0]);
   const count = cumulative.at(-1)?.[1] ?? 0;
