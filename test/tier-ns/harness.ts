@@ -436,6 +436,11 @@ export class TierHarness {
     await sleep(c.lockMs + 500);
     const ports = (await this.load.request({ cmd: 'ports' })).ports as Record<string, number>;
     const before = await this.tier.replicaOfClientPorts();
+    // Each client port's public port at the start, beside the logs: the replicas log clients by it.
+    const publicPorts = Object.fromEntries(
+      (await this.tier.flows('rtr')).filter((f) => f.dst === TIER.vip).map((f) => [f.sport, f.replyDport]),
+    );
+    writeFileSync(resolve(this.logDir, `${kind}-public-ports.json`), JSON.stringify(publicPorts));
     const jvbBefore = await this.jvbReport({});
     const metricsBefore = await this.metrics();
     const dropRoles: TierRole[] = ['cli', 'jvb', ...REPLICA_SLOTS];
