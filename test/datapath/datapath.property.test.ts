@@ -76,7 +76,8 @@ interface World {
   /** Upstream sends already answered by a backend. */
   readonly answered: WeakSet<object>;
   /** What a flow listener knows from the events alone: session id → endpoints and current. */
-  readonly mirror: Map<number, { eps: Set<string>; current: string }>;
+  /** `currentLeft`: the current endpoint left the session (its 5-tuple went to another session). */
+  readonly mirror: Map<number, { eps: Set<string>; current: string; currentLeft: boolean }>;
   readonly closedIds: Set<number>;
   eventsSeen: number;
   upstreamsSeen: number;
@@ -297,7 +298,7 @@ function verify(
     switch (ev.type) {
       case 'established':
         ok(m === undefined && !w.closedIds.has(ev.session), 'established once');
-        w.mirror.set(ev.session, { eps: new Set([ev.endpoint]), current: ev.endpoint });
+        w.mirror.set(ev.session, { eps: new Set([ev.endpoint]), current: ev.endpoint, currentLeft: false });
         break;
       case 'endpointJoined':
         ok(m !== undefined && !m.eps.has(ev.endpoint), `joined once: ${ev.endpoint}`);
@@ -305,12 +306,18 @@ function verify(
         m!.eps.add(ev.endpoint);
         break;
       case 'currentChanged':
-        ok(m?.eps.has(ev.endpoint) === true && m.current !== ev.endpoint, 'current changes to a member');
+        // To another member — or back to the same 5-tuple, joined anew, after the session lost it.
+        ok(
+          m?.eps.has(ev.endpoint) === true && (m.current !== ev.endpoint || m.currentLeft),
+          'current changes to a member',
+        );
         m!.current = ev.endpoint;
+        m!.currentLeft = false;
         break;
       case 'endpointLeft':
         ok(m?.eps.has(ev.endpoint) === true, 'a member leaves');
         m!.eps.delete(ev.endpoint);
+        if (m!.current === ev.endpoint) m!.currentLeft = true;
         leftNow.add(`${ev.session} ${ev.endpoint}`);
         break;
       case 'closed':
