@@ -435,12 +435,12 @@ export class TierHarness {
     // address gets 403), and the media settled.
     await sleep(c.lockMs + 500);
     const ports = (await this.load.request({ cmd: 'ports' })).ports as Record<string, number>;
-    const before = await this.tier.replicaOfClientPorts();
+    const { replicaOf: before, publicPortOf } = await this.tier.clientPorts();
     // Each client port's public port at the start, beside the logs: the replicas log clients by it.
-    const publicPorts = Object.fromEntries(
-      (await this.tier.flows('rtr')).filter((f) => f.dst === TIER.vip).map((f) => [f.sport, f.replyDport]),
+    writeFileSync(
+      resolve(this.logDir, `${kind}-public-ports.json`),
+      JSON.stringify(Object.fromEntries(publicPortOf)),
     );
-    writeFileSync(resolve(this.logDir, `${kind}-public-ports.json`), JSON.stringify(publicPorts));
     const jvbBefore = await this.jvbReport({});
     const metricsBefore = await this.metrics();
     const dropRoles: TierRole[] = ['cli', 'jvb', ...REPLICA_SLOTS];
@@ -487,7 +487,7 @@ export class TierHarness {
     const ranges = Object.fromEntries(rows.map((r) => [r.sid, [r.winFrom, r.winTo]]));
     const jvbAfter = await this.jvbReport(ranges);
     extra['stall_ms_jvbs'] = Math.round(jvbAfter.stallMs);
-    const after = await this.tier.replicaOfClientPorts();
+    const after = (await this.tier.clientPorts()).replicaOf;
     // Before: by the session's port at the start (a per-flow rebinding gives it a new socket).
     const was = (r: SessionRow): string | undefined => before.get(ports[r.sid]!);
     const movedRows = rows.filter((r) => after.get(r.port) !== undefined && after.get(r.port) !== was(r));

@@ -170,23 +170,26 @@ export class Tier {
   }
 
   /**
-   * Which replica each client port reaches now: the NAT's mapping (client port → public port) joined
-   * with the balancer's (public port → replica address). Ports without both entries are absent.
+   * Where each client port goes now, from one read of each table: its public port (the NAT's
+   * mapping; the replicas log clients by it) and the replica it reaches (joined with the
+   * balancer's public port → replica address). Ports without both entries have no replica.
    */
-  async replicaOfClientPorts(): Promise<Map<number, string>> {
+  async clientPorts(): Promise<{ replicaOf: Map<number, string>; publicPortOf: Map<number, number> }> {
     const [nat, lb] = await Promise.all([this.flows('rtr'), this.flows('lb')]);
     const byPublicPort = new Map<number, string>();
     for (const f of lb) {
       if (f.dst === TIER.vip && f.dport === PORT && f.src === TIER.wan.rtr)
         byPublicPort.set(f.sport, f.replySrc);
     }
-    const out = new Map<number, string>();
+    const replicaOf = new Map<number, string>();
+    const publicPortOf = new Map<number, number>();
     for (const f of nat) {
       if (f.src !== TIER.home.cli || f.dst !== TIER.vip) continue;
+      publicPortOf.set(f.sport, f.replyDport);
       const replica = byPublicPort.get(f.replyDport);
-      if (replica !== undefined) out.set(f.sport, replica);
+      if (replica !== undefined) replicaOf.set(f.sport, replica);
     }
-    return out;
+    return { replicaOf, publicPortOf };
   }
 }
 
