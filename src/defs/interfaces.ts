@@ -219,6 +219,14 @@ export interface FlowListener {
 // ---------------------------------------------------------------------------------------------
 // The kernel fast path (docs/fast-path.md)
 
+/**
+ * A kernel fast path follows every flow event: each one can change what the kernel must hold
+ * (docs/fast-path.md). Required, so that an event added to {@link FlowListener} cannot be left out
+ * of one kernel path by mistake — the eBPF path once missed `routeChanged`, and kept sending a
+ * session's downstream straight to a client whose flow had moved to a peer.
+ */
+export type KernelFlowListener = Required<FlowListener>;
+
 /** What the kernel fast path asks of the data path (for sessions it heard of as a listener). */
 export interface FastPathHost {
   /**

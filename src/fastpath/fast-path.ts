@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import type { FastPathHost, FlowEndpoint, FlowListener, FlowSession } from '../defs/interfaces.ts';
+import type { FastPathHost, FlowEndpoint, FlowSession, KernelFlowListener } from '../defs/interfaces.ts';
 import type { KernelCounts } from '../defs/kernel-counts.ts';
 import type { CloseReason } from '../defs/reasons.ts';
 import { type FlowLookup, FlowPlan } from './flow-plan.ts';
@@ -59,7 +59,7 @@ export interface FastPathDeps {
 /** IPv4 + UDP headers: nft counts IP packet bytes, our counters count UDP payload. */
 const HEADER_BYTES = 28;
 
-export class NftFastPath implements FlowListener {
+export class NftFastPath implements KernelFlowListener {
   /** Everything the kernel forwarded, for /metrics (`path="kernel"`). */
   readonly totals: KernelCounts = { packetsUp: 0, bytesUp: 0, packetsDown: 0, bytesDown: 0 };
   /** Transactions applied and failed; sessions handed over. */
@@ -142,7 +142,7 @@ export class NftFastPath implements FlowListener {
     return this.#plan.installed;
   }
 
-  // FlowListener: only marks; the batch reads the sessions when it runs. Once stopped or given
+  // KernelFlowListener: only marks; the batch reads the sessions when it runs. Once stopped or given
   // up, nothing is tracked any more.
   established(s: FlowSession): void {
     if (this.#stopped || this.#disabled) return;

@@ -241,6 +241,30 @@ describe('EbpfFastPath', () => {
     expect(maps.flows.size).toBe(2);
   });
 
+  it('a session whose client flow reaches it through a peer leaves the kernel, its counts stay right, and comes back with the flow', async () => {
+    const { maps, fp, host } = await setup();
+    const s = session(40000, 16384);
+    fp.established(s);
+    maps.forward(CLIENT(40000), PUBLIC, 5, 100, 1);
+    maps.forward(BACKEND, UPSTREAM(16384), 3, 100);
+    // The balancer sent the client's flow to another replica, which tunnels it here (docs/peers.md):
+    // the backend's datagrams must reach Node, which sends them back through that replica.
+    s.current.via = { peer: '10.0.0.2:10001', send: () => {} };
+    fp.routeChanged(s, s.current);
+    expect(maps.flows.size).toBe(0);
+    expect(fp.kernelSessions).toBe(0);
+    expect(maps.forward(BACKEND, UPSTREAM(16384), 1, 100)).toBe(false); // to Node now
+    // What the kernel forwarded before it left reaches the session's counts (its counter slot is
+    // the session's, not the entries').
+    fp.pollNow();
+    expect(host.counts.get(s.id)).toEqual({ packetsUp: 5, bytesUp: 500, packetsDown: 3, bytesDown: 300 });
+    // The flow comes back to this replica directly: into the kernel again.
+    s.current.via = undefined;
+    fp.routeChanged(s, s.current);
+    expect(maps.target(BACKEND, UPSTREAM(16384))).toBe('198.18.0.2:40000');
+    expect(fp.kernelSessions).toBe(1);
+  });
+
   it('polls: deltas to the registry, and the idle clock set to the time of the last client datagram', async () => {
     const { maps, fp, host, advance, mono, now } = await setup();
     const s = session(40000, 16384);

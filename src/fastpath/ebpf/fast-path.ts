@@ -1,4 +1,4 @@
-import type { FlowEndpoint, FlowListener, FlowSession, KernelMaps } from '../../defs/interfaces.ts';
+import type { FlowEndpoint, FlowSession, KernelFlowListener, KernelMaps } from '../../defs/interfaces.ts';
 import type { KernelCounts } from '../../defs/kernel-counts.ts';
 import type { CloseReason } from '../../defs/reasons.ts';
 import type { FastPathDeps } from '../fast-path.ts';
@@ -158,7 +158,7 @@ function sameFlow(a: KernelFlow, b: KernelFlow): boolean {
   );
 }
 
-export class EbpfFastPath implements FlowListener {
+export class EbpfFastPath implements KernelFlowListener {
   /** Everything the kernel forwarded, for /metrics (`path="kernel"`). */
   readonly totals: KernelCounts = { ...ZERO };
   /**
@@ -232,7 +232,7 @@ export class EbpfFastPath implements FlowListener {
     return this.#installed;
   }
 
-  // FlowListener: each event brings the kernel in step with the session before it returns.
+  // KernelFlowListener: each event brings the kernel in step with the session before it returns.
   established(s: FlowSession): void {
     if (this.#stopped) return;
     this.#tracked.set(s, {
@@ -250,6 +250,15 @@ export class EbpfFastPath implements FlowListener {
     this.#sync(s, true);
   }
   endpointLeft(s: FlowSession, _ep: FlowEndpoint): void {
+    this.#sync(s, true);
+  }
+  /**
+   * The client's flow now reaches this replica through a peer (or directly again): a session
+   * reached through a peer leaves the kernel, which would send the backend's datagrams straight
+   * to the client from here, where the balancer no longer maps it (docs/peers.md, "Workers and the
+   * kernel fast path").
+   */
+  routeChanged(s: FlowSession, _ep: FlowEndpoint): void {
     this.#sync(s, true);
   }
   closed(s: FlowSession, _reason: CloseReason, _established: boolean): Promise<void> | undefined {
