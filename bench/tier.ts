@@ -21,7 +21,9 @@
  * TIER_SOFTIRQ=default leaves the kernel's softirq threads at their priority (harness.ts). The hand-off is on when its --help has --peers
  * (`--handoff on|off` overrides); without it the scenarios show the failure of issue 16 and the cost
  * part is skipped. Options: --sessions N (200), --pps N (50), --only a,b (scenario names, `stacks`,
- * `cost`), --cost-sessions N (100), --cost-seconds S (8), --cost-reps N (5), --json FILE.
+ * `cost`), --fast-path nftables|ebpf (the scenarios and real stacks with that kernel path on every
+ * replica; the cost part stays Node's), --cost-sessions N (100), --cost-seconds S (8),
+ * --cost-reps N (5), --json FILE.
  * Run one at a time: `flock /tmp/bench.lock flock /tmp/ns.lock npm run bench:tier` (~10 min).
  */
 import { writeFileSync } from 'node:fs';
@@ -49,10 +51,16 @@ const { values: opt } = parseArgs({
     'cost-seconds': { type: 'string', default: '8' },
     'cost-reps': { type: 'string', default: '5' },
     json: { type: 'string' },
+    'fast-path': { type: 'string' },
   },
 });
 
-checkPrereqs();
+const FAST_PATH = opt['fast-path'];
+if (FAST_PATH !== undefined && FAST_PATH !== 'nftables' && FAST_PATH !== 'ebpf') {
+  console.error(`--fast-path: ${FAST_PATH}: expected nftables or ebpf`);
+  process.exit(2);
+}
+checkPrereqs({ ebpf: FAST_PATH === 'ebpf' });
 const HANDOFF = opt.handoff === undefined ? cliHasPeers() : opt.handoff === 'on';
 const SCENARIOS: ScenarioKind[] = [
   'steady',
@@ -93,6 +101,9 @@ try {
   log(
     `proxy ${PROXY_CLI}, hand-off ${HANDOFF ? 'on' : 'off'}, namespaces ${h.tier.topo.prefix}*, logs ${h.logDir}`,
   );
+  // The scenarios and the real stacks with the kernel fast path, if asked; the cost part compares
+  // Node's relaying, tunneled against direct, so it runs without.
+  h.fastPath = FAST_PATH;
   for (const kind of SCENARIOS) {
     if (!wanted(kind)) continue;
     log(`scenario ${kind}`);
@@ -103,6 +114,7 @@ try {
     log('real stacks across a rolling update');
     stacks = await realStacksAcrossRollingUpdate(h, 5000);
   }
+  h.fastPath = undefined;
   if (wanted('cost')) {
     if (HANDOFF) cost.push(...(await costFigures()));
     else cost.push('cost: skipped (the CLI under test has no peer flags)');

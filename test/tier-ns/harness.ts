@@ -68,6 +68,9 @@ export interface TierConfig {
 
 export type ScenarioKind = 'steady' | 'rolling' | 'scale-in' | 'rebind' | 'rebind-all' | 'sigkill' | 'forged';
 
+/** A replica's kernel fast path (`--fast-path`), or undefined: every datagram relayed by Node. */
+export type FastPathKind = 'nftables' | 'ebpf';
+
 export interface SessionRow {
   sid: number;
   port: number;
@@ -90,6 +93,8 @@ export interface SessionRow {
 export interface ScenarioResult {
   kind: ScenarioKind;
   handoff: boolean;
+  /** The replicas' kernel fast path in this scenario, if any. */
+  fastPath: FastPathKind | undefined;
   sessions: number;
   /** Sessions whose client flow reached another replica at the end than at the start. */
   moved: number;
@@ -304,13 +309,21 @@ export class TierHarness {
   /** The replicas' --backends (the fake JVBs unless a scenario brings its own servers). */
   backends = JVB_BACKENDS;
 
+  /**
+   * The kernel fast path of the replicas started from now on (`--fast-path`, listening on the
+   * replica's own address, as the chart does with the downward API), or undefined for none.
+   */
+  fastPath: FastPathKind | undefined;
+
   /** `peers: false`: this replica without the peer flags even when the hand-off is on (the cost bench). */
   async startReplica(slot: Slot, opts: { peers?: boolean } = {}): Promise<void> {
     if (this.replicas.has(slot)) throw new Error(`${slot} is running`);
     this.#event(`start-${slot}`);
     const flags = [
       '--listen',
-      `0.0.0.0:${PORT}`,
+      // The kernel path rewrites replies to come from the address clients send to: the pod's own.
+      this.fastPath === undefined ? `0.0.0.0:${PORT}` : `${replicaAddress(slot)}:${PORT}`,
+      ...(this.fastPath === undefined ? [] : ['--fast-path', this.fastPath]),
       '--admin',
       `0.0.0.0:${ADMIN_PORT}`,
       '--backends',
@@ -553,18 +566,21 @@ export class TierHarness {
     // replicas: prom-client's event-loop lag, reset by every scrape, the last one at the start).
     extra['stall_ms_clients'] = Math.round(stall.maxMs);
     extra['stall_at_ms_clients'] = Math.round(stall.atMs);
-    const result = summarize(kind, c.handoff, rows, apart, jvbBefore, jvbAfter, moved, extra);
+    const result = summarize(kind, c.handoff, this.fastPath, rows, apart, jvbBefore, jvbAfter, moved, extra);
     // Consent checks that were lost or refused otherwise than with 403 (libwebrtc tolerates lost
     // ones for 30 s, so they are shown, not counted as restarts).
     if (result.checks.timeout > 0) extra['checks_timed_out'] = result.checks.timeout;
     if (result.checks.otherError > 0) extra['checks_other_error'] = result.checks.otherError;
     result.proxyCounters = counterDeltas(metricsBefore, metricsAfter);
     result.cpuPct = cpu;
+    const pc = (name: string, label = ''): number =>
+      Object.entries(result.proxyCounters)
+        .filter(([k]) => k === name || (k.startsWith(`${name}{`) && k.includes(label)))
+        .reduce((a, [, v]) => a + v, 0);
+    // Datagrams the kernel relayed in the window (every direction): proof the fast path carried
+    // the established media, and did not leave everything to Node.
+    if (this.fastPath !== undefined) extra['kernel_packets'] = pc('ice_ingress_packets_total', 'path=kernel');
     if (c.handoff) {
-      const pc = (name: string, label = ''): number =>
-        Object.entries(result.proxyCounters)
-          .filter(([k]) => k === name || (k.startsWith(`${name}{`) && k.includes(label)))
-          .reduce((a, [, v]) => a + v, 0);
       extra['peer_queries'] = pc('ice_ingress_peer_queries_total');
       extra['peer_owned'] = pc('ice_ingress_peer_queries_total', 'outcome=owned');
       extra['handoffs'] = pc('ice_ingress_peer_handoffs_total', 'direction=out');
@@ -877,6 +893,7 @@ function key(r: MetricRow): string {
 function summarize(
   kind: ScenarioKind,
   handoff: boolean,
+  fastPath: FastPathKind | undefined,
   rows: SessionRow[],
   apart: Set<number>,
   jvbBefore: JvbReport,
@@ -907,6 +924,7 @@ function summarize(
   return {
     kind,
     handoff,
+    fastPath,
     sessions: rows.length,
     moved,
     measured: measured.length,
@@ -991,7 +1009,7 @@ export function resultTable(results: readonly ScenarioResult[]): string {
       .map(([k, v]) => `${k}=${typeof v === 'number' ? f1(v) : v}`)
       .join(' ');
     return [
-      r.kind,
+      r.fastPath === undefined ? r.kind : `${r.kind} (${r.fastPath} fast path)`,
       r.handoff ? 'on' : 'off',
       r.measured === r.sessions ? String(r.sessions) : `${r.measured} of ${r.sessions}`,
       String(r.moved),

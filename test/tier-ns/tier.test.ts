@@ -35,7 +35,7 @@ const results: ScenarioResult[] = [];
 let stacks: RealStackRun | undefined;
 
 beforeAll(async () => {
-  checkPrereqs();
+  checkPrereqs({ ebpf: true });
   h = await TierHarness.create({
     sessions: 30,
     pps: 50,
@@ -117,6 +117,21 @@ describe(`proxy tier in network namespaces (hand-off ${HANDOFF ? 'on' : 'off'})`
     const r = await scenario('rolling');
     expect(r.moved).toBe(r.sessions);
     expectMovedFlows(r);
+  });
+
+  it('rolling update with the eBPF kernel fast path: a session whose flow moved to a peer leaves the kernel and keeps flowing', async () => {
+    if (!h) throw new Error('harness not created');
+    h.fastPath = 'ebpf';
+    try {
+      const r = await scenario('rolling');
+      expect(r.moved).toBe(r.sessions);
+      // The kernel carried the established media until the flows moved (and Node, through the
+      // peers, after): without it this scenario would prove nothing about the kernel path.
+      expect(r.extra['kernel_packets']).toBeGreaterThan(r.sessions * 50);
+      expectMovedFlows(r);
+    } finally {
+      h.fastPath = undefined;
+    }
   });
 
   it('scale-in from 3 replicas to 1', async () => {
