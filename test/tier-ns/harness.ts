@@ -18,6 +18,7 @@ import { Agent, NODE, ROOT } from '../interop/agent.ts';
 import type { Topology } from '../interop/netns.ts';
 import { type MetricRow, parseMetricRows } from '../workers/pool-harness.ts';
 import { quantile } from './media.ts';
+import { RunQueueSampler } from './runqueue.ts';
 import {
   createTier,
   PORT,
@@ -464,6 +465,12 @@ export class TierHarness {
     this.#timeline = [];
     for (const r of this.replicas.values()) r.cpuMark = cpuOf(r.child.pid);
     const agentsCpu = [cpuOf(this.jvb.child.pid), cpuOf(this.load.child.pid)];
+    const runQueue = new RunQueueSampler(() => ({
+      replicas: [...this.replicas.values()].filter((r) => r.exited === undefined).map((r) => r.child.pid),
+      jvbs: [this.jvb.child.pid],
+      clients: [this.load.child.pid],
+    }));
+    runQueue.start();
     await sleep(c.steadyMs);
 
     const { extra, apart } = await this.#change(kind, ports, before);
@@ -472,6 +479,14 @@ export class TierHarness {
     if (kind === 'sigkill') Object.assign(extra, await this.reconnect(apart));
 
     const windowS = (performance.now() - markAt) / 1000;
+    // How long the event loops waited for a CPU (the machine's share of every latency): ms per
+    // second per process over the window, and one replica's worst 50 ms slice (when, on the timeline).
+    const rq = runQueue.stop();
+    extra['runq_wait_ms_per_s_replicas_jvbs_clients'] = ['replicas', 'jvbs', 'clients']
+      .map((g) => Math.round(rq.waitMsPerS[g] ?? Number.NaN))
+      .join('/');
+    const peak = rq.peak['replicas'];
+    if (peak !== undefined) extra['runq_wait_peak_pct_replica'] = `${Math.round(peak.pct)}@${peak.atMs}`;
     let replicasCpu = 0;
     for (const r of this.replicas.values()) {
       const now = cpuOf(r.child.pid);
