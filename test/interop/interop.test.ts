@@ -221,7 +221,10 @@ describe('interop through one proxy port, clients behind one NAT', () => {
     // through DTLS (the fingerprint in the offer) and SCTP.
     expect(e1?.['msg']).toBe('echo:pod1:ping:a-c1');
     expect(e2?.['msg']).toBe('echo:pod2:ping:a-c2');
-    expect(e3).toBe('echo:pod2:ping:a-c3');
+    // Chromium's state beside a missing echo (a clean-clone CI run once had none within 10 s, and
+    // nothing else to tell where it stopped: ICE, DTLS or the data channel).
+    const stateOfC3 = e3 === undefined ? JSON.stringify(await chrome!.stats('a-c3')) : '';
+    expect(e3, `Chromium a-c3: ${stateOfC3}`).toBe('echo:pod2:ping:a-c3');
     for (const [c, s] of [
       [c1, 'a-c1'],
       [c2, 'a-c2'],

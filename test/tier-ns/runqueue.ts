@@ -61,7 +61,8 @@ export class RunQueueSampler {
     clearInterval(this.#timer);
     this.#sample();
     const waitMsPerS: Record<string, number> = {};
-    for (const [g, alive] of this.#alive) waitMsPerS[g] = alive > 0 ? (1000 * (this.#wait.get(g) ?? 0)) / alive : 0;
+    for (const [g, alive] of this.#alive)
+      waitMsPerS[g] = alive > 0 ? (1000 * (this.#wait.get(g) ?? 0)) / alive : 0;
     return { waitMsPerS, peak: Object.fromEntries(this.#peak) };
   }
 
