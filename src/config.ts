@@ -20,6 +20,14 @@ export interface HostPort {
 
 export type DiscoveryKind = 'static' | 'k8s' | 'dns';
 export type FastPathKind = 'off' | 'nftables' | 'ebpf';
+/**
+ * `/readyz` while draining. Kubernetes marks a terminating pod's endpoint not ready whatever its
+ * probe says; the probe decides whether it is still *serving*, and kube-proxy sends a node's
+ * traffic to its serving terminating endpoints when it has no ready one (externalTrafficPolicy
+ * Local; all of them, Cluster) — KEP-1669. A pod that fails its probe on SIGTERM opts out of that,
+ * and its node's flows are dropped until the cloud load balancer's health check moves them.
+ */
+export type DrainReadiness = 'unready' | 'serving';
 
 /** Every setting; the data path's own options are a part of it, passed through as they are. */
 export interface Config extends DatapathOptions {
@@ -44,6 +52,8 @@ export interface Config extends DatapathOptions {
   readonly upstreamBind6: string;
   readonly socketBufferBytes: number;
   readonly drainTimeoutMs: number;
+  /** What `/readyz` says while draining (docs/peers.md, "Drain"). */
+  readonly drainReadiness: DrainReadiness;
   /** Kernel forwarding of established media (docs/fast-path.md). */
   readonly fastPath: FastPathKind;
   readonly logLevel: string;
@@ -183,6 +193,12 @@ export const OPTIONS: readonly OptionSpec[] = [
     arg: 'DURATION',
     def: '1h',
     help: 'on SIGTERM: keep relaying own and tunneled flows until none is left or this long, then exit',
+  },
+  {
+    flag: 'drain-readiness',
+    arg: 'unready|serving',
+    def: 'unready',
+    help: 'what /readyz answers while draining: unready (503: a load balancer that reads it sends no new flows) or serving (200: in Kubernetes a terminating pod is not ready anyway, and a serving one still gets the traffic of a node that has no other, externalTrafficPolicy Local)',
   },
   {
     flag: 'fast-path',
@@ -401,6 +417,10 @@ export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Pa
     else if (upstreamPorts !== undefined && peerPort <= upstreamPorts[1] && last >= upstreamPorts[0])
       bad('peer-port', `its ${span} ports (one per worker) must not overlap --upstream-ports`);
   }
+  const drainReadiness = raw('drain-readiness').value as DrainReadiness;
+  if (drainReadiness !== 'unready' && drainReadiness !== 'serving')
+    bad('drain-readiness', 'expected unready or serving');
+
   const logLevel = raw('log-level').value;
   if (!LOG_LEVELS.has(logLevel)) bad('log-level', `expected one of ${[...LOG_LEVELS].join(', ')}`);
 
@@ -433,6 +453,7 @@ export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Pa
     upstreamBind6: ip('upstream-bind6', 6),
     socketBufferBytes: int('socket-buffer', 0, 1 << 30),
     drainTimeoutMs: duration('drain-timeout', 0),
+    drainReadiness,
     fastPath,
     logLevel,
     workers,

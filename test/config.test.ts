@@ -101,6 +101,15 @@ describe('parseConfig', () => {
     }
   });
 
+  it('takes --drain-readiness unready|serving (default unready)', () => {
+    const b = ['--backends', 'a=10.0.0.5:10000'];
+    expect(run(b).drainReadiness).toBe('unready');
+    expect(run([...b, '--drain-readiness', 'serving']).drainReadiness).toBe('serving');
+    expect(problems([...b, '--drain-readiness', 'ready'])).toEqual([
+      '--drain-readiness: expected unready or serving (got "ready")',
+    ]);
+  });
+
   it('answers --help and --version', () => {
     expect(parseConfig(['--help'], {}).kind).toBe('help');
     expect(parseConfig(['--version'], {}).kind).toBe('version');

@@ -3,12 +3,16 @@ import type { Registry } from 'prom-client';
 
 /**
  * Admin HTTP: `/healthz` (the process is alive and its event loop turns), `/readyz` (200 once the
- * listening socket is bound and the first discovery sync is done, 503 while draining; an API
- * server blip does not flip it: the last good snapshot still routes), `/metrics` (Prometheus).
+ * listening socket is bound and the first discovery sync is done; while draining 503, or 200 with
+ * `--drain-readiness serving`; an API server blip does not flip it: the last good snapshot still
+ * routes), `/metrics` (Prometheus).
  */
 export interface AdminState {
+  /** Started: bound, synced, peers heard (draining or not). */
   ready(): boolean;
   draining(): boolean;
+  /** While draining: 200 (still relaying its flows, serving) instead of 503 (config.ts, DrainReadiness). */
+  readonly servingWhileDraining: boolean;
 }
 
 /**
@@ -52,10 +56,10 @@ export function startAdminServer(
         res.writeHead(200, { 'content-type': 'text/plain' }).end('ok\n');
       } else if (path === '/readyz') {
         const draining = state.draining();
-        const ok = !draining && state.ready();
+        const ok = state.ready() && (!draining || state.servingWhileDraining);
         res
           .writeHead(ok ? 200 : 503, { 'content-type': 'text/plain' })
-          .end(ok ? 'ready\n' : draining ? 'draining\n' : 'not ready\n');
+          .end(draining ? (ok ? 'draining, serving\n' : 'draining\n') : ok ? 'ready\n' : 'not ready\n');
       } else if (path === '/metrics') {
         registry.metrics().then(
           (text) => res.writeHead(200, { 'content-type': registry.contentType }).end(text),

@@ -323,13 +323,15 @@ async function startPod<P extends DataPlane>(
     (peersAt !== undefined && (plane.peersHeard() || performance.now() - peersAt >= PEERS_HEARD_MS));
 
   let draining = false;
-  const ready = (): boolean => !draining && plane.synced() && peersReady();
+  const started = (): boolean => plane.synced() && peersReady();
+  const ready = (): boolean => !draining && started();
   let admin: Awaited<ReturnType<typeof startAdminServer>> | undefined;
   if (config.admin !== undefined) {
     try {
       admin = await startAdminServer(config.admin.host, config.admin.port, registry, {
-        ready,
+        ready: started,
         draining: () => draining,
+        servingWhileDraining: config.drainReadiness === 'serving',
       });
     } catch (err) {
       await discovery.stop();

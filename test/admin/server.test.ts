@@ -15,6 +15,7 @@ beforeAll(async () => {
   admin = await startAdminServer('127.0.0.1', 0, new Registry(), {
     ready: () => true,
     draining: () => false,
+    servingWhileDraining: false,
   });
 });
 afterAll(async () => {

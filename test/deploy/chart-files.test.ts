@@ -176,6 +176,9 @@ const CHART_DEFAULTS: Record<string, string> = {
   'port-name': 'media',
   workers: 'auto', // one data-path thread per CPU of the limit (values.yaml resources)
   'fast-path': 'nftables', // fastPath.kind: which path when fastPath.enabled (off without it)
+  // A terminating pod is not ready in Kubernetes anyway; serving keeps a node's traffic flowing to
+  // it when it has no other proxy (docs/peers.md, "Drain").
+  'drain-readiness': 'serving',
 };
 
 describe('deploy/helm/ice-ingress files', () => {
@@ -225,7 +228,12 @@ describe('values.schema.json and the proxy’s option table (src/config.ts OPTIO
 
   it('enumerations are the proxy’s: every member accepted, the proxy’s own alternatives all listed', () => {
     const enums = BOUND.filter((b) => b.schema.enum);
-    expect(enums.map((b) => b.flag).sort()).toEqual(['discovery', 'fast-path', 'log-level']);
+    expect(enums.map((b) => b.flag).sort()).toEqual([
+      'discovery',
+      'drain-readiness',
+      'fast-path',
+      'log-level',
+    ]);
     for (const { path, flag, schema: s } of enums) {
       for (const v of s.enum!) expect(cli(flag, String(v)).ok, `${path}=${v}`).toBe(true);
       expect(cli(flag, 'bogus').ok).toBe(false);

@@ -279,6 +279,7 @@ describe(`deploy/helm/ice-ingress with ${helmVersion() || 'helm (not found)'}`, 
       'sessions.portQuarantine=30s',
       'socketBuffer=1048576',
       'drainTimeout=2m',
+      'drainReadiness=unready',
       'logLevel=debug',
       'workers=2',
       'peers.port=11001',
@@ -311,6 +312,7 @@ describe(`deploy/helm/ice-ingress with ${helmVersion() || 'helm (not found)'}`, 
       'port-quarantine': '30s',
       'socket-buffer': '1048576',
       'drain-timeout': '2m',
+      'drain-readiness': 'unready',
       'log-level': 'debug',
       workers: '2',
     };
@@ -351,6 +353,10 @@ describe(`deploy/helm/ice-ingress with ${helmVersion() || 'helm (not found)'}`, 
         'discovery.static.backends={a=10.0.0.5:10000,b=10.0.0.6:10000}',
       ]),
     ).toEqual({ ...expected, discovery: 'static', backends: 'a=10.0.0.5:10000,b=10.0.0.6:10000' });
+    // By default a draining replica stays serving (docs/peers.md, "Drain": with externalTrafficPolicy
+    // Local, kube-proxy keeps sending a node's traffic to its serving terminating proxy).
+    const byDefault = proxyContainer(render());
+    expect(byDefault.args).toContain('--drain-readiness=serving');
     // The pod's grace period follows the drain: 2m + the 30 s margin; by default 1 h + 30 s.
     expect(
       one(render({ set: common }), 'Deployment', 'ice-ingress').spec.template.spec

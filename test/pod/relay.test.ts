@@ -275,23 +275,33 @@ describe('relay', () => {
     await until(() => rig!.proxy.datapath.size === 1, 1000, 'old session closed');
   });
 
-  it('keeps relaying existing sessions while draining but takes no new ones', async () => {
-    rig = await startRig();
-    const c1 = await client();
-    const s1 = rig.servers[0]!.addSession();
-    await c1.check(rig.target, s1);
-    const admin = `http://127.0.0.1:${rig.proxy.adminPort}`;
-    expect((await fetch(`${admin}/readyz`)).status).toBe(200);
-    const drained = rig.proxy.drain(600);
-    expect((await fetch(`${admin}/readyz`)).status).toBe(503);
-    await c1.sendMedia(rig.target, rtp('still'));
-    expect((await c1.nextMedia(500)).data.subarray(2).toString()).toBe('still');
-    const c2 = await client();
-    await expect(c2.check(rig.target, rig.servers[1]!.addSession(), { timeoutMs: 300 })).rejects.toThrow();
-    expect(rig.drops('draining')).toBeGreaterThan(0);
-    await drained;
-    expect(rig.proxy.datapath.size).toBe(0);
-  });
+  // `--drain-readiness`: what /readyz answers while draining (docs/peers.md, "Drain"); relaying
+  // and the refusal of new sessions are the same either way.
+  it.each([
+    ['unready', 503, 'draining\n'],
+    ['serving', 200, 'draining, serving\n'],
+  ])(
+    'keeps relaying existing sessions while draining but takes no new ones (--drain-readiness %s: /readyz %i)',
+    async (readiness, status, body) => {
+      rig = await startRig([{}, {}], ['--drain-readiness', readiness]);
+      const c1 = await client();
+      const s1 = rig.servers[0]!.addSession();
+      await c1.check(rig.target, s1);
+      const admin = `http://127.0.0.1:${rig.proxy.adminPort}`;
+      expect((await fetch(`${admin}/readyz`)).status).toBe(200);
+      const drained = rig.proxy.drain(600);
+      const r = await fetch(`${admin}/readyz`);
+      expect(r.status).toBe(status);
+      expect(await r.text()).toBe(body);
+      await c1.sendMedia(rig.target, rtp('still'));
+      expect((await c1.nextMedia(500)).data.subarray(2).toString()).toBe('still');
+      const c2 = await client();
+      await expect(c2.check(rig.target, rig.servers[1]!.addSession(), { timeoutMs: 300 })).rejects.toThrow();
+      expect(rig.drops('draining')).toBeGreaterThan(0);
+      await drained;
+      expect(rig.proxy.datapath.size).toBe(0);
+    },
+  );
 });
 
 describe('prefix routing', () => {

@@ -146,6 +146,7 @@ chosen discovery mode's flags are given.
 - --port-quarantine={{ $v.sessions.portQuarantine }}
 - --socket-buffer={{ int64 $v.socketBuffer }}
 - --drain-timeout={{ $v.drainTimeout }}
+- --drain-readiness={{ $v.drainReadiness }}
 - --log-level={{ $v.logLevel }}
 - --workers={{ $v.workers }}
 {{- if $v.fastPath.enabled }}
