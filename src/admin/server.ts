@@ -8,8 +8,8 @@ import type { Registry } from 'prom-client';
  * routes), `/metrics` (Prometheus).
  */
 export interface AdminState {
-  /** Started: bound, synced, peers heard (draining or not). */
-  ready(): boolean;
+  /** Bound, the first discovery sync done, the peers heard: ready unless draining. */
+  started(): boolean;
   draining(): boolean;
   /** While draining: 200 (still relaying its flows, serving) instead of 503 (config.ts, DrainReadiness). */
   readonly servingWhileDraining: boolean;
@@ -56,7 +56,7 @@ export function startAdminServer(
         res.writeHead(200, { 'content-type': 'text/plain' }).end('ok\n');
       } else if (path === '/readyz') {
         const draining = state.draining();
-        const ok = state.ready() && (!draining || state.servingWhileDraining);
+        const ok = state.started() && (!draining || state.servingWhileDraining);
         res
           .writeHead(ok ? 200 : 503, { 'content-type': 'text/plain' })
           .end(draining ? (ok ? 'draining, serving\n' : 'draining\n') : ok ? 'ready\n' : 'not ready\n');

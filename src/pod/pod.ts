@@ -329,7 +329,7 @@ async function startPod<P extends DataPlane>(
   if (config.admin !== undefined) {
     try {
       admin = await startAdminServer(config.admin.host, config.admin.port, registry, {
-        ready: started,
+        started,
         draining: () => draining,
         servingWhileDraining: config.drainReadiness === 'serving',
       });

@@ -13,7 +13,7 @@ import { ADMIN_LIMITS, startAdminServer } from '../../src/admin/server.ts';
 let admin: Awaited<ReturnType<typeof startAdminServer>>;
 beforeAll(async () => {
   admin = await startAdminServer('127.0.0.1', 0, new Registry(), {
-    ready: () => true,
+    started: () => true,
     draining: () => false,
     servingWhileDraining: false,
   });

@@ -13,6 +13,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { compileFlooder, cpuSeconds } from '../../bench/proc.ts';
+import type { FastPathKind as ProxyFastPath } from '../../src/config.ts';
 import { NODE_FLAGS } from '../../src/runtime.ts';
 import { Agent, NODE, ROOT } from '../interop/agent.ts';
 import type { Topology } from '../interop/netns.ts';
@@ -69,8 +70,8 @@ export interface TierConfig {
 
 export type ScenarioKind = 'steady' | 'rolling' | 'scale-in' | 'rebind' | 'rebind-all' | 'sigkill' | 'forged';
 
-/** A replica's kernel fast path (`--fast-path`), or undefined: every datagram relayed by Node. */
-export type FastPathKind = 'nftables' | 'ebpf';
+/** A replica's kernel fast path (`--fast-path`); undefined in the harness: every datagram relayed by Node. */
+export type FastPathKind = Exclude<ProxyFastPath, 'off'>;
 
 export interface SessionRow {
   sid: number;
