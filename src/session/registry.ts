@@ -448,9 +448,7 @@ export class SessionRegistry {
       if (other.restartOf === s || s.replacedId === other.id) {
         // `s` is `other`'s ICE restart and won (now, or with another of the endpoints the client
         // checked the new credentials from): `other` ends with its last endpoint, as below.
-        if (other.restartOf === s) other.restartOf = undefined;
-        s.replacedId = other.id;
-        if (other.endpoints.length === 0) this.close(other, 'restart');
+        this.#restartWon(s, other);
       } else if (other !== s) {
         // Another session's client sends from this 5-tuple now: a NAT that lost its mappings gave
         // the port to another of its clients. `other`'s client lives on behind a new 5-tuple and
@@ -466,15 +464,20 @@ export class SessionRegistry {
     if (ep.session !== s) {
       // An ICE restart won: the endpoint leaves its old session, which ends if it was the last one.
       const old = ep.session;
-      if (old.restartOf === s) old.restartOf = undefined;
-      s.replacedId = old.id;
       this.#leave(ep);
       ep.session = s;
-      if (old.endpoints.length === 0) this.close(old, 'restart');
+      this.#restartWon(s, old);
     }
     if (!s.endpoints.includes(ep)) s.endpoints.push(ep);
     if (!ep.joined) this.#index(s, ep);
     s.current = ep;
+  }
+
+  /** `s` won `old`'s ICE restart (with one of its endpoints): `old` ends once it has none left. */
+  #restartWon(s: Session, old: Session): void {
+    if (old.restartOf === s) old.restartOf = undefined;
+    s.replacedId = old.id;
+    if (old.endpoints.length === 0) this.close(old, 'restart');
   }
 
   /** Takes `ep` out of its session's endpoint list (not the index), with the flow events. */
