@@ -147,6 +147,13 @@ class ObservedWatch extends Watch {
       done(err);
     });
     // Watch.watch resolves once the response headers are in; `done` has already run on a failure.
+    // Retired while the headers were on their way (stop() or a restart): the informer's stop() had
+    // no request to abort yet (client-node 2.0.1 cache.js keeps it only once this resolves), so this
+    // stream would stay open; close it here.
+    if (this.#hooks.retired()) {
+      controller.abort();
+      return controller;
+    }
     if (!ended) this.#hooks.onWatchOpen();
     return controller;
   }

@@ -47,6 +47,8 @@ export class FakeApiServer {
   #sockets = new Set<Socket>();
   #failLists: number[] = [];
   #failWatches: number[] = [];
+  #holdWatch = false;
+  #heldWatch: (() => void) | undefined;
 
   get port(): number {
     return this.#port;
@@ -54,6 +56,26 @@ export class FakeApiServer {
 
   get url(): string {
     return `http://127.0.0.1:${this.#port}`;
+  }
+
+  /**
+   * The next watch request waits for {@link releaseWatch} before its response headers go out: the
+   * client sits inside its watch call (a stop() meanwhile has nothing to abort yet).
+   */
+  holdNextWatch(): void {
+    this.#holdWatch = true;
+  }
+
+  /** Whether a held watch request arrived. */
+  get watchHeld(): boolean {
+    return this.#heldWatch !== undefined;
+  }
+
+  /** Lets the held watch request go on: its headers and events go out now. */
+  releaseWatch(): void {
+    const go = this.#heldWatch;
+    this.#heldWatch = undefined;
+    go?.();
   }
 
   get openWatches(): number {
@@ -196,7 +218,13 @@ export class FakeApiServer {
         json(res, fail, status(fail, 'InternalError', 'injected failure'));
         return;
       }
-      this.#watch(res, namespace, selector, url.searchParams.get('resourceVersion') ?? '');
+      const rv = url.searchParams.get('resourceVersion') ?? '';
+      if (this.#holdWatch) {
+        this.#holdWatch = false;
+        this.#heldWatch = () => this.#watch(res, namespace, selector, rv);
+        return;
+      }
+      this.#watch(res, namespace, selector, rv);
       return;
     }
     const fail = this.#failLists.shift();
